@@ -1,0 +1,21 @@
+"""Errors a user can fix: run.py prints them as one line instead of a traceback."""
+
+
+class DenetdmError(Exception):
+    """Base class: the message alone must say what went wrong and what to do."""
+
+
+class ConfigError(DenetdmError):
+    """A config value is unknown, out of range or of the wrong type."""
+
+
+class DataError(DenetdmError):
+    """Data is missing, unreadable or malformed."""
+
+
+class CheckpointError(DenetdmError):
+    """A checkpoint is missing, damaged or belongs to another run."""
+
+
+class TrainingError(DenetdmError):
+    """Training cannot go on (for example a non-finite loss)."""

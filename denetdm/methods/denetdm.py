@@ -1,0 +1,103 @@
+"""DeNetDM's two stages as methods (PROTOCOLS section 1)."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from denetdm.data.splits import Split
+from denetdm.methods.base import Method
+from denetdm.models.experts import TargetModel, TwoExpertModel
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class DeNetDMStage1(Method):
+    """Stage 1: deep and shallow experts trained jointly as a product of experts with plain cross-entropy."""
+
+    heads = ("shallow", "deep", "poe")
+
+    def __init__(
+        self, model: TwoExpertModel, optimizer: OptimizerFactory | None, lr: float = 1e-3, weight_decay: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.model = model
+        if optimizer is not None:
+            self.optimizer = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss = F.cross_entropy(self.model(x), y)
+        _step(self.optimizer, loss)
+        return {"loss": loss.detach()}
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.experts(x)
+
+
+class DeNetDMStage2(Method):
+    """Stage 2: a target model in a product of experts with the frozen deep expert, distilled from the
+    frozen shallow expert: poe_weight * CE(f_t(phi_b + phi_t), y) + dist_weight * T^2 * KD_T(shallow -> target).
+    """
+
+    heads = ("target",)
+
+    def __init__(
+        self,
+        stage1: TwoExpertModel,
+        target: TargetModel,
+        optimizer: OptimizerFactory | None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        poe_weight: float = 1.0,
+        dist_weight: float = 1.0,
+        temperature: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.stage1 = stage1.requires_grad_(False).eval()
+        self.target = target
+        self.poe_weight, self.dist_weight, self.temperature = poe_weight, dist_weight, temperature
+        self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        if optimizer is not None:  # only the target extractor and its head are optimised
+            self.optimizer = optimizer(target.parameters(), lr=lr, weight_decay=weight_decay)
+
+    def train(self, mode: bool = True) -> "DeNetDMStage2":
+        super().train(mode)
+        self.stage1.eval()  # frozen experts never update BatchNorm statistics (the reference does; we don't)
+        return self
+
+    @torch.no_grad()
+    def _frozen_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        deep, shallow = self.stage1.features(x)
+        return deep, self.stage1.head(shallow)
+
+    @torch.no_grad()
+    def prepare(self, train: Split, augmented: bool) -> None:
+        # Without augmentation, the frozen experts see the same inputs every epoch: compute their outputs
+        # once instead of once per epoch (this is most of the stage-2 cost on Colored MNIST).
+        self._frozen = None
+        if not augmented:
+            outs = [self._frozen_outputs(x) for x, _, _ in train.batches(4096)]
+            self._frozen = (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._frozen is not None:
+            deep, teacher = self._frozen[0][idx], self._frozen[1][idx]
+        else:
+            deep, teacher = self._frozen_outputs(x)
+        feat = self.target.features(x)
+        poe = F.cross_entropy(self.target.head(deep + feat), y)
+        t = self.temperature
+        student = F.log_softmax(self.target.head(feat) / t, dim=1)
+        dist = -(F.softmax(teacher / t, dim=1) * student).sum() / len(y) * t * t
+        loss = self.poe_weight * poe + self.dist_weight * dist
+        _step(self.optimizer, loss)
+        return {"loss": loss.detach(), "loss_poe": poe.detach(), "loss_dist": dist.detach()}
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"target": self.target(x)}

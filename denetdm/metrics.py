@@ -1,0 +1,31 @@
+"""Group accuracies over (target class, bias class) cells (PROTOCOLS section 2)."""
+
+import torch
+
+METRICS = ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc")
+
+
+def cell_accuracy(pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int) -> torch.Tensor:
+    """(num_classes, num_biases) accuracy matrix; NaN where a cell has no sample."""
+    cell = y * num_biases + b
+    total = torch.bincount(cell, minlength=num_classes * num_biases).double()
+    correct = torch.bincount(cell, weights=(pred == y).double(), minlength=num_classes * num_biases)
+    acc = correct / total  # 0/0 -> NaN marks an empty cell
+    return acc.view(num_classes, num_biases)
+
+
+def group_metrics(pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int) -> dict[str, float]:
+    """Unbiased (mean of cells), aligned (diagonal), conflicting (off-diagonal), worst-group and plain accuracy."""
+    acc = cell_accuracy(pred, y, b, num_classes, num_biases)
+    diag = torch.eye(num_classes, num_biases, dtype=torch.bool, device=acc.device)
+    full = ~acc.isnan()
+    out = torch.stack(
+        [
+            acc[full].mean(),
+            acc[diag & full].mean(),
+            acc[~diag & full].mean(),
+            acc[full].min() if full.any() else acc.new_tensor(float("nan")),
+            (pred == y).double().mean(),
+        ]
+    )
+    return dict(zip(METRICS, out.tolist()))

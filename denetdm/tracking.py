@@ -1,0 +1,134 @@
+"""Results are files first (metrics.jsonl, results.json, a `done` marker), W&B second."""
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Append-only per-epoch records in `metrics.jsonl` (one JSON object a line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        """Append one record and flush it to disk."""
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        """All complete records (a line cut by a crash is ignored)."""
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def truncate(self, stage: str, after_epoch: int) -> None:
+        """Drop the records of `stage` past `after_epoch` (written after the checkpoint we resume from)."""
+        keep = [r for r in self.read() if not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch)]
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+        os.replace(tmp, self.path)
+
+
+class NullLogger:
+    """Logs nowhere (logger=none)."""
+
+    def __init__(self, run_dir: str | None = None, run_config: dict | None = None) -> None:
+        pass
+
+    def __enter__(self) -> "NullLogger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def log(self, stage: str, epoch: int, record: dict) -> None:
+        """Per-epoch metrics of a stage."""
+
+    def summary(self, results: dict) -> None:
+        """Final results."""
+
+
+class WandbLogger(NullLogger):
+    """One W&B run per job, offline unless WANDB_MODE says otherwise, always finished."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        run_config: dict,
+        project: str = "denetdm",
+        entity: str | None = None,
+        mode: str = "offline",
+        group: str | None = None,
+        job_type: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        self.kwargs = dict(
+            project=project,
+            entity=entity,
+            mode=mode,
+            group=group,
+            job_type=job_type,
+            name=name,
+            tags=[str(t) for t in tags or []],
+            config=run_config,
+            dir=str(run_dir),
+        )
+        self.run = None
+
+    def __enter__(self) -> "WandbLogger":
+        import wandb
+
+        try:
+            self.run = wandb.init(**self.kwargs, settings=wandb.Settings(console="off", save_code=False))
+        except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment
+            log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
+            self.run = None
+            return self
+        for stage in ("stage1", "stage2", "eval"):
+            self.run.define_metric(f"{stage}/epoch")
+            self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
+            self.run.define_metric(f"{stage}/val/*", step_metric=f"{stage}/epoch", summary="max")
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=0 if exc_type is None else 1)
+            self.run = None
+
+    def log(self, stage: str, epoch: int, record: dict) -> None:
+        if self.run is not None:
+            data = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
+            self.run.log({f"{stage}/epoch": epoch, **data})
+
+    def summary(self, results: dict) -> None:
+        if self.run is not None:
+            for k, v in results.items():
+                if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
+                    self.run.summary[k] = v

@@ -15,10 +15,10 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from denetdm.checkpoint import load_checkpoint
+from denetdm.cli import check_group_choices, instantiate_checked, quote_numeric_choices
 from denetdm.engine import Trainer, evaluate_all
 from denetdm.errors import ConfigError, DenetdmError
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
@@ -100,12 +100,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # --- build everything from the config -------------------------------------------------------------
     t0 = time.time()
-    data = instantiate(cfg.dataset).load().to(device)
+    data = instantiate_checked(cfg.dataset).load().to(device)
     t_data = time.time() - t0
     log.info("%s: %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val), len(data.test), device)
-    optimizer = instantiate(cfg.optimizer)
+    optimizer = instantiate_checked(cfg.optimizer)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate(cfg.logger, run_dir=str(run_dir), run_config=resolved, _convert_="all")
+    logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)
     trainer = Trainer(run_dir, logger, cfg.selection, progress)
     meta = {
         "input_shape": list(data.input_shape),
@@ -204,4 +204,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if problem := check_group_choices(sys.argv[1:]):
+        sys.exit(problem)
+    sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     main()

@@ -1,0 +1,36 @@
+# make install | run | test | lint | bench      (make run ARGS='dataset=cmnist severity=4')
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+ARGS ?=
+
+.PHONY: install run test lint format bench clean
+
+install: $(STAMP)
+
+# Re-installs only when requirements.txt changes (the torch wheel alone is ~5.5 GB).
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $(STAMP)
+
+run: install
+	$(PY) run.py $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: install
+	$(PY) -m denetdm.bench $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

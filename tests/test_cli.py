@@ -1,0 +1,183 @@
+"""End to end through `python run.py`: results, determinism, resume, stages, bad input, W&B offline."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import COMMON, ROOT, TINY, read_results, run_cli
+from wandb_files import read_run
+
+pytestmark = pytest.mark.slow
+
+RESULT_KEYS = [
+    *(f"{s}/{m}" for s in ("test", "val") for m in ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc")),
+    "stage1/shallow/test/acc_conflicting", "stage1/deep/test/acc_conflicting", "stage1/shallow/test/acc_unbiased",
+    "seed", "selection", "time/stage1_s", "time/stage2_s", "time/total_s", "config",
+]
+
+
+def numbers(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock entries."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")} for x in lines]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    proc = run_cli(TINY, run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_end_to_end_writes_results_metrics_checkpoints(tiny_run):
+    results = read_results(tiny_run)
+    missing = [k for k in RESULT_KEYS if k not in results]
+    assert not missing, missing
+    assert all(0 <= results[k] <= 1 for k in RESULT_KEYS if "/acc" in k)
+    assert results["selection"] == "val" and results["seed"] == 0 and results["selection_oracle"] is False
+    assert results["config"]["dataset"]["name"] == "synthetic"
+    records = numbers(tiny_run)
+    assert [(r["stage"], r["epoch"]) for r in records] == [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
+    assert "val/shallow/acc_unbiased" in records[0] and "test/target/acc_worst_group" in records[2]
+    for name in ("stage1_selected", "stage1_last", "stage2_selected", "stage2_last"):
+        assert (tiny_run / "checkpoints" / f"{name}.pt").is_file()
+    assert (tiny_run / "done").exists()
+    # the selected stage-2 model is the best validation epoch, and its test numbers are reported
+    best = max((r for r in records if r["stage"] == "stage2"), key=lambda r: r["val/target/acc_unbiased"])
+    assert results["test/acc_unbiased"] == best["test/target/acc_unbiased"]
+
+
+def test_same_config_same_numbers(tiny_run, tmp_path):
+    proc = run_cli(TINY, tmp_path / "again")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert numbers(tmp_path / "again") == numbers(tiny_run)
+    assert "stage2 target" in proc.stdout  # the summary table
+
+
+def test_finished_run_is_not_retrained(tiny_run):
+    before = (tiny_run / "metrics.jsonl").read_text()
+    proc = run_cli(TINY, tiny_run)
+    assert proc.returncode == 0 and "already finished" in proc.stdout
+    assert (tiny_run / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.parametrize("kill_at", ["stage1_last.pt", "stage2_last.pt"])  # during stage 1, during stage 2
+def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, kill_at):
+    args = [*TINY, "dataset.train_size=4000", "stage1.epochs=3", "stage2.epochs=3"]
+    ref = tmp_path / "ref"
+    assert run_cli(args, ref).returncode == 0
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "checkpoints" / kill_at).exists():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    assert not (run_dir / "results.json").exists()
+    resumed = run_cli(args, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after epoch" in resumed.stdout
+    assert numbers(run_dir) == numbers(ref)
+    got, want = read_results(run_dir), read_results(ref)
+    assert {k: v for k, v in got.items() if "time" not in k} == {k: v for k, v in want.items() if "time" not in k}
+
+
+def test_stage1_then_stage2_then_eval(tiny_run, tmp_path):
+    s1 = tmp_path / "s1"
+    assert run_cli([*TINY, "stage=stage1"], s1).returncode == 0
+    r1 = read_results(s1)
+    assert "stage1/shallow/val/acc_unbiased" in r1 and "test/acc_unbiased" not in r1
+    s2 = tmp_path / "s2"
+    proc = run_cli([*TINY, "stage=stage2", f"stage.stage1_ckpt={s1}/checkpoints/stage1_selected.pt"], s2)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full = read_results(tiny_run)
+    assert read_results(s2)["test/acc_unbiased"] == full["test/acc_unbiased"]  # same as stage 1 + 2 in one run
+    ev = tmp_path / "ev"
+    proc = run_cli([*TINY, "stage=eval", f"stage.ckpt={tiny_run}/checkpoints/stage2_selected.pt"], ev)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_results(ev)["test/acc_unbiased"] == pytest.approx(full["test/acc_unbiased"])
+
+
+def test_selection_test_is_labelled_oracle(tmp_path):
+    proc = run_cli([*TINY, "selection=test", "stage1.epochs=1", "stage2.epochs=1"], tmp_path / "o")
+    assert proc.returncode == 0
+    assert read_results(tmp_path / "o")["selection_oracle"] is True
+    assert "TEST set" in proc.stdout and "oracle" in proc.stdout
+
+
+def _one_clear_line(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["dataset=foo"], ["dataset", "cmnist", "synthetic"]),
+        (["severity=9"], ["severity", "1, 2, 3, 4"]),
+        (["dataset.conflict_pct=150"], ["conflict_pct", "150"]),
+        (["stage1.epochs=abc"], ["stage1.epochs", "abc"]),
+        (["selection=best"], ["selection"]),
+        (["model.deep.depth=1"], ["depth"]),
+        (["stage=stage2"], ["stage.stage1_ckpt"]),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, overrides, words):
+    _one_clear_line(run_cli([*TINY, *overrides], tmp_path / "bad"), *words)
+
+
+def test_missing_mnist_offline_names_the_folder(tmp_path):
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    proc = run_cli(
+        [*COMMON, "dataset=cmnist", "dataset.download=false"], tmp_path / "r", env={"DENETDM_DATA": str(empty)}
+    )
+    _one_clear_line(proc, str(empty / "MNIST" / "raw"))
+
+
+def test_damaged_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    _one_clear_line(run_cli([*TINY, "stage=eval", f"stage.ckpt={bad}"], tmp_path / "r"), str(bad), "damaged")
+    _one_clear_line(run_cli([*TINY, "stage=eval", f"stage.ckpt={tmp_path}/none.pt"], tmp_path / "r2"), "does not exist")
+
+
+def test_resume_with_another_config_is_refused(tiny_run, tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli([*TINY, "stage=stage1"], run_dir).returncode == 0
+    (run_dir / "done").unlink()
+    _one_clear_line(run_cli([*TINY, "stage=stage1", "stage1.lr=0.01"], run_dir), "stage1.lr")
+
+
+def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
+    proc = run_cli(args, tmp_path / "w", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    logged = read_run(files[0])
+    assert logged["run"]["group"] == "synthetic-sev4" and logged["run"]["job_type"] == "full"
+    assert {"synthetic", "sev4", "shallow3-deep5"} <= set(logged["run"]["tags"])
+    assert {"seed", "dataset", "stage1", "stage2", "model"} <= logged["run"]["config_keys"]
+    keys = set().union(*logged["history"])
+    assert {"stage1/epoch", "stage1/val/shallow/acc_unbiased", "stage1/train/loss", "stage2/test/target/acc_unbiased"} <= keys
+    epochs = [json.loads(h["stage1/epoch"]) for h in logged["history"] if "stage1/epoch" in h]
+    assert epochs == [1, 2]
+    results = read_results(tmp_path / "w")
+    assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])

@@ -1,0 +1,43 @@
+"""Group metrics on hand-built cases (PROTOCOLS section 2)."""
+
+import math
+
+import pytest
+import torch
+
+from denetdm.metrics import cell_accuracy, group_metrics
+
+
+def test_hand_built_two_by_two():
+    # cells (y, b): (0,0) x2 both right, (0,1) x1 wrong, (1,0) x2 one right, (1,1) x1 right
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    b = torch.tensor([0, 0, 1, 0, 0, 1])
+    pred = torch.tensor([0, 0, 1, 1, 0, 1])
+    m = group_metrics(pred, y, b, 2, 2)
+    assert cell_accuracy(pred, y, b, 2, 2).tolist() == [[1.0, 0.0], [0.5, 1.0]]
+    assert m["acc_unbiased"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert m["acc_aligned"] == pytest.approx((1 + 1) / 2)
+    assert m["acc_conflicting"] == pytest.approx((0 + 0.5) / 2)
+    assert m["acc_worst_group"] == 0.0
+    assert m["acc"] == pytest.approx(4 / 6)
+
+
+def test_empty_cells_are_ignored_not_counted_as_zero():
+    y = torch.tensor([0, 1, 2])
+    b = torch.tensor([0, 1, 0])
+    pred = torch.tensor([0, 1, 2])
+    acc = cell_accuracy(pred, y, b, 3, 3)
+    assert math.isnan(acc[0, 1]) and acc[2, 0] == 1.0
+    m = group_metrics(pred, y, b, 3, 3)
+    assert m["acc_unbiased"] == 1.0 and m["acc_worst_group"] == 1.0 and m["acc_conflicting"] == 1.0
+
+
+def test_unbiased_differs_from_sample_accuracy_under_imbalance():
+    # 98 aligned samples all right, 2 conflicting all wrong
+    y = torch.tensor([0] * 49 + [1] * 49 + [0, 1])
+    b = torch.tensor([0] * 49 + [1] * 49 + [1, 0])
+    pred = torch.tensor([0] * 49 + [1] * 49 + [1, 0])
+    m = group_metrics(pred, y, b, 2, 2)
+    assert m["acc"] == pytest.approx(0.98)
+    assert m["acc_unbiased"] == pytest.approx(0.5)
+    assert m["acc_conflicting"] == 0.0 and m["acc_aligned"] == 1.0

@@ -1,0 +1,105 @@
+"""Backbones (every registry entry), the product-of-experts property and the stage-2 method."""
+
+import functools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from denetdm.data.splits import Split
+from denetdm.errors import ConfigError
+from denetdm.methods import DeNetDMStage1, DeNetDMStage2
+from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
+
+SHAPE = (3, 28, 28)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_maps_images_to_num_features(name):
+    model = create_backbone(name, SHAPE)
+    out = model(torch.rand(4, *SHAPE))
+    assert out.shape == (4, model.num_features)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5, 8])
+def test_mlp_depth_counts_linear_layers_with_the_head(depth):
+    model = TwoExpertModel(create_backbone("mlp", SHAPE, depth=depth), create_backbone("mlp", SHAPE, depth=2), 10)
+    linears = [m for m in model.deep.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) + 1 == depth  # + the shared head
+
+
+def test_bad_depth_is_a_config_error():
+    with pytest.raises(ConfigError, match="depth"):
+        create_backbone("mlp", SHAPE, depth=1)
+    with pytest.raises(ConfigError, match="unknown backbone"):
+        create_backbone("nope", SHAPE)
+
+
+def _two_expert(seed: int = 0) -> TwoExpertModel:
+    torch.manual_seed(seed)
+    return TwoExpertModel(create_backbone("mlp", SHAPE, depth=5), create_backbone("mlp", SHAPE, depth=3), 10)
+
+
+def test_product_of_experts_logits_are_the_sum_of_expert_logits():
+    model = _two_expert()
+    x = torch.rand(8, *SHAPE)
+    out = model.experts(x)
+    assert set(out) == {"shallow", "deep", "poe"}
+    assert all(v.shape == (8, 10) for v in out.values())
+    # a linear head on summed features: poe = deep + shallow - head bias
+    assert torch.allclose(out["poe"], out["deep"] + out["shallow"] - model.head.bias, atol=1e-5)
+    assert torch.allclose(model(x), out["poe"])
+    # the softmax of the sum is the normalised product of the experts' softmaxes
+    prod = F.softmax(out["deep"], 1) * F.softmax(out["shallow"], 1) / F.softmax(model.head.bias, 0)
+    assert torch.allclose(F.softmax(out["poe"], 1), prod / prod.sum(1, keepdim=True), atol=1e-5)
+
+
+def test_stage1_update_trains_all_three_parts():
+    model = _two_expert()
+    method = DeNetDMStage1(model, functools.partial(torch.optim.Adam), lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = method.update(torch.rand(16, *SHAPE), torch.randint(0, 10, (16,)), torch.arange(16))
+    assert set(out) == {"loss"} and not out["loss"].requires_grad
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"deep", "shallow", "head"}
+
+
+def _stage2(**kw) -> DeNetDMStage2:
+    stage1 = _two_expert()
+    target = TargetModel(create_backbone("mlp", SHAPE, depth=5), stage1.head)
+    return DeNetDMStage2(stage1, target, functools.partial(torch.optim.Adam), lr=1e-2, **kw)
+
+
+def test_stage2_head_starts_from_stage1_and_only_the_target_moves():
+    method = _stage2()
+    assert torch.equal(method.target.head.weight, method.stage1.head.weight)
+    assert method.target.head.weight.data_ptr() != method.stage1.head.weight.data_ptr()
+    frozen = {k: v.clone() for k, v in method.stage1.state_dict().items()}
+    method.train()
+    assert not method.stage1.training and method.target.training  # frozen experts stay in eval mode
+    method.update(torch.rand(16, *SHAPE), torch.randint(0, 10, (16,)), torch.arange(16))
+    assert all(torch.equal(v, frozen[k]) for k, v in method.stage1.state_dict().items())
+    assert set(method.predict(torch.rand(2, *SHAPE))) == {"target"}
+
+
+def test_stage2_loss_matches_the_protocol_formula_and_the_cache():
+    x, y = torch.rand(32, *SHAPE), torch.randint(0, 10, (32,))
+    w_poe, w_dist, t = 0.7, 0.3, 2.0
+    m = _stage2(poe_weight=w_poe, dist_weight=w_dist, temperature=t)
+    with torch.no_grad():
+        fb, fs = m.stage1.features(x)
+        teacher = m.stage1.head(fs)
+        ft = m.target.features(x)
+        poe = F.cross_entropy(m.target.head(fb + ft), y)
+        dist = -(F.softmax(teacher / t, 1) * F.log_softmax(m.target.head(ft) / t, 1)).sum() / 32 * t * t
+    out = m.update(x, y, torch.arange(32))
+    assert out["loss_poe"].item() == pytest.approx(poe.item(), rel=1e-5)
+    assert out["loss_dist"].item() == pytest.approx(dist.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(w_poe * poe.item() + w_dist * dist.item(), rel=1e-5)
+    # precomputed frozen outputs give the same step as computing them per batch
+    a, b = _stage2(), _stage2()
+    b.prepare(Split(x, y, y), augmented=False)
+    la = a.update(x[:16], y[:16], torch.arange(16))["loss"]
+    lb = b.update(x[:16], y[:16], torch.arange(16))["loss"]
+    assert la.item() == pytest.approx(lb.item(), rel=1e-5)

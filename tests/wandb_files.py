@@ -1,0 +1,56 @@
+"""Read back what a W&B offline run logged, from its `.wandb` transaction log (test helper).
+
+The file is a LevelDB-style log: a 7-byte header (':W&B', magic 0xBEE1, version), then 32 KiB blocks of
+chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a
+protobuf `Record` as payload.
+"""
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+BLOCK = 32768
+
+
+def _payloads(path: Path) -> Iterator[bytes]:
+    data = Path(path).read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:7])
+    assert ident == b":W&B" and magic == 0xBEE1, f"{path} is not a W&B transaction log"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        if BLOCK - pos % BLOCK < 7:  # a block tail too short for a header is padding
+            pos += BLOCK - pos % BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            break
+        chunk, pos = data[pos : pos + length], pos + length
+        if kind == 1:
+            yield chunk
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            yield pending + chunk
+
+
+def read_run(path: Path) -> dict:
+    """{'run': {group, job_type, tags, config keys}, 'history': [dict], 'summary': dict} of one run file."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out: dict = {"run": {}, "history": [], "summary": {}}
+    for payload in _payloads(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            keys = {i.key for i in r.config.update}
+            out["run"] = {"group": r.run_group, "job_type": r.job_type, "tags": list(r.tags), "config_keys": keys}
+        elif kind == "history":
+            out["history"].append({i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item})
+        elif kind == "summary":
+            out["summary"].update({i.key: i.value_json for i in rec.summary.update if i.key})
+    return out

@@ -6,7 +6,6 @@ value of `main` is the validation unbiased accuracy of the selected target model
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,12 @@ _NOT_NUMERIC = ("root", "download", "cache_dir")
 
 def _fingerprint(cfg: DictConfig, stage: str) -> dict:
     data = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in _NOT_NUMERIC}
-    fp = {"seed": cfg.seed, "selection": cfg.selection, "dataset": data, "optimizer": OmegaConf.to_container(cfg.optimizer)}
+    fp = {
+        "seed": cfg.seed,
+        "selection": cfg.selection,
+        "dataset": data,
+        "optimizer": OmegaConf.to_container(cfg.optimizer),
+    }
     fp["model"] = {k: OmegaConf.to_container(cfg.model[k], resolve=True) for k in ("deep", "shallow")}
     fp["stage1"] = OmegaConf.to_container(cfg.stage1, resolve=True)
     if stage == "stage2":
@@ -102,7 +106,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     t0 = time.time()
     data = instantiate_checked(cfg.dataset).load().to(device)
     t_data = time.time() - t0
-    log.info("%s: %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val), len(data.test), device)
+    log.info(
+        "%s: %d train / %d val / %d test samples on %s",
+        data.name,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        device,
+    )
     optimizer = instantiate_checked(cfg.optimizer)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)
@@ -117,6 +128,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     results["stages"] = stages
     times = {"stage1": 0.0, "stage2": 0.0}
 
+    def fit(stage: str, method, schedule: DictConfig):
+        seed = derive_seed(cfg.seed, f"{stage}-batches")
+        meta_ = {**meta, "config": _fingerprint(cfg, stage)}
+        args = (schedule.epochs, schedule.batch_size, schedule.select, seed, meta_)
+        return trainer.fit(stage, method, data, *args, resume=cfg.resume)
+
     # --- the stages ------------------------------------------------------------------------------------
     with logger:
         stage1 = None
@@ -125,10 +142,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if "stage1" in stages:
             torch.manual_seed(derive_seed(cfg.seed, "stage1-init"))
             stage1 = build_stage1(meta, optimizer, lr=s1.lr, weight_decay=s1.weight_decay).to(device)
-            r1 = trainer.fit(
-                "stage1", stage1, data, s1.epochs, s1.batch_size, s1.select, derive_seed(cfg.seed, "stage1-batches"),
-                {**meta, "config": _fingerprint(cfg, "stage1")}, resume=cfg.resume,
-            )
+            r1 = fit("stage1", stage1, s1)
             results.update(_flat("stage1", r1.metrics))
             results["stage1/selected_epoch"], times["stage1"] = r1.selected_epoch, r1.elapsed_s
         elif "stage2" in stages:
@@ -136,7 +150,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 raise ConfigError("stage=stage2 needs stage.stage1_ckpt=<run dir>/checkpoints/stage1_selected.pt")
             ckpt = load_checkpoint(cfg.stage.stage1_ckpt, "stage-1 checkpoint")
             if ckpt["kind"] != "stage1":
-                raise ConfigError(f"stage.stage1_ckpt={cfg.stage.stage1_ckpt} holds a {ckpt['kind']} checkpoint, not stage1")
+                raise ConfigError(
+                    f"stage.stage1_ckpt={cfg.stage.stage1_ckpt} holds a {ckpt['kind']} checkpoint, not stage1"
+                )
             meta["model"].update({k: ckpt["meta"]["model"][k] for k in ("deep", "shallow")})
             stage1 = build_stage1(ckpt["meta"]).to(device)
             stage1.load_state_dict(ckpt["method"])
@@ -144,13 +160,16 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         if "stage2" in stages:
             torch.manual_seed(derive_seed(cfg.seed, "stage2-init"))
             method = build_stage2(
-                meta, stage1, optimizer, lr=s2.lr, weight_decay=s2.weight_decay, poe_weight=s2.poe_weight,
-                dist_weight=s2.dist_weight, temperature=s2.temperature,
+                meta,
+                stage1,
+                optimizer,
+                lr=s2.lr,
+                weight_decay=s2.weight_decay,
+                poe_weight=s2.poe_weight,
+                dist_weight=s2.dist_weight,
+                temperature=s2.temperature,
             ).to(device)
-            r2 = trainer.fit(
-                "stage2", method, data, s2.epochs, s2.batch_size, s2.select, derive_seed(cfg.seed, "stage2-batches"),
-                {**meta, "config": _fingerprint(cfg, "stage2")}, resume=cfg.resume,
-            )
+            r2 = fit("stage2", method, s2)
             for split in ("val", "test"):
                 results.update({f"{split}/{m}": r2.metrics[f"{split}/target/{m}"] for m in METRICS})
             results["stage2/selected_epoch"], times["stage2"] = r2.selected_epoch, r2.elapsed_s
@@ -175,7 +194,9 @@ def _evaluate_checkpoint(cfg: DictConfig, data) -> dict:
     ckpt = load_checkpoint(cfg.stage.ckpt)
     meta = ckpt["meta"]
     if list(data.input_shape) != list(meta["input_shape"]):
-        raise ConfigError(f"{cfg.stage.ckpt} expects inputs of shape {meta['input_shape']}, dataset gives {list(data.input_shape)}")
+        raise ConfigError(
+            f"{cfg.stage.ckpt} expects inputs of shape {meta['input_shape']}, dataset gives {list(data.input_shape)}"
+        )
     stage1 = build_stage1(meta)
     method = stage1 if ckpt["kind"] == "stage1" else build_stage2(meta, stage1)
     method.load_state_dict(ckpt["method"])
@@ -199,8 +220,10 @@ def main(cfg: DictConfig) -> float:
             raise  # the sweeper records the trial as failed and goes on
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit(f"interrupted: finished epochs are saved in {run_dir}; run the same command with "
-                 f"hydra.run.dir={run_dir} to resume")
+        sys.exit(
+            f"interrupted: finished epochs are saved in {run_dir}; run the same command with "
+            f"hydra.run.dir={run_dir} to resume"
+        )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ SELECTIONS = ("val", "test", "last")
 
 
 @torch.no_grad()
-def evaluate(method: Method, split: Split, num_classes: int, num_biases: int, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(
+    method: Method, split: Split, num_classes: int, num_biases: int, batch_size: int = 4096
+) -> dict[str, float]:
     """Group metrics of every head of `method` on `split`, keyed `<head>/<metric>`."""
     was_training = method.training
     method.eval()
@@ -65,7 +67,11 @@ class Trainer:
     """Runs stages in a run directory: metrics.jsonl, checkpoints/<stage>_{last,selected}.pt."""
 
     def __init__(
-        self, run_dir: str | Path, logger: NullLogger | None = None, selection: str = "val", progress: bool | None = None
+        self,
+        run_dir: str | Path,
+        logger: NullLogger | None = None,
+        selection: str = "val",
+        progress: bool | None = None,
     ) -> None:
         if selection not in SELECTIONS:
             raise ConfigError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
@@ -127,7 +133,9 @@ class Trainer:
             if self.progress:
                 from tqdm import tqdm
 
-                batches = tqdm(batches, total=-(-len(data.train) // batch_size), desc=f"{stage} {epoch}/{epochs}", leave=False)
+                batches = tqdm(
+                    batches, total=-(-len(data.train) // batch_size), desc=f"{stage} {epoch}/{epochs}", leave=False
+                )
             n = 0
             for x, y, idx in batches:
                 if augment is not None:
@@ -144,7 +152,14 @@ class Trainer:
                 )
             metrics = evaluate_all(method, data)
             state["elapsed_s"] += time.time() - t0
-            record = {"stage": stage, "epoch": epoch, **train, **metrics, "time/train_s": t_train, "time/epoch_s": time.time() - t0}
+            record = {
+                "stage": stage,
+                "epoch": epoch,
+                **train,
+                **metrics,
+                "time/train_s": t_train,
+                "time/epoch_s": time.time() - t0,
+            }
             self.records.append(record)
             self.logger.log(stage, epoch, record)
             score = epoch if self.selection == "last" else metrics[f"{self.selection}/{select}"]

@@ -5,7 +5,9 @@ import torch
 METRICS = ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc")
 
 
-def cell_accuracy(pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int) -> torch.Tensor:
+def cell_accuracy(
+    pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int
+) -> torch.Tensor:
     """(num_classes, num_biases) accuracy matrix; NaN where a cell has no sample."""
     cell = y * num_biases + b
     total = torch.bincount(cell, minlength=num_classes * num_biases).double()
@@ -14,7 +16,9 @@ def cell_accuracy(pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_clas
     return acc.view(num_classes, num_biases)
 
 
-def group_metrics(pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int) -> dict[str, float]:
+def group_metrics(
+    pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int
+) -> dict[str, float]:
     """Unbiased (mean of cells), aligned (diagonal), conflicting (off-diagonal), worst-group and plain accuracy."""
     acc = cell_accuracy(pred, y, b, num_classes, num_biases)
     diag = torch.eye(num_classes, num_biases, dtype=torch.bool, device=acc.device)

@@ -2,10 +2,19 @@
 
 import math
 
-_ROWS = (("stage1 shallow", "stage1/shallow/{split}/{m}"), ("stage1 deep", "stage1/deep/{split}/{m}"),
-         ("stage1 poe", "stage1/poe/{split}/{m}"), ("stage2 target", "{split}/{m}"))
-_COLS = (("val", "acc_unbiased"), ("test", "acc_unbiased"), ("test", "acc_aligned"),
-         ("test", "acc_conflicting"), ("test", "acc_worst_group"))
+_ROWS = (
+    ("stage1 shallow", "stage1/shallow/{split}/{m}"),
+    ("stage1 deep", "stage1/deep/{split}/{m}"),
+    ("stage1 poe", "stage1/poe/{split}/{m}"),
+    ("stage2 target", "{split}/{m}"),
+)
+_COLS = (
+    ("val", "acc_unbiased"),
+    ("test", "acc_unbiased"),
+    ("test", "acc_aligned"),
+    ("test", "acc_conflicting"),
+    ("test", "acc_worst_group"),
+)
 
 
 def objective(results: dict) -> float:

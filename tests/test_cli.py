@@ -17,9 +17,20 @@ from wandb_files import read_run
 pytestmark = pytest.mark.slow
 
 RESULT_KEYS = [
-    *(f"{s}/{m}" for s in ("test", "val") for m in ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc")),
-    "stage1/shallow/test/acc_conflicting", "stage1/deep/test/acc_conflicting", "stage1/shallow/test/acc_unbiased",
-    "seed", "selection", "time/stage1_s", "time/stage2_s", "time/total_s", "config",
+    *(
+        f"{s}/{m}"
+        for s in ("test", "val")
+        for m in ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc")
+    ),
+    "stage1/shallow/test/acc_conflicting",
+    "stage1/deep/test/acc_conflicting",
+    "stage1/shallow/test/acc_unbiased",
+    "seed",
+    "selection",
+    "time/stage1_s",
+    "time/stage2_s",
+    "time/total_s",
+    "config",
 ]
 
 
@@ -176,7 +187,12 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert {"synthetic", "sev4", "shallow3-deep5"} <= set(logged["run"]["tags"])
     assert {"seed", "dataset", "stage1", "stage2", "model"} <= logged["run"]["config_keys"]
     keys = set().union(*logged["history"])
-    assert {"stage1/epoch", "stage1/val/shallow/acc_unbiased", "stage1/train/loss", "stage2/test/target/acc_unbiased"} <= keys
+    assert {
+        "stage1/epoch",
+        "stage1/val/shallow/acc_unbiased",
+        "stage1/train/loss",
+        "stage2/test/target/acc_unbiased",
+    } <= keys
     epochs = [json.loads(h["stage1/epoch"]) for h in logged["history"] if "stage1/epoch" in h]
     assert epochs == [1, 2]
     results = read_results(tmp_path / "w")

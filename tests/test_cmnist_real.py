@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from conftest import COMMON, MNIST_ROOT, needs_mnist, read_results, run_cli
 from denetdm.data.bias import assign_bias
 from denetdm.data.cmnist import ColoredMNIST, load_grayscale
 from denetdm.seeding import generator
+
+from conftest import COMMON, MNIST_ROOT, needs_mnist, read_results, run_cli
 
 pytestmark = [pytest.mark.real_data, needs_mnist]
 

@@ -6,8 +6,9 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, compose_cfg
 from denetdm.models import build_backbone
+
+from conftest import CONF, compose_cfg
 
 CASES = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir() for f in sorted(g.glob("*.yaml"))]
 

@@ -82,7 +82,9 @@ def test_colorize_keeps_background_black_and_uses_the_bias_colour():
 
 
 def _synthetic(seed: int, **kw):
-    args = dict(name="synthetic", severity=4, conflict_pct=5, val_size=100, seed=seed, cache_dir="/nonexistent-never-written")
+    args = dict(
+        name="synthetic", severity=4, conflict_pct=5, val_size=100, seed=seed, cache_dir="/nonexistent-never-written"
+    )
     args.update(kw)
     return SyntheticShapes(train_size=600, test_size=300, **args)
 

@@ -6,11 +6,11 @@ import time
 import torch
 
 from denetdm.data.bias import assign_bias, check_conflict_pct, holdout
-from denetdm.seeding import generator
 from denetdm.data.cache import cached
 from denetdm.data.palette import COLORS, color_std, colorize
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import ConfigError
+from denetdm.seeding import generator
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,15 @@ import math
 
 import torch
 
-from denetdm.seeding import generator
 from denetdm.data.colored import ColoredDataset
+from denetdm.seeding import generator
 
 
 def _polygon(n: int, radius: float = 1.0, phase: float = 0.0) -> list[tuple[float, float, float, float]]:
-    pts = [(radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n)) for k in range(n)]
+    pts = [
+        (radius * math.cos(phase + 2 * math.pi * k / n), radius * math.sin(phase + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
     return [(*pts[k], *pts[(k + 1) % n]) for k in range(n)]
 
 

@@ -2,7 +2,6 @@
 
 import math
 
-import torch
 import torch.nn as nn
 
 from denetdm.errors import ConfigError
@@ -24,9 +23,9 @@ class MLP(nn.Sequential):
 def mlp(input_shape: tuple[int, ...], depth: int = 5, width: int = 100) -> nn.Module:
     """MLP extractor whose `depth` counts Linear layers including the shared head (paper: deep 5, shallow 3)."""
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 2:
-        raise ConfigError(f"mlp depth counts Linear layers including the head and must be an integer >= 2, got {depth!r}")
+        raise ConfigError(
+            f"mlp depth counts Linear layers including the head and must be an integer >= 2, got {depth!r}"
+        )
     if not isinstance(width, int) or width < 1:
         raise ConfigError(f"mlp width must be a positive integer, got {width!r}")
     return MLP(math.prod(input_shape), depth, width)
-
-

@@ -1,0 +1,77 @@
+"""The training loop on its own: non-finite losses, selection, record truncation, the dataset cache."""
+
+import torch
+
+from denetdm.data.splits import BiasedData, Split
+from denetdm.data.synthetic import SyntheticShapes
+from denetdm.engine import Trainer
+from denetdm.errors import TrainingError
+from denetdm.methods.base import Method
+from denetdm.tracking import MetricsLog
+
+
+class Constant(Method):
+    """Predicts a fixed class; its 'loss' is whatever it is told."""
+
+    heads = ("only",)
+
+    def __init__(self, loss: float) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.loss = loss
+        self.optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def update(self, x, y, idx):
+        return {"loss": torch.tensor(self.loss)}
+
+    def predict(self, x):
+        return {"only": torch.zeros(len(x), 2).index_fill_(1, torch.tensor([0]), 1.0) + self.w}
+
+
+def tiny_data() -> BiasedData:
+    y = torch.tensor([0, 0, 1, 1] * 4)
+    split = Split(torch.rand(16, 3), y, y.flip(0))
+    return BiasedData("tiny", split, split, split, 2, 2)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    trainer = Trainer(tmp_path, progress=False)
+    try:
+        trainer.fit("stage1", Constant(float("nan")), tiny_data(), 3, 4, "only/acc", 0, {})
+    except TrainingError as e:
+        assert "not finite" in str(e) and "stage1.lr" in str(e)
+    else:
+        raise AssertionError("a NaN loss must stop training")
+    assert not (tmp_path / "checkpoints" / "stage1_last.pt").exists()  # nothing poisoned is saved
+
+
+def test_selection_last_keeps_the_final_epoch(tmp_path):
+    result = Trainer(tmp_path, selection="last", progress=False).fit(
+        "stage1", Constant(0.5), tiny_data(), 3, 4, "only/acc", 0, {}
+    )
+    assert result.selected_epoch == 3 and len(result.history) == 3
+
+
+def test_truncate_drops_only_later_records_of_that_stage(tmp_path):
+    log = MetricsLog(tmp_path / "m.jsonl")
+    for stage, epoch in [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage1", 3)]:
+        log.append({"stage": stage, "epoch": epoch})
+    with open(log.path, "a") as f:
+        f.write('{"stage": "stage1", "ep')  # a line cut by a crash
+    log.truncate("stage1", 1)
+    assert [(r["stage"], r["epoch"]) for r in log.read()] == [("stage1", 1), ("stage2", 1)]
+
+
+def test_damaged_cache_is_regenerated_and_the_data_root_is_untouched(tmp_path, caplog):
+    kw = dict(name="synthetic", train_size=300, test_size=100, severity=4, conflict_pct=5, val_size=50, seed=0)
+    first = SyntheticShapes(cache_dir=str(tmp_path / "cache"), **kw).load()
+    (path,) = (tmp_path / "cache").glob("synthetic-*.pt")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip a byte inside the tensors
+    path.write_bytes(bytes(data))
+    again = SyntheticShapes(cache_dir=str(tmp_path / "cache"), **kw).load()
+    assert "regenerating" in caplog.text
+    assert torch.equal(again.train.x, first.train.x)
+    other = SyntheticShapes(cache_dir=str(tmp_path / "cache"), **{**kw, "severity": 3}).load()
+    assert len(list((tmp_path / "cache").glob("synthetic-*.pt"))) == 2  # a new key per parameter set
+    assert not torch.equal(other.train.x, first.train.x)

@@ -197,3 +197,32 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert epochs == [1, 2]
     results = read_results(tmp_path / "w")
     assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])
+
+
+def test_default_command_trains_and_shows_the_effect(tmp_path):
+    # `make run` is `python run.py` with the defaults: synthetic shapes, stage 1 then stage 2
+    proc = run_cli(["logger=none", "progress=false"], tmp_path / "default")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = read_results(tmp_path / "default")
+    assert r["config"]["dataset"]["name"] == "synthetic" and r["config"]["stage"]["name"] == "full"
+    # the shallow expert learns the shapes, the deep one the colours
+    assert r["stage1/shallow/test/acc_conflicting"] > r["stage1/deep/test/acc_conflicting"] + 0.2
+    assert r["test/acc_unbiased"] > 0.5 and r["stage1/shallow/test/acc_unbiased"] > 0.5
+
+
+def test_main_returns_the_validation_objective(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import run
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=TINY, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    value = run.main.__wrapped__(cfg)
+    assert value == read_results(tmp_path)["val/acc_unbiased"]

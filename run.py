@@ -114,7 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         len(data.test),
         device,
     )
-    optimizer = instantiate_checked(cfg.optimizer)
+    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)
     trainer = Trainer(run_dir, logger, cfg.selection, progress)

@@ -7,6 +7,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class Trainer:
         seed: int,
         meta: dict,
         resume: bool = True,
-        augment=None,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> StageResult:
         """Train `method` for `epochs`, evaluating every epoch and keeping the checkpoint chosen by the
         selection rule (`select` is the `<head>/<metric>` maximised on the selection split).

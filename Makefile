@@ -13,6 +13,7 @@ install: $(STAMP)
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps imagecorruptions-imaug==1.1.5
 	touch $(STAMP)
 
 run: install

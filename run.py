@@ -104,25 +104,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # --- build everything from the config -------------------------------------------------------------
     t0 = time.time()
-    data = instantiate_checked(cfg.dataset).load().to(device)
-    t_data = time.time() - t0
-    log.info(
-        "%s: %d train / %d val / %d test samples on %s",
-        data.name,
-        len(data.train),
-        len(data.val),
-        len(data.test),
-        device,
-    )
-    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)
-    trainer = Trainer(run_dir, logger, cfg.selection, progress)
+    data = instantiate_checked(cfg.dataset).load()
     meta = {
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "model": {k: OmegaConf.to_container(cfg.model[k], resolve=True) for k in ("deep", "shallow", "target")},
     }
+    # convolutions run faster on channels-last tensors; MLPs would only pay for a copy
+    channels_last = any(isinstance(m, torch.nn.Conv2d) for m in build_stage1(meta).modules())
+    data = data.to(device, channels_last=channels_last)
+    t_data = time.time() - t0
+    log.info("%s: %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val), len(data.test), device)
+    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)
+    trainer = Trainer(run_dir, logger, cfg.selection, progress)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     s1, s2 = cfg.stage1, cfg.stage2
     results: dict = {"seed": cfg.seed, "selection": cfg.selection, "selection_oracle": cfg.selection == "test"}
     results["stages"] = stages
@@ -132,7 +129,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         seed = derive_seed(cfg.seed, f"{stage}-batches")
         meta_ = {**meta, "config": _fingerprint(cfg, stage)}
         args = (schedule.epochs, schedule.batch_size, schedule.select, seed, meta_)
-        return trainer.fit(stage, method, data, *args, resume=cfg.resume)
+        method.amp = bool(cfg.amp)
+        return trainer.fit(stage, method, data, *args, resume=cfg.resume, augment=data.augment)
 
     # --- the stages ------------------------------------------------------------------------------------
     with logger:
@@ -141,7 +139,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             results.update(_evaluate_checkpoint(cfg, data))
         if "stage1" in stages:
             torch.manual_seed(derive_seed(cfg.seed, "stage1-init"))
-            stage1 = build_stage1(meta, optimizer, lr=s1.lr, weight_decay=s1.weight_decay).to(device)
+            stage1 = build_stage1(meta, optimizer, lr=s1.lr, weight_decay=s1.weight_decay)
+            stage1 = stage1.to(device, memory_format=memory_format)
             r1 = fit("stage1", stage1, s1)
             results.update(_flat("stage1", r1.metrics))
             results["stage1/selected_epoch"], times["stage1"] = r1.selected_epoch, r1.elapsed_s
@@ -154,7 +153,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                     f"stage.stage1_ckpt={cfg.stage.stage1_ckpt} holds a {ckpt['kind']} checkpoint, not stage1"
                 )
             meta["model"].update({k: ckpt["meta"]["model"][k] for k in ("deep", "shallow")})
-            stage1 = build_stage1(ckpt["meta"]).to(device)
+            stage1 = build_stage1(ckpt["meta"]).to(device, memory_format=memory_format)
             stage1.load_state_dict(ckpt["method"])
             results.update(_flat("stage1", evaluate_all(stage1, data)))
         if "stage2" in stages:
@@ -168,7 +167,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 poe_weight=s2.poe_weight,
                 dist_weight=s2.dist_weight,
                 temperature=s2.temperature,
-            ).to(device)
+            ).to(device, memory_format=memory_format)
             r2 = fit("stage2", method, s2)
             for split in ("val", "test"):
                 results.update({f"{split}/{m}": r2.metrics[f"{split}/target/{m}"] for m in METRICS})

@@ -33,8 +33,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     logger = instantiate(cfg.logger, _partial_=True)(run_dir=str(tmp_path), run_config={"a": 1})
     assert hasattr(logger, "log") and hasattr(logger, "summary")
     for part in ("deep", "shallow", "target"):
-        model = build_backbone(OmegaConf.to_container(cfg.model[part]), (3, 28, 28))
-        assert model(torch.rand(2, 3, 28, 28)).shape == (2, model.num_features)
+        model = build_backbone(OmegaConf.to_container(cfg.model[part]), (3, 32, 32))
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, model.num_features)
     assert cfg.stage.name in ("full", "stage1", "stage2", "eval")
     assert cfg.selection in ("val", "test", "last")
 

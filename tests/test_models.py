@@ -12,7 +12,7 @@ from denetdm.errors import ConfigError
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
 from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
 
-SHAPE = (3, 28, 28)
+SHAPE = (3, 32, 32)
 
 
 @pytest.mark.parametrize("name", list_backbones())

@@ -30,6 +30,8 @@ class ColoredDataset:
         val_size: int,
         seed: int,
         cache_dir: str,
+        subset: int | None = None,
+        eval_subset: int | None = None,
     ) -> None:
         if not isinstance(severity, int) or isinstance(severity, bool):
             raise ConfigError(f"severity must be an integer 1..4 (or 5), got {severity!r}")
@@ -42,6 +44,7 @@ class ColoredDataset:
         self.val_size = val_size
         self.seed = int(seed)
         self.cache_dir = cache_dir
+        self.subset, self.eval_subset = subset, eval_subset
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(train images, train labels, test images, test labels); images uint8 (N, H, W)."""
@@ -86,4 +89,5 @@ class ColoredDataset:
         t = cached(self.cache_dir, self.name, self.params(), self.build)
         split = {s: Split(t[f"{s}_x"], t[f"{s}_y"], t[f"{s}_b"]) for s in ("train", "val", "test")}
         info = {"severity": self.severity, "conflict_pct": self.conflict_pct, "color_std": self.std}
-        return BiasedData(self.name, split["train"], split["val"], split["test"], self.num_classes, len(COLORS), info)
+        data = BiasedData(self.name, split["train"], split["val"], split["test"], self.num_classes, len(COLORS), info)
+        return data.subsets(self.subset, self.eval_subset, generator(self.seed, "subsets"))

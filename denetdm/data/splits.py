@@ -1,9 +1,11 @@
 """In-memory biased splits: tensors on the training device, batched by index (no per-item DataLoader)."""
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 import torch
+
+from denetdm.errors import ConfigError
 
 
 @dataclass
@@ -17,12 +19,29 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device | str) -> "Split":
-        """Move to `device`, turning uint8 images into float32 in [0, 1] once, up front."""
+    def to(self, device: torch.device | str, normalize: tuple | None = None, channels_last: bool = False) -> "Split":
+        """Move to `device`, turning uint8 images into float32 in [0, 1] (then normalised) once, up front."""
         x = self.x.to(device)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
+        if normalize is not None:
+            mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in normalize)
+            x = x.sub_(mean).div_(std)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return Split(x, self.y.to(device), self.b.to(device))
+
+    def subset(self, n: int, gen: torch.Generator) -> "Split":
+        """`n` samples drawn at random, keeping the share of bias-conflicting samples (exactly, up to rounding)."""
+        conflicting = (self.y != self.b).nonzero().flatten()
+        aligned = (self.y == self.b).nonzero().flatten()
+        n_conf = round(n * len(conflicting) / len(self))
+        pick = [
+            group[torch.randperm(len(group), generator=gen)[:k]]
+            for group, k in ((conflicting, n_conf), (aligned, n - n_conf))
+        ]
+        idx = torch.cat(pick).sort().values
+        return Split(self.x[idx], self.y[idx], self.b[idx])
 
     def batches(self, batch_size: int, gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield (x, y, idx) batches: shuffled with `gen` when given, else in order (last batch kept)."""
@@ -49,6 +68,8 @@ class BiasedData:
     num_classes: int
     num_biases: int
     info: dict = field(default_factory=dict)
+    normalize: tuple | None = None  # (mean, std) per channel, applied when moved to the device
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # training batches only
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,14 +79,20 @@ class BiasedData:
         """The evaluation splits by name."""
         return {"val": self.val, "test": self.test}
 
-    def to(self, device: torch.device | str) -> "BiasedData":
-        """All splits on `device` as float tensors."""
-        return BiasedData(
-            self.name,
-            self.train.to(device),
-            self.val.to(device),
-            self.test.to(device),
-            self.num_classes,
-            self.num_biases,
-            dict(self.info),
-        )
+    def to(self, device: torch.device | str, channels_last: bool = False) -> "BiasedData":
+        """All splits on `device` as (normalised) float tensors."""
+        moved = [s.to(device, self.normalize, channels_last) for s in (self.train, self.val, self.test)]
+        return replace(self, train=moved[0], val=moved[1], test=moved[2], info=dict(self.info))
+
+    def subsets(self, train: int | None, evaluation: int | None, gen: torch.Generator) -> "BiasedData":
+        """Quick runs: `train` training and `evaluation` validation/test samples, each with its bias ratio."""
+        out = self
+        for split, n, name in ((("train",), train, "subset"), (("val", "test"), evaluation, "eval_subset")):
+            if n is None:
+                continue
+            for s in split:
+                size = len(getattr(out, s))
+                if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= size:
+                    raise ConfigError(f"dataset.{name} must be an integer between 1 and {size} ({s}), got {n!r}")
+                out = replace(out, **{s: getattr(out, s).subset(n, gen)})
+        return out

@@ -11,6 +11,11 @@ class Method(nn.Module):
 
     heads: tuple[str, ...] = ()
     optimizer: torch.optim.Optimizer | None = None
+    amp: bool = False  # bf16 autocast on CUDA
+
+    def autocast(self, x: torch.Tensor) -> torch.autocast:
+        """bf16 autocast where asked for and the batch is on CUDA; a no-op elsewhere."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp and x.is_cuda)
 
     def prepare(self, train: Split, augmented: bool) -> None:
         """Called once before training on `train` (e.g. to precompute outputs of frozen parts)."""

@@ -32,12 +32,14 @@ class DeNetDMStage1(Method):
             self.optimizer = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss = F.cross_entropy(self.model(x), y)
+        with self.autocast(x):
+            loss = F.cross_entropy(self.model(x), y)
         _step(self.optimizer, loss)
         return {"loss": loss.detach()}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.experts(x)
+        with self.autocast(x):
+            return self.model.experts(x)
 
 
 class DeNetDMStage2(Method):
@@ -73,8 +75,9 @@ class DeNetDMStage2(Method):
 
     @torch.no_grad()
     def _frozen_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        deep, shallow = self.stage1.features(x)
-        return deep, self.stage1.head(shallow)
+        with self.autocast(x):
+            deep, shallow = self.stage1.features(x)
+            return deep.float(), self.stage1.head(shallow).float()
 
     @torch.no_grad()
     def prepare(self, train: Split, augmented: bool) -> None:
@@ -90,14 +93,16 @@ class DeNetDMStage2(Method):
             deep, teacher = self._frozen[0][idx], self._frozen[1][idx]
         else:
             deep, teacher = self._frozen_outputs(x)
-        feat = self.target.features(x)
-        poe = F.cross_entropy(self.target.head(deep + feat), y)
-        t = self.temperature
-        student = F.log_softmax(self.target.head(feat) / t, dim=1)
-        dist = -(F.softmax(teacher / t, dim=1) * student).sum() / len(y) * t * t
-        loss = self.poe_weight * poe + self.dist_weight * dist
+        with self.autocast(x):
+            feat = self.target.features(x)
+            poe = F.cross_entropy(self.target.head(deep + feat), y)
+            t = self.temperature
+            student = F.log_softmax(self.target.head(feat).float() / t, dim=1)
+            dist = -(F.softmax(teacher / t, dim=1) * student).sum() / len(y) * t * t
+            loss = self.poe_weight * poe + self.dist_weight * dist
         _step(self.optimizer, loss)
         return {"loss": loss.detach(), "loss_poe": poe.detach(), "loss_dist": dist.detach()}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"target": self.target(x)}
+        with self.autocast(x):
+            return {"target": self.target(x)}

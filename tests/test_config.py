@@ -6,6 +6,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from denetdm.errors import ConfigError
 from denetdm.models import build_backbone
 
 from conftest import CONF, compose_cfg
@@ -33,7 +34,12 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     logger = instantiate(cfg.logger, _partial_=True)(run_dir=str(tmp_path), run_config={"a": 1})
     assert hasattr(logger, "log") and hasattr(logger, "summary")
     for part in ("deep", "shallow", "target"):
-        model = build_backbone(OmegaConf.to_container(cfg.model[part]), (3, 32, 32))
+        spec = OmegaConf.to_container(cfg.model[part])
+        try:
+            model = build_backbone(spec, (3, 32, 32))
+        except ConfigError as e:  # pretrained weights without the network: one clear error, at once
+            assert spec.get("pretrained") and "pretrained" in str(e)
+            continue
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, model.num_features)
     assert cfg.stage.name in ("full", "stage1", "stage2", "eval")
     assert cfg.selection in ("val", "test", "last")

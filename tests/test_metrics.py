@@ -20,6 +20,7 @@ def test_hand_built_two_by_two():
     assert m["acc_conflicting"] == pytest.approx((0 + 0.5) / 2)
     assert m["acc_worst_group"] == 0.0
     assert m["acc"] == pytest.approx(4 / 6)
+    assert m["acc_conflicting_samples"] == pytest.approx(1 / 3)  # (0,1) wrong, (1,0) one of two right
 
 
 def test_empty_cells_are_ignored_not_counted_as_zero():

@@ -103,3 +103,53 @@ def test_stage2_loss_matches_the_protocol_formula_and_the_cache():
     la = a.update(x[:16], y[:16], torch.arange(16))["loss"]
     lb = b.update(x[:16], y[:16], torch.arange(16))["loss"]
     assert la.item() == pytest.approx(lb.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("depth,blocks", [(8, 1), (20, 3), (56, 9)])
+def test_cifar_resnet_depth_is_6n_plus_2(depth, blocks):
+    model = create_backbone("resnet_cifar", SHAPE, depth=depth)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6 * blocks + 1 and model.num_features == 64
+    with pytest.raises(ConfigError, match="6n\\+2"):
+        create_backbone("resnet_cifar", SHAPE, depth=depth + 1)
+
+
+def test_reference_cnn_presets():
+    cnn3 = create_backbone("cnn", SHAPE)  # 5x5 convs without padding: 32 -> 1x1x64
+    assert cnn3.num_features == 64 and sum(isinstance(m, nn.Conv2d) for m in cnn3.modules()) == 3
+    cnn4 = create_backbone("cnn_bffhq", (3, 64, 64))
+    assert cnn4.num_features == 512 and sum(isinstance(m, nn.Conv2d) for m in cnn4.modules()) == 4
+    deeper = create_backbone("cnn", SHAPE, depth=4, padding=2)
+    assert sum(isinstance(m, nn.Conv2d) for m in deeper.modules()) == 4
+    with pytest.raises(ConfigError, match="shrinks"):
+        create_backbone("cnn", SHAPE, depth=5)
+
+
+def test_pretrained_without_weights_or_network_fails_at_once(monkeypatch, tmp_path):
+    import socket
+    import time
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty weights cache
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t0 = time.time()
+    with pytest.raises(ConfigError, match="pretrained resnet18 weights are not in .* pretrained=false"):
+        create_backbone("resnet", SHAPE, depth=18, pretrained=True)
+    assert time.time() - t0 < 5
+
+
+def test_experts_of_different_widths_share_a_projected_head():
+    deep = create_backbone("resnet", SHAPE, depth=18)  # 512-d
+    shallow = create_backbone("cnn", SHAPE)  # 64-d
+    model = TwoExpertModel(deep, shallow, 10)
+    assert model.head.in_features == 512 and isinstance(model.shallow_proj.proj, nn.Linear)
+    out = model.experts(torch.rand(2, *SHAPE))
+    assert all(v.shape == (2, 10) for v in out.values())
+    # the reference's CIFAR target: ResNet-18 + Linear(512, 64) into a 64-d stage-1 head
+    small = TwoExpertModel(create_backbone("resnet_cifar", SHAPE), create_backbone("cnn", SHAPE), 10)
+    target = TargetModel(create_backbone("resnet", SHAPE, depth=18), small.head)
+    assert (target.proj.proj.in_features, target.proj.proj.out_features) == (512, 64)
+    assert target(torch.rand(2, *SHAPE)).shape == (2, 10)

@@ -114,7 +114,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     channels_last = any(isinstance(m, torch.nn.Conv2d) for m in build_stage1(meta).modules())
     data = data.to(device, channels_last=channels_last)
     t_data = time.time() - t0
-    log.info("%s: %d train / %d val / %d test samples on %s", data.name, len(data.train), len(data.val), len(data.test), device)
+    log.info(
+        "%s: %d train / %d val / %d test samples on %s",
+        data.name,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        device,
+    )
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(run_dir=str(run_dir), run_config=resolved)

@@ -1,7 +1,9 @@
-"""`make bench`: throughput of stage 1 and stage 2 on Colored MNIST with the real engine, and the projected
-time of the paper schedule (100 + 100 epochs). Measures and prints; it never fails on a timing.
+"""`make bench`: throughput of stage 1 and stage 2 on Colored MNIST with the real engine and the projected
+time of the paper schedule (100 + 100 epochs); then stage-1 samples/s on Corrupted CIFAR-10 of our batched
+pipeline against a per-image PIL-transform DataLoader pipeline of the same model (the reference code's way).
+Measures and prints; it never fails on a timing. `make bench ARGS='--device cuda'` on a GPU machine.
 
-Uses real MNIST when $DENETDM_DATA holds it, else coloured shapes at MNIST scale (same tensor sizes).
+Uses real MNIST and cifar10-jpeg.zip when $DENETDM_DATA holds them, else generated data of the same sizes.
 """
 
 import argparse
@@ -30,15 +32,106 @@ def _data(cache: str):
     ).load()
 
 
+def _cifar_data(cache: str):
+    """Corrupted CIFAR-10 from $DENETDM_DATA/cifar10-jpeg.zip when present, else random CIFAR-sized images."""
+    zipped = Path(os.environ.get("DENETDM_DATA", "./data")) / "cifar10-jpeg.zip"
+    if zipped.exists():
+        from denetdm.data.ccifar10 import CorruptedCIFAR10
+
+        ds = CorruptedCIFAR10(name="ccifar10", root="", source=str(zipped), severity=4, conflict_pct=1,
+                              val_size=1000, seed=0, cache_dir=cache)  # fmt: skip
+        return "Corrupted CIFAR-10 (Type0, severity 4)", ds.load()
+    from denetdm.data.augment import BatchAugment
+    from denetdm.data.ccifar10 import MEAN, STD
+    from denetdm.data.splits import BiasedData, Split
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (4096,), generator=g), torch.randint(0, 10, (4096,), generator=g))  # fmt: skip
+    fill = [-m / s for m, s in zip(MEAN, STD)]
+    return "random CIFAR-sized images (no cifar10-jpeg.zip found)", BiasedData(
+        "random", split, split, split, 10, 10, normalize=(MEAN, STD), augment=BatchAugment(4, True, fill)
+    )
+
+
+def _per_image_loader(split, batch_size: int):
+    """The reference code's way: PIL images, per-image torchvision transforms, a DataLoader."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from denetdm.data.ccifar10 import MEAN, STD
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
+    images = split.x.permute(0, 2, 3, 1).numpy()
+
+    class PerImage(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int):
+            return tf(Image.fromarray(images[i])), int(split.y[i])
+
+    return torch.utils.data.DataLoader(PerImage(), batch_size=batch_size, shuffle=True, num_workers=0)
+
+
+def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> None:
+    """Stage-1 samples/s of our batched pipeline vs a per-image PIL DataLoader pipeline, same model."""
+    name, data = _cifar_data(cache)
+    n = batch_size * (steps + 1)
+    train = data.train.subset(min(n, len(data.train)), torch.Generator().manual_seed(0))
+    print(f"\ncifar data: {name}; {steps} timed steps of batch {batch_size} (after one warm-up step)")
+    adam = functools.partial(torch.optim.Adam, fused=True)
+    shape = tuple(train.x.shape[1:])
+
+    def method(channels_last: bool) -> DeNetDMStage1:
+        torch.manual_seed(0)
+        model = TwoExpertModel(create_backbone("resnet_cifar", shape, depth=20), create_backbone("cnn", shape), 10)
+        fmt = torch.channels_last if channels_last else torch.preserve_format
+        return DeNetDMStage1(model, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
+
+    # ours: preloaded normalised tensors, augmentation on the whole batch, channels_last
+    ours = method(True)
+    on_device = train.to(device, data.normalize, channels_last=True)
+    gen = torch.Generator().manual_seed(0)
+    times, t0 = [], time.time()  # each step timed from the end of the last: fetching the batch included
+    for x, y, idx in on_device.batches(batch_size, gen):
+        ours.update(data.augment(x, gen), y, idx)
+        times.append(time.time() - t0)
+        t0 = time.time()
+    ours_sps = batch_size * len(times[1:]) / sum(times[1:])
+    # reference style: per-image PIL transforms in a DataLoader
+    ref = method(False)
+    times, t0 = [], time.time()
+    for x, y in _per_image_loader(train, batch_size):
+        x, y = x.to(device), y.to(device)
+        ref.update(x, y, torch.arange(len(y)))
+        times.append(time.time() - t0)
+        t0 = time.time()
+    ref_sps = batch_size * len(times[1:]) / sum(times[1:])
+    print(f"{'pipeline':<34}{'stage-1 samples/s':>20}")
+    print(f"{'batched tensors (ours)':<34}{ours_sps:>20.0f}")
+    print(f"{'per-image PIL + DataLoader':<34}{ref_sps:>20.0f}")
+    print(f"speed-up: {ours_sps / ref_sps:.2f}x")
+
+
 def main() -> None:
-    """Run the benchmark and print its table."""
+    """Run the benchmark and print its tables."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--epochs", type=int, default=3, help="epochs per stage to time (the first is a warm-up)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cifar-steps", type=int, default=8, help="timed stage-1 steps of the CIFAR comparison")
+    ap.add_argument("--skip-mnist", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = os.environ.get("DENETDM_CACHE", os.path.expanduser("~/.cache/denetdm"))
+    if not args.skip_mnist:
+        bench_mnist(cache, args)
+    bench_cifar(cache, args.device, args.cifar_steps)
+
+
+def bench_mnist(cache: str, args: argparse.Namespace) -> None:
+    """Stage 1 and stage 2 on Colored MNIST with the real engine, and the projected paper schedule."""
     t0 = time.time()
     name, data = _data(cache)
     data = data.to(args.device)

@@ -49,7 +49,8 @@ def test_subset_out_of_range_is_a_config_error():
 
     split = Split(torch.zeros(10, 1), torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long))
     data = BiasedData("t", split, split, split, 1, 1)
+    assert len(data.subsets(11, None, torch.Generator()).train) == 10  # more than there is: all of it
     with pytest.raises(ConfigError, match="dataset.subset"):
-        data.subsets(11, None, torch.Generator())
+        data.subsets(-3, None, torch.Generator())
     with pytest.raises(ConfigError, match="dataset.eval_subset"):
         data.subsets(None, 0, torch.Generator())

@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import COMMON, read_results, run_cli
 from denetdm.data.bffhq import BFFHQ
 from denetdm.data.ccifar10 import CorruptedCIFAR10
 from denetdm.data.preview import main as preview_main
 from denetdm.errors import DataError
+
+from conftest import COMMON, read_results, run_cli
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -113,7 +114,8 @@ def test_bffhq_bad_names_and_empty_splits_are_named(tmp_path):
 @pytest.mark.slow
 def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
     args = [*COMMON, "dataset=ccifar10", f"dataset.source={cifar_tree}", "dataset.val_size=50",
-            "dataset.eval_subset=50", "stage1.epochs=1", "stage2.epochs=1", "stage1.batch_size=64", "stage2.batch_size=64"]  # fmt: skip
+            "dataset.eval_subset=50", "stage1.epochs=1", "stage2.epochs=1",
+            "stage1.batch_size=64", "stage2.batch_size=64"]  # fmt: skip
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = read_results(tmp_path / "r")

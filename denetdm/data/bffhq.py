@@ -95,14 +95,20 @@ class BFFHQ:
         t0 = time.time()
         for split, names in files.items():
             if not names:
-                folder = "{0.5pct,train}/{align,conflict}/<class>" if split == "train" else ("valid" if split == "val" else "test")
+                folder = (
+                    "{0.5pct,train}/{align,conflict}/<class>"
+                    if split == "train"
+                    else ("valid" if split == "val" else "test")
+                )
                 raise DataError(f"BFFHQ split '{split}' is empty: no images under <top>/{folder}/ in {tree.path}")
             labels = np.array([parse_labels(n) for n in names], dtype=np.int64)
             with ThreadPoolExecutor(self.workers) as pool:  # PIL decodes without the GIL
                 images = np.stack(list(pool.map(lambda n: tree.read(n, self.image_size), names)))
             out[f"{split}_x"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
             out[f"{split}_y"], out[f"{split}_b"] = torch.from_numpy(labels[:, 0]), torch.from_numpy(labels[:, 1])
-        log.info("decoded BFFHQ (%s) in %.1f s", ", ".join(f"{k}: {len(v)}" for k, v in files.items()), time.time() - t0)
+        log.info(
+            "decoded BFFHQ (%s) in %.1f s", ", ".join(f"{k}: {len(v)}" for k, v in files.items()), time.time() - t0
+        )
         return out
 
     def load(self) -> BiasedData:

@@ -37,7 +37,9 @@ def _corrupt_chunk(args: tuple) -> np.ndarray:
     return np.stack([corrupt(img, fns[b], level, rng) for img, b in zip(images, biases)])
 
 
-def corrupt_all(images: np.ndarray, biases: np.ndarray, kind: int, level: int, seed: int, label: str, workers: int) -> np.ndarray:
+def corrupt_all(
+    images: np.ndarray, biases: np.ndarray, kind: int, level: int, seed: int, label: str, workers: int
+) -> np.ndarray:
     """Corrupt every image by its bias label, in parallel chunks with a progress bar."""
     tasks = [
         (images[i : i + CHUNK], biases[i : i + CHUNK], kind, level, derive_seed(seed, f"{label}-chunk{i // CHUNK}"))
@@ -108,7 +110,10 @@ class CorruptedCIFAR10:
             x_tr, y_tr, classes = class_tree_split(tree, "train")
             x_te, y_te, classes_te = class_tree_split(tree, "test")
             if classes != classes_te or len(classes) != self.num_classes:
-                raise DataError(f"{self.source}: expected the same 10 class folders in train/ and test/, got {classes} and {classes_te}")
+                raise DataError(
+                    f"{self.source}: expected the same 10 class folders in train/ and test/, "
+                    f"got {classes} and {classes_te}"
+                )
             return x_tr, y_tr, x_te, y_te
         import torchvision
 
@@ -160,7 +165,12 @@ class CorruptedCIFAR10:
         """The biased splits, from the cache when generated before."""
         t = cached(self.cache_dir, self.name, self.params(), self.build)
         split = {s: Split(t[f"{s}_x"], t[f"{s}_y"], t[f"{s}_b"]) for s in ("train", "val", "test")}
-        info = {"severity": self.severity, "level": self.level, "corruption_type": self.kind, "conflict_pct": self.conflict_pct}
+        info = {
+            "severity": self.severity,
+            "level": self.level,
+            "corruption_type": self.kind,
+            "conflict_pct": self.conflict_pct,
+        }
         fill = [-m / s for m, s in zip(MEAN, STD)]  # normalised zero: padding as if applied before normalising
         data = BiasedData(
             self.name, split["train"], split["val"], split["test"], self.num_classes, len(TYPES[self.kind]), info,

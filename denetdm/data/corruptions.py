@@ -71,7 +71,9 @@ def _plasma(size: int, decay: float, rng: Rng) -> np.ndarray:
         half = step // 2
         # squares: centre of each square = mean of its corners + noise
         corners = grid[0:size:step, 0:size:step]
-        mean = (corners + np.roll(corners, -1, 0) + np.roll(corners, -1, 1) + np.roll(np.roll(corners, -1, 0), -1, 1)) / 4
+        mean = (
+            corners + np.roll(corners, -1, 0) + np.roll(corners, -1, 1) + np.roll(np.roll(corners, -1, 0), -1, 1)
+        ) / 4
         grid[half:size:step, half:size:step] = mean + rng.uniform(-scale, scale, mean.shape)
         # diamonds: edge midpoints = mean of their four neighbours + noise
         for r0, c0 in ((0, half), (half, 0)):
@@ -255,7 +257,9 @@ def elastic(x: np.ndarray, level: int, rng: Rng) -> np.ndarray:
     centre, side = np.array([h, w], np.float32) // 2, min(h, w) // 3
     src = np.float32([centre + side, [centre[0] + side, centre[1] - side], centre - side])
     dst = (src + rng.uniform(-affine, affine, src.shape)).astype(np.float32)
-    x = cv2.warpAffine(x.astype(np.float32), cv2.getAffineTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT_101)
+    x = cv2.warpAffine(
+        x.astype(np.float32), cv2.getAffineTransform(src, dst), (w, h), borderMode=cv2.BORDER_REFLECT_101
+    )
     if alpha == 0:
         return x
     dx = gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma, mode="reflect") * alpha

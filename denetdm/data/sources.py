@@ -30,7 +30,12 @@ class ImageTree:
     def fingerprint(self) -> dict:
         """What identifies this source's contents cheaply (part of cache keys)."""
         st = self.path.stat()
-        return {"path": str(self.path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime), "files": len(self.files)}
+        return {
+            "path": str(self.path.resolve()),
+            "size": st.st_size,
+            "mtime": int(st.st_mtime),
+            "files": len(self.files),
+        }
 
     def read(self, name: str, size: int | None = None) -> np.ndarray:
         """One image as uint8 (H, W, 3), resized to size x size when given."""
@@ -52,7 +57,9 @@ def class_tree_split(tree: ImageTree, split: str) -> tuple[np.ndarray, np.ndarra
         if len(parts) >= 3 and parts[-3] == split:
             entries.append((parts[-2], name))
     if not entries:
-        raise DataError(f"no images under <top>/{split}/<class>/ in {tree.path}; expected <top>/{{train,test}}/<class>/<file>")
+        raise DataError(
+            f"no images under <top>/{split}/<class>/ in {tree.path}; expected <top>/{{train,test}}/<class>/<file>"
+        )
     classes = sorted({c for c, _ in entries})
     index = {c: i for i, c in enumerate(classes)}
     x = np.stack([tree.read(name) for _, name in entries])

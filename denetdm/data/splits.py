@@ -85,14 +85,15 @@ class BiasedData:
         return replace(self, train=moved[0], val=moved[1], test=moved[2], info=dict(self.info))
 
     def subsets(self, train: int | None, evaluation: int | None, gen: torch.Generator) -> "BiasedData":
-        """Quick runs: `train` training and `evaluation` validation/test samples, each with its bias ratio."""
+        """Quick runs: at most `train` training and `evaluation` validation/test samples, each drawn with its
+        split's bias ratio (a split smaller than asked is kept whole)."""
         out = self
-        for split, n, name in ((("train",), train, "subset"), (("val", "test"), evaluation, "eval_subset")):
+        for names, n, key in ((("train",), train, "subset"), (("val", "test"), evaluation, "eval_subset")):
             if n is None:
                 continue
-            for s in split:
-                size = len(getattr(out, s))
-                if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= size:
-                    raise ConfigError(f"dataset.{name} must be an integer between 1 and {size} ({s}), got {n!r}")
-                out = replace(out, **{s: getattr(out, s).subset(n, gen)})
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"dataset.{key} must be a positive integer (or null for all), got {n!r}")
+            for name in names:
+                if n < len(getattr(out, name)):
+                    out = replace(out, **{name: getattr(out, name).subset(n, gen)})
         return out

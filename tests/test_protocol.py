@@ -106,3 +106,11 @@ def test_synthetic_same_seed_same_bytes_and_protocol_counts(tmp_path):
 def test_severity_must_exist():
     with pytest.raises(ConfigError, match="severity"):
         _synthetic(0, severity=9)
+
+
+@pytest.mark.parametrize("pct,expected", [(0.5, 250), (1, 500), (2, 1000), (5, 2500)])
+def test_exact_conflicting_counts_on_cifar10_sizes(pct, expected):
+    y = labels_with_counts([5000] * 10)  # the 50,000 CIFAR-10 training images
+    assert int((assign_bias(y, 1 - pct / 100, 10, generator(0, "t")) != y).sum()) == expected
+    test = labels_with_counts([1000] * 10)
+    assert int((assign_bias(test, 0.1, 10, generator(0, "test")) == test).sum()) == 1000

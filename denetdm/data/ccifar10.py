@@ -14,7 +14,7 @@ import torch
 from denetdm.data.augment import BatchAugment
 from denetdm.data.bias import assign_bias, check_conflict_pct, holdout
 from denetdm.data.cache import cached
-from denetdm.data.corruptions import TYPES, corrupt
+from denetdm.data.corruptions import TYPES, corrupt_chunk
 from denetdm.data.sources import ImageTree, class_tree_split
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import ConfigError, DataError
@@ -25,16 +25,6 @@ log = logging.getLogger(__name__)
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CHUNK = 250  # images per task: the unit of parallel work and of random streams (results do not depend on workers)
 PROTOCOL_VERSION = 1
-
-
-def _corrupt_chunk(args: tuple) -> np.ndarray:
-    images, biases, kind, level, seed = args
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already
-    rng = np.random.default_rng(seed)
-    fns = TYPES[kind]
-    return np.stack([corrupt(img, fns[b], level, rng) for img, b in zip(images, biases)])
 
 
 def corrupt_all(
@@ -53,14 +43,15 @@ def corrupt_all(
         progress = tqdm(total=len(images), desc=f"corrupting {label}", unit="img")
     t0 = time.time()
     if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            for out in pool.map(_corrupt_chunk, tasks):
+        # spawn, not fork: a fork of a process whose torch/OpenMP threads already ran can deadlock
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for out in pool.map(corrupt_chunk, tasks):
                 results.append(out)
                 if progress is not None:
                     progress.update(len(out))
     else:
         for task in tasks:
-            results.append(_corrupt_chunk(task))
+            results.append(corrupt_chunk(task))
             if progress is not None:
                 progress.update(len(results[-1]))
     if progress is not None:

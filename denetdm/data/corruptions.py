@@ -301,3 +301,11 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 def corrupt(img: np.ndarray, fn, level: int, rng: Rng) -> np.ndarray:
     """Apply one corruption to a uint8 (H, W, 3) image; returns uint8 (H, W, 3)."""
     return _to_uint8(fn(img.astype(np.float32) / 255, level, rng))
+
+
+def corrupt_chunk(args: tuple) -> np.ndarray:
+    """Worker task: corrupt images[i] with corruption biases[i] of `kind`, drawing from one seeded stream."""
+    images, biases, kind, level, seed = args
+    cv2.setNumThreads(1)  # one process per core already
+    rng = np.random.default_rng(seed)
+    return np.stack([corrupt(img, TYPES[kind][b], level, rng) for img, b in zip(images, biases)])

@@ -74,8 +74,20 @@ def _per_image_loader(split, batch_size: int):
     return torch.utils.data.DataLoader(PerImage(), batch_size=batch_size, shuffle=True, num_workers=0)
 
 
+def _timed_steps(method, batches) -> float:
+    """Samples/s over the batches after the first (a warm-up); each step timed from the end of the last,
+    so fetching and transforming the batch count too."""
+    times, sizes, t0 = [], [], time.time()
+    for x, y, idx in batches:
+        method.update(x, y, idx)
+        times.append(time.time() - t0)
+        sizes.append(len(y))
+        t0 = time.time()
+    return sum(sizes[1:]) / sum(times[1:])
+
+
 def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> None:
-    """Stage-1 samples/s of our batched pipeline vs a per-image PIL DataLoader pipeline, same model."""
+    """Stage-1 and stage-2 samples/s of our batched pipeline vs a per-image PIL DataLoader pipeline."""
     name, data = _cifar_data(cache)
     n = batch_size * (steps + 1)
     train = data.train.subset(min(n, len(data.train)), torch.Generator().manual_seed(0))
@@ -83,35 +95,36 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
     adam = functools.partial(torch.optim.Adam, fused=True)
     shape = tuple(train.x.shape[1:])
 
-    def method(channels_last: bool) -> DeNetDMStage1:
+    def methods(channels_last: bool) -> tuple[DeNetDMStage1, DeNetDMStage2]:
+        # the cnn3_resnet20 preset: CNN-3 vs ResNet-20, target = ResNet-20
         torch.manual_seed(0)
         model = TwoExpertModel(create_backbone("resnet_cifar", shape, depth=20), create_backbone("cnn", shape), 10)
+        target = TargetModel(create_backbone("resnet_cifar", shape, depth=20), model.head)
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return DeNetDMStage1(model, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
+        stage1 = DeNetDMStage1(model, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
+        stage2 = DeNetDMStage2(model, target, adam, lr=1e-4).to(device, memory_format=fmt)
+        return stage1, stage2
 
-    # ours: preloaded normalised tensors, augmentation on the whole batch, channels_last
-    ours = method(True)
     on_device = train.to(device, data.normalize, channels_last=True)
-    gen = torch.Generator().manual_seed(0)
-    times, t0 = [], time.time()  # each step timed from the end of the last: fetching the batch included
-    for x, y, idx in on_device.batches(batch_size, gen):
-        ours.update(data.augment(x, gen), y, idx)
-        times.append(time.time() - t0)
-        t0 = time.time()
-    ours_sps = batch_size * len(times[1:]) / sum(times[1:])
-    # reference style: per-image PIL transforms in a DataLoader
-    ref = method(False)
-    times, t0 = [], time.time()
-    for x, y in _per_image_loader(train, batch_size):
-        x, y = x.to(device), y.to(device)
-        ref.update(x, y, torch.arange(len(y)))
-        times.append(time.time() - t0)
-        t0 = time.time()
-    ref_sps = batch_size * len(times[1:]) / sum(times[1:])
-    print(f"{'pipeline':<34}{'stage-1 samples/s':>20}")
-    print(f"{'batched tensors (ours)':<34}{ours_sps:>20.0f}")
-    print(f"{'per-image PIL + DataLoader':<34}{ref_sps:>20.0f}")
-    print(f"speed-up: {ours_sps / ref_sps:.2f}x")
+
+    def ours_batches():  # preloaded normalised tensors, augmentation on the whole batch on the device
+        gen = torch.Generator().manual_seed(0)
+        for x, y, idx in on_device.batches(batch_size, gen):
+            yield data.augment(x, gen), y, idx
+
+    def reference_batches():  # PIL images through per-image transforms in a DataLoader
+        for x, y in _per_image_loader(train, batch_size):
+            yield x.to(device), y.to(device), torch.arange(len(y), device=device)
+
+    rows = []
+    for label, channels_last, batches in (("batched tensors (ours)", True, ours_batches),
+                                          ("per-image PIL + DataLoader", False, reference_batches)):  # fmt: skip
+        stage1, stage2 = methods(channels_last)
+        rows.append((label, _timed_steps(stage1, batches()), _timed_steps(stage2, batches())))
+    print(f"{'pipeline':<30}{'stage-1 samples/s':>20}{'stage-2 samples/s':>20}")
+    for label, s1, s2 in rows:
+        print(f"{label:<30}{s1:>20.0f}{s2:>20.0f}")
+    print(f"speed-up: stage 1 {rows[0][1] / rows[1][1]:.2f}x, stage 2 {rows[0][2] / rows[1][2]:.2f}x")
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
 """Bias-label assignment of the LfF protocol (seeded) and the validation hold-out."""
 
+import numpy as np
 import torch
 
 from denetdm.errors import ConfigError
+from denetdm.seeding import generator
 
 
 def check_conflict_pct(conflict_pct: float) -> float:
@@ -47,3 +49,29 @@ def holdout(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torc
         raise ConfigError(f"dataset.val_size must be between 0 and {n - 1}, got {size}")
     perm = torch.randperm(n, generator=gen)
     return perm[size:].sort().values, perm[:size].sort().values
+
+
+def lff_splits(
+    x_train, y_train, x_test, y_test, conflict_pct: float, val_size: int, num_biases: int, seed: int
+) -> dict[str, tuple]:
+    """The LfF split protocol: {split: (images, labels, bias labels)} for train, val and test.
+
+    `val_size` images are held out of the training source; training is (100 - conflict_pct) % aligned,
+    validation and test are 1/num_biases aligned (bias uniform over the values). Images may be numpy arrays
+    or tensors; labels come back as tensors. A dataset then renders each image with its bias label.
+    """
+    y_train, y_test = torch.as_tensor(y_train, dtype=torch.long), torch.as_tensor(y_test, dtype=torch.long)
+    keep, held = holdout(len(y_train), val_size, generator(seed, "val-holdout"))
+
+    def take(x, idx: torch.Tensor):
+        return x[idx.numpy()] if isinstance(x, np.ndarray) else x[idx]
+
+    parts = {
+        "train": (take(x_train, keep), y_train[keep], 1 - conflict_pct / 100),
+        "val": (take(x_train, held), y_train[held], 1 / num_biases),
+        "test": (x_test, y_test, 1 / num_biases),
+    }
+    return {
+        split: (x, y, assign_bias(y, aligned, num_biases, generator(seed, f"{split}-bias")))
+        for split, (x, y, aligned) in parts.items()
+    }

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from denetdm.data.augment import BatchAugment
-from denetdm.data.bias import assign_bias, check_conflict_pct, holdout
+from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
 from denetdm.data.corruptions import TYPES, corrupt_chunk
 from denetdm.data.sources import ImageTree, class_tree_split
@@ -136,20 +136,13 @@ class CorruptedCIFAR10:
     def build(self) -> dict[str, torch.Tensor]:
         """Corrupt train (biased), validation and test (10 % aligned) splits."""
         x_tr, y_tr, x_te, y_te = self._source()
-        keep, held = holdout(len(y_tr), self.val_size, generator(self.seed, "val-holdout"))
-        keep, held = keep.numpy(), held.numpy()
-        parts = {
-            "train": (x_tr[keep], y_tr[keep], 1 - self.conflict_pct / 100),
-            "val": (x_tr[held], y_tr[held], 1 / self.num_classes),
-            "test": (x_te, y_te, 1 / self.num_classes),
-        }
+        num_biases = len(TYPES[self.kind])
+        parts = lff_splits(x_tr, y_tr, x_te, y_te, self.conflict_pct, self.val_size, num_biases, self.seed)
         out = {}
-        for split, (x, y, aligned) in parts.items():
-            yt = torch.as_tensor(y, dtype=torch.long)
-            b = assign_bias(yt, aligned, len(TYPES[self.kind]), generator(self.seed, f"{split}-bias"))
+        for split, (x, y, b) in parts.items():
             imgs = corrupt_all(x, b.numpy(), self.kind, self.level, self.seed, split, self.workers)
             out[f"{split}_x"] = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
-            out[f"{split}_y"], out[f"{split}_b"] = yt, b
+            out[f"{split}_y"], out[f"{split}_b"] = y, b
         return out
 
     def load(self) -> BiasedData:

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from denetdm.data.bias import assign_bias, check_conflict_pct, holdout
+from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
 from denetdm.data.palette import COLORS, color_std, colorize
 from denetdm.data.splits import BiasedData, Split
@@ -69,16 +69,9 @@ class ColoredDataset:
         """Generate the three coloured splits from the grayscale source."""
         t0 = time.time()
         x_tr, y_tr, x_te, y_te = self.source()
-        keep, held = holdout(len(y_tr), self.val_size, generator(self.seed, "val-holdout"))
-        parts = {
-            # training: (1 - conflict_pct) aligned; validation and test: colour uniform, so 1/C aligned
-            "train": (x_tr[keep], y_tr[keep], 1 - self.conflict_pct / 100),
-            "val": (x_tr[held], y_tr[held], 1 / self.num_classes),
-            "test": (x_te, y_te, 1 / self.num_classes),
-        }
+        parts = lff_splits(x_tr, y_tr, x_te, y_te, self.conflict_pct, self.val_size, len(COLORS), self.seed)
         out = {}
-        for split, (x, y, aligned) in parts.items():
-            b = assign_bias(y, aligned, len(COLORS), generator(self.seed, f"{split}-bias"))
+        for split, (x, y, b) in parts.items():
             out[f"{split}_x"] = colorize(x, b, self.std, generator(self.seed, f"{split}-color"))
             out[f"{split}_y"], out[f"{split}_b"] = y.clone(), b
         log.info("generated %s in %.1f s", self.name, time.time() - t0)

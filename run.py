@@ -223,7 +223,8 @@ def main(cfg: DictConfig) -> float:
         return objective(train(cfg, run_dir))
     except DenetdmError as e:
         if hc.mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the trial as failed and goes on
+            log.error("trial failed: %s", e)  # into this job's own run.log
+            raise  # the sweeper records the trial as failed
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from denetdm.data.cache import atomic_save
+from denetdm.atomic import atomic_save
 from denetdm.errors import CheckpointError
 
 __all__ = ["atomic_save", "load_checkpoint"]

@@ -4,21 +4,19 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from denetdm.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 class MetricsLog:
@@ -49,10 +47,8 @@ class MetricsLog:
     def truncate(self, stage: str, after_epoch: int) -> None:
         """Drop the records of `stage` past `after_epoch` (written after the checkpoint we resume from)."""
         keep = [r for r in self.read() if not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch)]
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".metrics.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
+        with atomic_write(self.path) as f:
             f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-        os.replace(tmp, self.path)
 
 
 class NullLogger:

@@ -20,7 +20,7 @@ from denetdm.data.augment import BatchAugment
 from denetdm.data.cache import cached
 from denetdm.data.ccifar10 import MEAN, STD
 from denetdm.data.sources import ImageTree
-from denetdm.data.splits import BiasedData, Split
+from denetdm.data.splits import BiasedData, splits_from
 from denetdm.errors import ConfigError, DataError
 from denetdm.seeding import generator
 
@@ -114,7 +114,7 @@ class BFFHQ:
     def load(self) -> BiasedData:
         """The three splits, from the cache when decoded before."""
         t = cached(self.cache_dir, self.name, self.params(), self.build)
-        split = {s: Split(t[f"{s}_x"], t[f"{s}_y"], t[f"{s}_b"]) for s in ("train", "val", "test")}
+        split = splits_from(t)
         conflicting = float((split["train"].y != split["train"].b).float().mean() * 100)
         info = {"image_size": self.image_size, "conflict_pct": round(conflicting, 3)}
         fill = [-m / s for m, s in zip(MEAN, STD)]

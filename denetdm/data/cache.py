@@ -8,12 +8,12 @@ be read-only.
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from denetdm.atomic import atomic_save
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,6 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().data if t.dtype != torch.uint8 else t.numpy().data)
     return h.hexdigest()
-
-
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached(

@@ -16,7 +16,7 @@ from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
 from denetdm.data.corruptions import TYPES, corrupt_chunk
 from denetdm.data.sources import ImageTree, class_tree_split
-from denetdm.data.splits import BiasedData, Split
+from denetdm.data.splits import BiasedData, splits_from
 from denetdm.errors import ConfigError, DataError
 from denetdm.seeding import derive_seed, generator
 
@@ -148,7 +148,7 @@ class CorruptedCIFAR10:
     def load(self) -> BiasedData:
         """The biased splits, from the cache when generated before."""
         t = cached(self.cache_dir, self.name, self.params(), self.build)
-        split = {s: Split(t[f"{s}_x"], t[f"{s}_y"], t[f"{s}_b"]) for s in ("train", "val", "test")}
+        split = splits_from(t)
         info = {
             "severity": self.severity,
             "level": self.level,

@@ -8,7 +8,7 @@ import torch
 from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
 from denetdm.data.palette import COLORS, color_std, colorize
-from denetdm.data.splits import BiasedData, Split
+from denetdm.data.splits import BiasedData, splits_from
 from denetdm.errors import ConfigError
 from denetdm.seeding import generator
 
@@ -80,7 +80,7 @@ class ColoredDataset:
     def load(self) -> BiasedData:
         """The biased splits, from the cache when generated before."""
         t = cached(self.cache_dir, self.name, self.params(), self.build)
-        split = {s: Split(t[f"{s}_x"], t[f"{s}_y"], t[f"{s}_b"]) for s in ("train", "val", "test")}
+        split = splits_from(t)
         info = {"severity": self.severity, "conflict_pct": self.conflict_pct, "color_std": self.std}
         data = BiasedData(self.name, split["train"], split["val"], split["test"], self.num_classes, len(COLORS), info)
         return data.subsets(self.subset, self.eval_subset, generator(self.seed, "subsets"))

@@ -57,6 +57,11 @@ class Split:
             yield self.x[idx], self.y[idx], idx
 
 
+def splits_from(tensors: dict[str, torch.Tensor]) -> dict[str, Split]:
+    """The train/val/test splits stored as `<split>_x`, `<split>_y`, `<split>_b` (the dataset cache format)."""
+    return {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"], tensors[f"{s}_b"]) for s in ("train", "val", "test")}
+
+
 @dataclass
 class BiasedData:
     """Train / validation / test splits of a biased dataset and what a model needs to know of them."""

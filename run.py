@@ -12,9 +12,10 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denetdm.checkpoint import load_checkpoint
 from denetdm.cli import check_group_choices, instantiate_checked, quote_numeric_choices
@@ -25,6 +26,7 @@ from denetdm.metrics import METRICS
 from denetdm.models import TargetModel, TwoExpertModel, build_backbone
 from denetdm.report import objective, summary_table
 from denetdm.seeding import derive_seed
+from denetdm.sweeper import install as install_sweeper
 from denetdm.tracking import write_json
 
 log = logging.getLogger("denetdm")
@@ -214,11 +216,23 @@ def _evaluate_checkpoint(cfg: DictConfig, data) -> dict:
     return out
 
 
+def _scalar(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: one clear error line for bad input; the objective for sweeps."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN and cfg.trial.params is None:
+        # the basic sweeper does not say which values it chose: keep all of the job's overrides
+        chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
+        with open_dict(cfg):
+            cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
     try:
         return objective(train(cfg, run_dir))
     except DenetdmError as e:
@@ -237,4 +251,5 @@ if __name__ == "__main__":
     if problem := check_group_choices(sys.argv[1:]):
         sys.exit(problem)
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
+    install_sweeper()
     main()

@@ -81,6 +81,7 @@ class WandbLogger(NullLogger):
         entity: str | None = None,
         mode: str = "offline",
         group: str | None = None,
+        study: str | None = None,
         job_type: str | None = None,
         name: str | None = None,
         tags: list[str] | None = None,
@@ -89,7 +90,7 @@ class WandbLogger(NullLogger):
             project=project,
             entity=entity,
             mode=mode,
-            group=group,
+            group=study or group,  # trials of one sweep side by side
             job_type=job_type,
             name=name,
             tags=[str(t) for t in tags or []],

@@ -1,0 +1,147 @@
+"""Our loop for hydra-optuna-sweeper: a failure limit over the whole sweep, the trial number in each job's
+config, a `trials.jsonl` record, and a study that several workers can open at once.
+
+The plugin checks `max_failure_rate` per batch of `n_jobs` trials, so with `n_jobs=1` the first failing
+trial ends the sweep. Here the limit is a share of `n_trials`: the sweep goes on until more than
+`floor(max_failure_rate * n_trials)` trials have failed. Hydra only loads sweepers from the `hydra_plugins`
+package, so run.py swaps this class into the plugin (`install()`) instead of registering a new plugin.
+"""
+
+import functools
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra_plugins.hydra_optuna_sweeper import _impl
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+_COMPLETE = optuna.trial.TrialState.COMPLETE
+
+
+def create_or_load_study(study_name: str | None, storage: str | None, sampler: Any, direction: str) -> optuna.Study:
+    """optuna.create_study(load_if_exists=True) that survives two workers creating the same study at once."""
+    for attempt in range(5):
+        try:
+            return optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
+            )
+        except Exception as e:  # the loser of the race sees an integrity error from the storage
+            if storage is None or attempt == 4:
+                raise
+            log.info("study creation raced with another worker (%s); loading it", type(e).__name__)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
+    """The plugin's sweeper with a sweep-wide failure limit and per-trial records."""
+
+    def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
+        self._process_searchspace_config()
+        dists, fixed = _impl.create_params_from_overrides(self._parse_sweeper_params_config() + list(arguments))
+        dists = {**(self.search_space_distributions or {}), **dists}
+        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
+            grid = {name: self._to_grid_sampler_choices(d) for name, d in dists.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        return {k: v for k, v in dists.items() if k not in fixed}, fixed
+
+    def sweep(self, arguments: list[str]) -> None:
+        """Ask, launch and tell in batches of n_jobs until n_trials ran or too many failed."""
+        directions = self._get_directions()
+        if len(directions) != 1:
+            sys.exit("error: denetdm sweeps optimise one objective; set hydra.sweeper.direction=maximize")
+        dists, fixed = self._search_space(arguments)
+        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0])
+        log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        record = sweep_dir / "trials.jsonl"
+        limit = math.floor(self.max_failure_rate * self.n_trials)
+        failed = done = 0
+        while done < self.n_trials:
+            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
+            overrides = [
+                (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
+                for t, o in zip(trials, self._configure_trials(trials, dists, fixed))
+            ]
+            # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from
+            # the study: the same config gives the same numbers, so training it again would only cost time
+            known: dict[str, optuna.trial.FrozenTrial] = {}
+            for t in study.get_trials(deepcopy=False, states=(_COMPLETE,)):
+                known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
+            repeats = {t.number: known.get(_key(t.params)) for t in trials}
+            todo = [(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None]
+            launched = self.launcher.launch([o for _, o in todo], self.job_idx) if todo else []
+            returns = dict(zip([t.number for t, _ in todo], launched))
+            for trial in trials:
+                row = {"number": trial.number, "study": study.study_name, "params": trial.params}
+                if (twin := repeats[trial.number]) is not None:
+                    value, error, row["repeat_of"] = twin.value, None, twin.number
+                    log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
+                else:
+                    value, error = _value(returns[trial.number])
+                    row["job"] = self.job_idx
+                    self.job_idx += 1
+                state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
+                study.tell(trial, value if error is None else None, state=state)
+                failed += error is not None
+                if error is not None:
+                    log.warning("trial %d failed: %s", trial.number, error)
+                row |= {"state": state.name, "value": value, "error": error}
+                with open(record, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            done += len(trials)
+            if failed > limit:
+                self._save_best(study, sweep_dir)
+                sys.exit(
+                    f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                    f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record} and in each "
+                    "failed job's run.log"
+                )
+        self._save_best(study, sweep_dir)
+
+    def _save_best(self, study: optuna.Study, sweep_dir: Path) -> None:
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        out: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": self.storage}
+        out |= {"n_complete": states.count("COMPLETE"), "n_failed": states.count("FAIL")}
+        if out["n_complete"] == 0:
+            OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
+            sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
+        best = study.best_trial
+        out |= {"best_params": best.params, "best_value": best.value, "best_trial": best.number}
+        log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
+        OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
+
+
+def _key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _params_override(params: dict) -> str:
+    # the sampled values again as one dict, so the job's config (and W&B) can tell them from fixed overrides
+    return (
+        "trial.params={" + ",".join(f"{k}:{v!r}" if isinstance(v, str) else f"{k}:{v}" for k, v in params.items()) + "}"
+    )
+
+
+def _value(ret: Any) -> tuple[float | None, str | None]:
+    # a failed job re-raises its exception here; a non-finite objective counts as a failure too
+    try:
+        value = float(ret.return_value)
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}".splitlines()[0]
+    if not math.isfinite(value):
+        return None, f"the objective is {value}"
+    return value, None
+
+
+def install() -> None:
+    """Make hydra-optuna-sweeper's OptunaSweeper run this loop (it imports the class when built)."""
+    _impl.OptunaSweeperImpl = OptunaSweeperImpl

@@ -6,6 +6,7 @@ value of `main` is the validation unbiased accuracy of the selected target model
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -237,8 +238,10 @@ def main(cfg: DictConfig) -> float:
         return objective(train(cfg, run_dir))
     except DenetdmError as e:
         if hc.mode == RunMode.MULTIRUN:
-            log.error("trial failed: %s", e)  # into this job's own run.log
-            raise  # the sweeper records the trial as failed
+            log.error("trial failed: %s", e)  # into this job's own run.log, where sweep.py finds it
+            if "optuna" in str(hc.sweeper.get("_target_", "")):
+                raise  # our Optuna loop records the trial as failed and applies its failure limit
+            return math.nan  # the basic sweeper would stop at the first failed job: go on with the grid
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(

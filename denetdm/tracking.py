@@ -129,3 +129,29 @@ class WandbLogger(NullLogger):
             for k, v in results.items():
                 if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
                     self.run.summary[k] = v
+
+
+def log_sweep_summary(
+    sweep_dir: Path,
+    table: tuple[list[str], list[list]],
+    plots: list[Path],
+    best: dict,
+    project: str,
+    group: str,
+    mode: str,
+) -> str:
+    """One W&B run in the sweep's group holding the table of trials and the plots; returns its folder."""
+    import wandb
+
+    config = {"sweep_dir": str(Path(sweep_dir).resolve()), **{f"best/{k}": v for k, v in best.items()}}
+    settings = wandb.Settings(console="off", save_code=False)
+    run = wandb.init(project=project, group=group, job_type="sweep-summary", name=f"{group}-summary",
+                     dir=str(sweep_dir), mode=mode, config=config, settings=settings)  # fmt: skip
+    try:
+        columns, rows = table
+        run.log({"trials": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})
+        if "best_value" in best:
+            run.summary["best_value"] = best["best_value"]
+        return str(Path(run.dir).parent) if mode != "disabled" else "nowhere (W&B disabled)"
+    finally:
+        run.finish()

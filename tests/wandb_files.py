@@ -5,6 +5,7 @@ chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middl
 protobuf `Record` as payload.
 """
 
+import json
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,8 +48,9 @@ def read_run(path: Path) -> dict:
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
-            keys = {i.key for i in r.config.update}
-            out["run"] = {"group": r.run_group, "job_type": r.job_type, "tags": list(r.tags), "config_keys": keys}
+            config = {i.key: json.loads(i.value_json) for i in r.config.update}
+            out["run"] = {"group": r.run_group, "job_type": r.job_type, "tags": list(r.tags), "config": config}
+            out["run"]["config_keys"] = set(config)
         elif kind == "history":
             out["history"].append({i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item})
         elif kind == "summary":

@@ -1,0 +1,132 @@
+"""PNG plots of a sweep: shallow x deep heatmaps, the optimisation history, and stage-1 curves per epoch."""
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from denetdm.runs import Collection, finite, trial_records  # noqa: E402
+
+HEATMAPS = (
+    ("val/acc_unbiased", "objective: val unbiased acc. (%)"),
+    ("val/acc_conflicting", "val conflicting acc. (%)"),
+)
+
+
+def heatmap(coll: Collection, path: Path) -> Path | None:
+    """Mean of the objective and of conflicting accuracy per (shallow, deep) depth pair; None without runs."""
+    runs = [r for r in coll.runs if r.method != "eval"]
+    if not runs:
+        return None
+    shallows = sorted({r.pair[0] for r in runs})
+    deeps = sorted({r.pair[1] for r in runs})
+    fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 0.55 * len(shallows) + 2.4))
+    for ax, (key, title) in zip(np.atleast_1d(axes), HEATMAPS):
+        if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
+            key, title = "stage1/shallow/" + key, "stage-1 shallow " + title
+        grid = np.full((len(shallows), len(deeps)), np.nan)
+        counts = np.zeros_like(grid, dtype=int)
+        for i, s in enumerate(shallows):
+            for j, d in enumerate(deeps):
+                vals = [100 * r.results[key] for r in runs if r.pair == (s, d) and finite(r.results.get(key))]
+                if vals:
+                    grid[i, j], counts[i, j] = statistics.fmean(vals), len(vals)
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: never run, or deep <= shallow
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
+        for i in range(len(shallows)):
+            for j in range(len(deeps)):
+                if counts[i, j]:
+                    ax.text(j, i, f"{grid[i, j]:.1f}\n(n={counts[i, j]})", ha="center", va="center", fontsize=8,
+                            color="white" if grid[i, j] < np.nanmean(grid) else "black")  # fmt: skip
+        ax.set_xticks(range(len(deeps)), deeps)
+        ax.set_yticks(range(len(shallows)), shallows)
+        ax.set_xlabel("deep depth")
+        ax.set_ylabel("shallow depth")
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle("mean over runs per depth pair (grey: not run)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
+    """Objective per trial in order, the best so far, and failed trials; None without trials."""
+    records = trial_records(sweep_dir)
+    if records:
+        points = [(r["number"], r["value"], r["state"], "repeat_of" in r) for r in records]
+    else:  # no trials.jsonl (basic sweeper, single runs): runs in job order
+        points = [(i, r.objective, "COMPLETE", False) for i, r in enumerate(coll.runs)]
+    done = [(n, 100 * v, rep) for n, v, state, rep in points if state == "COMPLETE" and finite(v)]
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    fresh = [(n, v) for n, v, rep in done if not rep]
+    reused = [(n, v) for n, v, rep in done if rep]
+    ax.scatter(*zip(*fresh), label="trial", zorder=3)
+    if reused:
+        ax.scatter(*zip(*reused), facecolors="none", edgecolors="C0", label="repeat (value reused)", zorder=3)
+    order = sorted(done)
+    best = np.maximum.accumulate([v for _, v, _ in order])
+    ax.step([n for n, _, _ in order], best, where="post", color="C1", label="best so far")
+    failed = [n for n, _, state, _ in points if state != "COMPLETE"]
+    if failed:
+        lo = min(v for _, v, _ in done)
+        ax.scatter(failed, [lo] * len(failed), marker="x", color="C3", label="failed", zorder=3)
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("val unbiased acc. of the target (%)")
+    ax.set_title("optimisation history")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting") -> Path | None:
+    """Validation `metric` of the shallow and the deep expert per stage-1 epoch, a line per run."""
+    runs = [(r, [e for e in r.epochs() if e.get("stage") == "stage1"]) for r in coll.runs]
+    runs = [(r, eps) for r, eps in runs if eps]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    pairs = sorted({r.pair for r, _ in runs})
+    colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(pairs)}
+    for ax, head in zip(axes, ("shallow", "deep")):
+        labelled = set()
+        for run, eps in runs:
+            key = f"val/{head}/{metric}"
+            xs = [e["epoch"] for e in eps if finite(e.get(key))]
+            ys = [100 * e[key] for e in eps if finite(e.get(key))]
+            label = None if run.pair in labelled else f"shallow {run.pair[0]}, deep {run.pair[1]}"
+            labelled.add(run.pair)
+            ax.plot(xs, ys, color=colours[run.pair], alpha=0.8, marker="o", ms=3, label=label)
+        ax.set_title(f"stage 1: {head} expert")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"val {metric.removeprefix('acc_')} acc. (%)")
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:
+    """Write every plot that the runs have data for; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = [
+        heatmap(coll, out_dir / "depth_heatmap.png"),
+        history(coll, sweep_dir, out_dir / "history.png"),
+        stage1_curves(coll, out_dir / "stage1_curves.png"),
+    ]
+    return [p for p in made if p is not None]

@@ -1,0 +1,134 @@
+"""Finding finished and unfinished runs below run and sweep directories (what sweep.py reads)."""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from denetdm.errors import DataError
+from denetdm.report import objective
+
+
+@dataclass
+class Run:
+    """One finished run: its directory and its results.json."""
+
+    path: Path
+    results: dict
+
+    @property
+    def config(self) -> dict:
+        """The run's resolved config."""
+        return self.results.get("config") or {}
+
+    @property
+    def objective(self) -> float:
+        """The sweep objective (validation unbiased accuracy of the selected target)."""
+        return objective(self.results)
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        """(shallow depth, deep depth)."""
+        model = self.config.get("model", {})
+        return int(model["shallow"]["depth"]), int(model["deep"]["depth"])
+
+    @property
+    def method(self) -> str:
+        """DeNetDM for a stage-2 result, its stage-1 part alone otherwise."""
+        stages = self.results.get("stages", [])
+        return "DeNetDM" if "stage2" in stages else "DeNetDM stage 1" if "stage1" in stages else "eval"
+
+    @property
+    def setting(self) -> str:
+        """Everything that changes the numbers except the seed: runs with equal settings are repeats."""
+        fp = json.loads(json.dumps(self.results.get("fingerprint") or {}))
+        fp.pop("seed", None)
+        if isinstance(fp.get("dataset"), dict):
+            fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default
+        return json.dumps(fp, sort_keys=True)
+
+    @property
+    def trial(self) -> int | None:
+        """The Optuna trial number (None outside an Optuna sweep)."""
+        return (self.config.get("trial") or {}).get("number")
+
+    def epochs(self) -> list[dict]:
+        """The per-epoch records of metrics.jsonl (empty when the file is gone)."""
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+        return out
+
+
+@dataclass
+class Collection:
+    """The runs below some directories, and the run directories that have no results (yet)."""
+
+    runs: list[Run] = field(default_factory=list)
+    incomplete: list[tuple[Path, str]] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)
+
+    def rel(self, path: Path) -> str:
+        """A path relative to the root it was found under (for stable, short listings)."""
+        for root in self.roots:
+            if path == root or root in path.parents:
+                return str(Path(root.name) / path.relative_to(root))
+        return str(path)
+
+
+def _why_incomplete(job: Path) -> str:
+    log = next(iter(sorted(job.glob("*.log"))), None)
+    if log is not None:
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if "trial failed:" in line:
+                return "failed: " + line.split("trial failed:", 1)[1].strip()
+    if (job / "metrics.jsonl").exists():
+        return "stopped during training (metrics.jsonl but no results.json; run it again to resume)"
+    return "no results.json"
+
+
+def collect(dirs: list[str | Path]) -> Collection:
+    """Every run below `dirs`: a directory with results.json is a run; one with .hydra/ but none is listed
+    as incomplete (failed, stopped or still running)."""
+    out = Collection(roots=[Path(d).resolve() for d in dirs])
+    for root in out.roots:
+        if not root.is_dir():
+            raise DataError(f"{root} is not a directory; give run or sweep directories (outputs/..., multirun/...)")
+        jobs = {p.parent for p in root.rglob("results.json")} | {p.parent for p in root.rglob(".hydra")}
+        for job in sorted(jobs, key=lambda p: (len(p.parts), str(p))):
+            res = job / "results.json"
+            if not res.exists():
+                out.incomplete.append((job, _why_incomplete(job)))
+                continue
+            try:
+                out.runs.append(Run(job, json.loads(res.read_text())))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                out.incomplete.append((job, "results.json is damaged; run it again"))
+    out.runs.sort(key=lambda r: _natural(r.path))
+    out.incomplete.sort(key=lambda j: _natural(j[0]))
+    return out
+
+
+def _natural(path: Path) -> list[Any]:
+    # 2 before 10 in job numbers
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.parts]
+
+
+def trial_records(sweep_dir: Path) -> list[dict]:
+    """The sweeper's trials.jsonl (every trial: complete, failed or reused), or [] when absent."""
+    path = Path(sweep_dir) / "trials.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def finite(value: Any) -> bool:
+    """A real number that is not NaN or infinite."""
+    return isinstance(value, int | float) and math.isfinite(value)

@@ -1,0 +1,155 @@
+"""Compare runs and sweeps: tables, plots, the best trial, and a W&B summary run.
+
+python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selection val] [--format md|latex|csv]
+python sweep.py plot <sweep dir> [--out <sweep dir>/plots]
+python sweep.py best <sweep dir>   |   python sweep.py best --storage sqlite:///study.db --study-name NAME
+python sweep.py wandb <sweep dir> [--project denetdm]      (offline unless WANDB_MODE says otherwise)
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from denetdm.errors import DenetdmError
+from denetdm.runs import Collection, collect, finite
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    """Print a DomainBed-style table of the runs below the given directories."""
+    from denetdm.tables import FORMATS, build_table
+
+    coll = collect(args.dirs)
+    if coll.runs and not any(args.metric in r.results for r in coll.runs):
+        known = sorted({k for r in coll.runs for k, v in r.results.items() if finite(v) and k.count("/") >= 1})
+        sys.exit(f"error: no run has the metric {args.metric!r}; try one of: {', '.join(known[:12])}, ...")
+    table = build_table(coll, args.metric, args.selection)
+    if not table.cells:
+        print(f"no finished runs with {args.metric} and selection={args.selection}", file=sys.stderr)
+    text = FORMATS[args.format](table)
+    print(text, end="")
+    if args.format == "csv":  # keep stdout machine-readable
+        print("\n".join(table.notes), file=sys.stderr)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Write the PNGs of a sweep directory."""
+    from denetdm.plots import plot_all
+
+    out = Path(args.out) if args.out else Path(args.dir) / "plots"
+    made = plot_all(collect([args.dir]), Path(args.dir), out)
+    if not made:
+        sys.exit(f"error: nothing to plot: no finished runs below {args.dir}")
+    for path in made:
+        print(path)
+
+
+def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str | None, study: str | None) -> dict:
+    """The best trial: from optimization_results.yaml, the study storage, or (basic sweeps) the runs."""
+    if storage:
+        import optuna
+
+        try:
+            s = optuna.load_study(study_name=study, storage=storage)
+        except KeyError:
+            raise DenetdmError(f"no study {study!r} in {storage}; check --study-name") from None
+        states = [t.state.name for t in s.get_trials(deepcopy=False)]
+        if "COMPLETE" not in states:
+            raise DenetdmError(f"study {study!r} has no completed trial yet")
+        b = s.best_trial
+        return {"study_name": s.study_name, "best_trial": b.number, "best_value": b.value, "best_params": b.params,
+                "n_complete": states.count("COMPLETE"), "n_failed": states.count("FAIL")}  # fmt: skip
+    path = sweep_dir / "optimization_results.yaml"
+    if path.exists():
+        out = yaml.safe_load(path.read_text()) or {}
+        if "best_value" not in out:
+            raise DenetdmError(f"{path} records no completed trial (n_failed={out.get('n_failed')})")
+        return out
+    runs = [r for r in coll.runs if finite(r.objective)]
+    if not runs:
+        raise DenetdmError(f"no optimization_results.yaml and no finished run below {sweep_dir}")
+    b = max(runs, key=lambda r: r.objective)
+    params = (b.config.get("trial") or {}).get("params") or {}
+    return {"best_run": coll.rel(b.path), "best_value": b.objective, "best_params": params, "n_complete": len(runs)}
+
+
+def cmd_best(args: argparse.Namespace) -> None:
+    """Print the best parameters and value."""
+    if not args.dir and not args.storage:
+        sys.exit("error: give a sweep directory, or --storage URL --study-name NAME")
+    coll = collect([args.dir]) if args.dir else None
+    best = best_summary(Path(args.dir) if args.dir else None, coll, args.storage, args.study_name)
+    if coll is not None and best.get("best_trial") is not None:
+        run = next((r for r in coll.runs if r.trial == best["best_trial"]), None)
+        if run is not None:
+            best["best_run"] = coll.rel(run.path)
+            best["test/acc_unbiased (reported, not used to choose)"] = run.results.get("test/acc_unbiased")
+    print(f"best value (val/acc_unbiased): {best['best_value']:.4f}")
+    for key in ("study_name", "best_trial", "best_run", "n_complete", "n_failed"):
+        if best.get(key) is not None:
+            print(f"{key}: {best[key]}")
+    print("best params:")
+    for key, value in (best.get("best_params") or {}).items():
+        print(f"  {key}={value}")
+    for key, value in best.items():
+        if key.startswith("test/") and value is not None:
+            print(f"{key}: {value:.4f}")
+
+
+def cmd_wandb(args: argparse.Namespace) -> None:
+    """Log one summary run (table of trials + plots) into the sweep's W&B group."""
+    from denetdm.plots import plot_all
+    from denetdm.tables import runs_table
+    from denetdm.tracking import log_sweep_summary
+
+    sweep_dir = Path(args.dir)
+    coll = collect([sweep_dir])
+    if not coll.runs:
+        sys.exit(f"error: no finished runs below {sweep_dir}")
+    studies = {(r.config.get("trial") or {}).get("study") for r in coll.runs} - {None}
+    group = studies.pop() if len(studies) == 1 else sweep_dir.resolve().name
+    try:
+        best = best_summary(sweep_dir, coll, None, None)
+    except DenetdmError:
+        best = {}
+    plots = plot_all(coll, sweep_dir, sweep_dir / "plots")
+    mode = args.mode or os.environ.get("WANDB_MODE", "offline")
+    where = log_sweep_summary(sweep_dir, runs_table(coll), plots, best, args.project, group, mode)
+    print(f"logged the summary of {len(coll.runs)} runs (group {group!r}, mode {mode}) to {where}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the sub-command and run it; user errors become one line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table", help="mean ± std over seeds per method/depth pair and dataset/severity/ratio")
+    t.add_argument("dirs", nargs="+", help="run and sweep directories (searched recursively)")
+    t.add_argument("--metric", default="test/acc_unbiased", help="a results.json key (default test/acc_unbiased)")
+    t.add_argument("--selection", default="val", choices=["val", "test", "last"], help="runs with this selection")
+    t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    t.set_defaults(func=cmd_table)
+    pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves as PNGs")
+    pl.add_argument("dir")
+    pl.add_argument("--out", help="output folder (default <dir>/plots)")
+    pl.set_defaults(func=cmd_plot)
+    b = sub.add_parser("best", help="best parameters and value of a sweep or study")
+    b.add_argument("dir", nargs="?")
+    b.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///study.db")
+    b.add_argument("--study-name")
+    b.set_defaults(func=cmd_best)
+    w = sub.add_parser("wandb", help="log a summary run (table + plots) to W&B")
+    w.add_argument("dir")
+    w.add_argument("--project", default="denetdm")
+    w.add_argument("--mode", choices=["online", "offline", "disabled"], help="default: $WANDB_MODE or offline")
+    w.set_defaults(func=cmd_wandb)
+    args = p.parse_args(argv)
+    try:
+        args.func(args)
+    except DenetdmError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""sweep.py on a small committed sweep (tests/fixtures/sweeps: an Optuna depth_gap sweep, a seeds sweep, and a
+sweep with a failed job), checked against golden files and against numbers recomputed from results.json."""
+
+import csv
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from denetdm.runs import Collection, Run
+from denetdm.tables import build_table, to_markdown
+from sweep import main as sweep_main
+
+from conftest import ROOT
+from wandb_files import read_run
+
+FIXTURES = ROOT / "tests" / "fixtures"
+SWEEPS = FIXTURES / "sweeps"
+
+
+def _sweep(args: list[str], capsys) -> str:
+    sweep_main(args)
+    return capsys.readouterr().out
+
+
+def test_table_markdown_matches_the_golden_file(capsys):
+    assert _sweep(["table", str(SWEEPS)], capsys) == (FIXTURES / "sweeps_table.md").read_text()
+
+
+def test_table_latex_matches_the_golden_file(capsys):
+    assert _sweep(["table", str(SWEEPS), "--format", "latex"], capsys) == (FIXTURES / "sweeps_table.tex").read_text()
+
+
+def test_table_cells_are_mean_and_std_over_seeds_of_the_results(capsys):
+    rows = list(csv.DictReader(io.StringIO(_sweep(["table", str(SWEEPS), "--format", "csv"], capsys))))
+    cell = next(r for r in rows if (r["shallow"], r["deep"], r["conflict_pct"]) == ("3", "5", "5.0"))
+    # recomputed independently: the seeds sweep's two runs at 5 % conflicting samples
+    values = []
+    for job in sorted((SWEEPS / "seeds").iterdir()):
+        r = json.loads((job / "results.json").read_text())
+        if r["config"]["dataset"]["conflict_pct"] == 5:
+            values.append(100 * r["test/acc_unbiased"])
+    assert len(values) == 2 and int(cell["n"]) == 2
+    assert float(cell["mean"]) == pytest.approx(statistics.fmean(values), abs=1e-4)
+    assert float(cell["std"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
+
+
+def test_table_lists_incomplete_runs_and_counts_a_repeated_run_once(capsys):
+    out = _sweep(["table", str(SWEEPS)], capsys)
+    assert "sweeps/failed/0: failed: mlp depth" in out
+    assert "left out: 2 run(s) repeating another run's config and seed" in out
+
+
+def _fake_run(path: str, seed: int, lr: float, val: float, test: float) -> Run:
+    config = {"model": {"shallow": {"depth": 3}, "deep": {"depth": 5}}, "severity": {"level": "4"},
+              "dataset": {"name": "toy", "conflict_pct": 1}}  # fmt: skip
+    fingerprint = {"seed": seed, "stage2": {"lr": lr}, "dataset": {"seed": seed}}
+    results = {"config": config, "fingerprint": fingerprint, "selection": "val", "stages": ["stage1", "stage2"]}
+    return Run(Path(path), {**results, "val/acc_unbiased": val, "test/acc_unbiased": test})
+
+
+def test_a_cell_with_several_settings_shows_the_one_best_on_validation():
+    # lr 0.1 is better on validation, lr 0.01 on test: the table must not peek at test
+    runs = [_fake_run("a", 0, 0.1, 0.9, 0.5), _fake_run("b", 1, 0.1, 0.8, 0.6),
+            _fake_run("c", 0, 0.01, 0.7, 0.9), _fake_run("d", 1, 0.01, 0.7, 0.9)]  # fmt: skip
+    table = build_table(Collection(runs=runs))
+    (cell,) = table.cells.values()
+    assert cell.values == pytest.approx([50.0, 60.0]) and cell.settings == 2
+    assert "never the best test/acc_unbiased" in to_markdown(table)
+
+
+def test_unknown_metric_and_missing_directory_are_one_line_errors(tmp_path):
+    for args in (["table", str(SWEEPS), "--metric", "val/acc_typo"], ["table", str(tmp_path / "nope")]):
+        proc = subprocess.run([sys.executable, "sweep.py", *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+
+
+def test_best_reads_optimization_results_and_finds_the_run(capsys):
+    out = _sweep(["best", str(SWEEPS / "depth_gap")], capsys)
+    trials = [json.loads(line) for line in (SWEEPS / "depth_gap" / "trials.jsonl").read_text().splitlines()]
+    top = max(trials, key=lambda t: t["value"])
+    assert f"best value (val/acc_unbiased): {top['value']:.4f}" in out
+    assert f"best_trial: {top['number']}" in out
+    assert f"model.shallow.depth={top['params']['model.shallow.depth']}" in out
+    run = next(j for j in (SWEEPS / "depth_gap").iterdir()
+               if j.is_dir() and json.loads((j / "results.json").read_text())["config"]["trial"]["number"]
+               == top["number"])  # fmt: skip
+    assert f"best_run: depth_gap/{run.name}" in out
+
+
+def test_best_reads_a_study_storage(tmp_path, capsys):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for value, depth in ((0.3, 2), (0.7, 4), (0.5, 3)):
+        study.enqueue_trial({"model.shallow.depth": depth})
+        trial = study.ask()
+        trial.suggest_int("model.shallow.depth", 2, 4)
+        study.tell(trial, value)
+    out = _sweep(["best", "--storage", storage, "--study-name", "s"], capsys)
+    assert "best value (val/acc_unbiased): 0.7000" in out and "best_trial: 1" in out
+    assert "model.shallow.depth=4" in out
+
+
+def test_plot_writes_pngs_that_show_data(tmp_path, capsys):
+    import matplotlib.image as mpimg
+
+    out = _sweep(["plot", str(SWEEPS / "depth_gap"), "--out", str(tmp_path)], capsys)
+    names = {Path(line).name for line in out.split()}
+    assert names == {"depth_heatmap.png", "history.png", "stage1_curves.png"}
+    for name in names:
+        img = mpimg.imread(tmp_path / name)
+        assert img.shape[0] > 200 and img.shape[1] > 400
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+@pytest.mark.slow
+def test_wandb_summary_run_offline(tmp_path):
+    sweep = tmp_path / "depth_gap"
+    subprocess.run(["cp", "-r", str(SWEEPS / "depth_gap"), str(sweep)], check=True)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "sweep.py", "wandb", str(sweep)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
+    logged = read_run(path)
+    assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "sweep-summary"
+    kinds = {k.split("/")[0]: h[k] for h in logged["history"] for k in h if k.endswith("/_type")}
+    assert {"trials", "depth_heatmap", "history", "stage1_curves"} <= set(kinds)
+    (table,) = path.parent.glob("files/media/table/trials_*.table.json")
+    data = json.loads(table.read_text())
+    assert len(data["data"]) == 4 and "trial" in data["columns"]  # the 4 trained trials (2 more were repeats)
+    assert json.loads(logged["summary"]["best_value"]) == pytest.approx(0.55)
+    assert (sweep / "plots" / "history.png").exists()

@@ -1,11 +1,11 @@
-# make install | run | test | lint | bench      (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | lint | bench      (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install run test lint format bench clean
+.PHONY: install install-launchers run test lint format bench clean
 
 install: $(STAMP)
 
@@ -15,6 +15,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps imagecorruptions-imaug==1.1.5
 	touch $(STAMP)
+
+# Optional Hydra launchers: launcher=joblib (parallel trials here), launcher=slurm (a cluster).
+LAUNCHERS := hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0
+install-launchers: install
+	$(PY) -m pip install --disable-pip-version-check -q $(LAUNCHERS)
 
 run: install
 	$(PY) run.py $(ARGS)

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denetdm.checkpoint import load_checkpoint
-from denetdm.cli import check_group_choices, instantiate_checked, quote_numeric_choices
+from denetdm.cli import check_group_choices, check_launcher, instantiate_checked, quote_numeric_choices
 from denetdm.engine import Trainer, evaluate_all
 from denetdm.errors import ConfigError, DenetdmError
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
@@ -251,7 +251,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    if problem := check_group_choices(sys.argv[1:]):
+    if problem := check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]):
         sys.exit(problem)
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     install_sweeper()

@@ -32,6 +32,36 @@ def check_group_choices(args: list[str], conf: Path = CONF) -> str | None:
     return None
 
 
+# launcher/<option>.yaml -> (the plugin module it needs, its pip requirement)
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher==1.2.0"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher==1.2.0"),
+}
+
+
+def missing_plugin(launcher: str) -> str | None:
+    """The pip requirement of an optional launcher that is not installed, else None."""
+    import importlib.util
+
+    module, requirement = LAUNCHER_PLUGINS.get(launcher, (None, None))
+    if module is None:
+        return None
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else requirement
+
+
+def check_launcher(args: list[str]) -> str | None:
+    """One clear error line when `launcher=<x>` needs a plugin that is not installed."""
+    for arg in args:
+        m = re.fullmatch(r"\+?launcher=(\w+)", arg)
+        if m and (req := missing_plugin(m[1])):
+            return f"error: launcher={m[1]} needs the optional plugin {req}: run `make install-launchers`"
+    return None
+
+
 def instantiate_checked(node, **kwargs):
     """hydra.utils.instantiate, with our own errors unwrapped and a bad argument named in one line."""
     from hydra.errors import InstantiationException

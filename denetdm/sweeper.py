@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         record = sweep_dir / "trials.jsonl"
         limit = math.floor(self.max_failure_rate * self.n_trials)
+        if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
+            self.n_jobs = os.cpu_count() or 1
         failed = done = 0
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]

@@ -1,11 +1,16 @@
 """Sweeps through `python run.py -m hparams_search=...` (Optuna and the basic sweeper)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from conftest import TINY, run_cli
+from denetdm.cli import LAUNCHER_PLUGINS, check_launcher, missing_plugin
+
+from conftest import ROOT, TINY, run_cli
+from wandb_files import read_run
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +47,120 @@ def test_seeds_sweep_runs_each_combination(tmp_path):
     combos = {(r["seed"], r["config"]["dataset"]["conflict_pct"])
               for r in (json.loads((j / "results.json").read_text()) for j in _jobs(sweep))}  # fmt: skip
     assert combos == {(0, 1), (0, 5), (1, 1), (1, 5)}
+
+
+def _trials(sweep_dir):
+    return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
+
+
+# with seed 0, TPE samples shallow depth 1 (an illegal MLP depth) in trials 4 and 5 of this space
+BAD_DEPTHS = ["hparams_search=depth_gap", "search.depth_min=1", "search.depth_max=3", "hydra.sweeper.n_trials=6"]
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *BAD_DEPTHS, *TINY, "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = _trials(sweep)
+    assert [t["number"] for t in trials] == list(range(6))
+    failed = [t for t in trials if t["state"] == "FAIL"]
+    assert failed and all(t["params"]["model.shallow.depth"] == 1 for t in failed)
+    assert all("mlp depth" in t["error"] for t in failed)
+    for t in failed:  # each failed trial's error is in its own log
+        assert "trial failed: mlp depth" in (sweep / str(t["job"]) / "run.log").read_text()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["n_failed"] == len(failed) and best["n_complete"] == 6 - len(failed)
+    # a repeat of a finished trial is answered from the study, not trained again
+    for t in trials:
+        if "repeat_of" in t:
+            assert t["value"] == trials[t["repeat_of"]]["value"] and "job" not in t
+    assert len(_jobs(sweep)) == len({json.dumps(t["params"]) for t in trials if t["state"] == "COMPLETE"})
+
+
+def test_too_many_failures_stop_the_sweep_with_one_line_and_keep_the_finished_trials(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *BAD_DEPTHS, "hydra.sweeper.max_failure_rate=0", *TINY, "stage1.epochs=1", "stage2.epochs=1"]
+    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 of 5 trials failed, more than max_failure_rate")
+    assert len(_trials(sweep)) == 5  # stopped at the first failure (trial 4)
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["n_failed"] == 1 and best["best_value"] > 0
+
+
+def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY, "model.shallow.depth=1,3", "stage1.epochs=1", "stage2.epochs=1",
+                    f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (sweep / "1" / "results.json").exists() and not (sweep / "0" / "results.json").exists()
+    assert "trial failed: mlp depth" in (sweep / "0" / "run.log").read_text()
+
+
+def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "stage1.epochs=1", "stage2.epochs=1"]
+    proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *args, f"hydra.sweep.dir={sweep}"],
+                   env={"WANDB_MODE": "offline"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for t in _trials(sweep):
+        if "job" not in t:
+            continue
+        (path,) = (sweep / str(t["job"]) / "wandb").glob("offline-run-*/run-*.wandb")
+        logged = read_run(path)
+        assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "full"
+        trial = logged["run"]["config"]["trial"]
+        assert trial["number"] == t["number"] and trial["params"] == t["params"]
+        pair = f"shallow{t['params']['model.shallow.depth']}-deep{t['params']['model.deep.depth']}"
+        assert {"synthetic", "sev4", "conflict1pct", pair} <= set(logged["run"]["tags"])
+        assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
+
+
+def test_two_workers_share_one_study(tmp_path):
+    # the README recipe: create the study, then start workers on the same storage and study name, each with its
+    # own sweep dir and sampler seed, one thread each
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="shared", storage=storage, direction="maximize")
+    procs = []
+    for worker in (0, 1):
+        args = ["-m", "hparams_search=distill", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
+                "hydra.sweeper.study_name=shared", f"hydra.sweeper.sampler.seed={worker}", "threads=1", *TINY,
+                "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={tmp_path / f'worker{worker}'}"]  # fmt: skip
+        cmd = [sys.executable, str(ROOT / "run.py"), *args]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == [0, 1, 2, 3]  # the sum of the workers' trials, each number once
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    ran = {}
+    for worker in (0, 1):
+        for job in _jobs(tmp_path / f"worker{worker}"):
+            r = json.loads((job / "results.json").read_text())
+            ran[r["config"]["trial"]["number"]] = r["val/acc_unbiased"]
+    assert ran == {t.number: pytest.approx(t.value) for t in study.trials}
+
+
+@pytest.mark.skipif(bool(missing_plugin("joblib")), reason="optional hydra-joblib-launcher not installed")
+def test_joblib_launcher_runs_trials_in_parallel_batches(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hparams_search=depth_gap", "launcher=joblib", "hydra.sweeper.n_trials=4", *TINY,
+                    "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("Joblib.Parallel(n_jobs=2") == 2  # two batches of two trials
+    trials = _trials(sweep)
+    assert [t["number"] for t in trials] == [0, 1, 2, 3] and all(t["state"] == "COMPLETE" for t in trials)
+    for job in _jobs(sweep):
+        assert json.loads((job / "results.json").read_text())["config"]["threads"] == 1
+
+
+def test_a_launcher_without_its_plugin_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(LAUNCHER_PLUGINS, "joblib", ("hydra_plugins.not_installed_here", "some-plugin==1.0"))
+    message = check_launcher(["-m", "launcher=joblib"])
+    assert message == "error: launcher=joblib needs the optional plugin some-plugin==1.0: run `make install-launchers`"
+    assert check_launcher(["launcher=null", "seed=1"]) is None

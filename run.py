@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from denetdm.checkpoint import load_checkpoint
-from denetdm.cli import check_group_choices, check_launcher, instantiate_checked, quote_numeric_choices
+from denetdm.cli import check_group_choices, check_launcher, install_sweeper, instantiate_checked, quote_numeric_choices
 from denetdm.engine import Trainer, evaluate_all
 from denetdm.errors import ConfigError, DenetdmError
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
@@ -27,7 +27,6 @@ from denetdm.metrics import METRICS
 from denetdm.models import TargetModel, TwoExpertModel, build_backbone
 from denetdm.report import objective, summary_table
 from denetdm.seeding import derive_seed
-from denetdm.sweeper import install as install_sweeper
 from denetdm.tracking import write_json
 
 log = logging.getLogger("denetdm")

@@ -4,7 +4,7 @@ config, a `trials.jsonl` record, and a study that several workers can open at on
 The plugin checks `max_failure_rate` per batch of `n_jobs` trials, so with `n_jobs=1` the first failing
 trial ends the sweep. Here the limit is a share of `n_trials`: the sweep goes on until more than
 `floor(max_failure_rate * n_trials)` trials have failed. Hydra only loads sweepers from the `hydra_plugins`
-package, so run.py swaps this class into the plugin (`install()`) instead of registering a new plugin.
+package, so run.py swaps this class into the plugin (denetdm.cli.install_sweeper) instead of registering\na new plugin.
 """
 
 import functools
@@ -145,6 +145,6 @@ def _value(ret: Any) -> tuple[float | None, str | None]:
     return value, None
 
 
-def install() -> None:
+def use_in_plugin() -> None:
     """Make hydra-optuna-sweeper's OptunaSweeper run this loop (it imports the class when built)."""
     _impl.OptunaSweeperImpl = OptunaSweeperImpl

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on a server or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from denetdm.runs import Collection, finite, trial_records  # noqa: E402
@@ -23,8 +24,11 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     runs = [r for r in coll.runs if r.method != "eval"]
     if not runs:
         return None
-    shallows = sorted({r.pair[0] for r in runs})
-    deeps = sorted({r.pair[1] for r in runs})
+    # whole integer ranges, out to the search bounds: what the search did not reach shows as grey
+    lo = min([r.pair[0] for r in runs] + [r.config.get("search", {}).get("depth_min", 10**6) for r in runs])
+    hi = max([r.pair[1] for r in runs] + [r.config.get("search", {}).get("depth_max", 0) for r in runs])
+    shallows = list(range(lo, max(max(r.pair[0] for r in runs), hi - 1) + 1))
+    deeps = list(range(min(min(r.pair[1] for r in runs), lo + 1), hi + 1))
     fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 0.55 * len(shallows) + 2.4))
     for ax, (key, title) in zip(np.atleast_1d(axes), HEATMAPS):
         if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
@@ -36,11 +40,13 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
                 vals = [100 * r.results[key] for r in runs if r.pair == (s, d) and finite(r.results.get(key))]
                 if vals:
                     grid[i, j], counts[i, j] = statistics.fmean(vals), len(vals)
-        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: never run, or deep <= shallow
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: not run
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
-        for i in range(len(shallows)):
-            for j in range(len(deeps)):
-                if counts[i, j]:
+        for i, s in enumerate(shallows):
+            for j, d in enumerate(deeps):
+                if d <= s:  # not a legal pair
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="white"))
+                elif counts[i, j]:
                     ax.text(j, i, f"{grid[i, j]:.1f}\n(n={counts[i, j]})", ha="center", va="center", fontsize=8,
                             color="white" if grid[i, j] < np.nanmean(grid) else "black")  # fmt: skip
         ax.set_xticks(range(len(deeps)), deeps)
@@ -49,7 +55,7 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
         ax.set_ylabel("shallow depth")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
-    fig.suptitle("mean over runs per depth pair (grey: not run)", fontsize=9)
+    fig.suptitle("mean over runs per depth pair (grey: not run; white: deep <= shallow)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

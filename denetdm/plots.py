@@ -19,16 +19,21 @@ HEATMAPS = (
 )
 
 
+def _grid(config: dict, which: str) -> list[int]:
+    node = (config.get("search") or {}).get(which)
+    if not isinstance(node, dict) or not {"low", "high"} <= set(node):
+        return []
+    return list(range(int(node["low"]), int(node["high"]) + 1, int(node.get("step", 1))))
+
+
 def heatmap(coll: Collection, path: Path) -> Path | None:
     """Mean of the objective and of conflicting accuracy per (shallow, deep) depth pair; None without runs."""
     runs = [r for r in coll.runs if r.method != "eval"]
     if not runs:
         return None
-    # whole integer ranges, out to the search bounds: what the search did not reach shows as grey
-    lo = min([r.pair[0] for r in runs] + [r.config.get("search", {}).get("depth_min", 10**6) for r in runs])
-    hi = max([r.pair[1] for r in runs] + [r.config.get("search", {}).get("depth_max", 0) for r in runs])
-    shallows = list(range(lo, max(max(r.pair[0] for r in runs), hi - 1) + 1))
-    deeps = list(range(min(min(r.pair[1] for r in runs), lo + 1), hi + 1))
+    # the whole search grid (search.shallow / search.deep of the runs' configs): what was not reached shows grey
+    shallows = sorted({r.pair[0] for r in runs} | {d for r in runs for d in _grid(r.config, "shallow")})
+    deeps = sorted({r.pair[1] for r in runs} | {d for r in runs for d in _grid(r.config, "deep")})
     fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 0.55 * len(shallows) + 2.4))
     for ax, (key, title) in zip(np.atleast_1d(axes), HEATMAPS):
         if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers

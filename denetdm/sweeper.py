@@ -21,6 +21,8 @@ import optuna
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
+from denetdm.errors import DenetdmError
+
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
 
@@ -70,9 +72,13 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
         failed = done = 0
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
+            try:
+                configured = self._configure_trials(trials, dists, fixed)
+            except DenetdmError as e:  # a search space that cannot be sampled (e.g. no deep depth above shallow)
+                sys.exit(f"error: {e}")
             overrides = [
                 (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
-                for t, o in zip(trials, self._configure_trials(trials, dists, fixed))
+                for t, o in zip(trials, configured)
             ]
             # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from
             # the study: the same config gives the same numbers, so training it again would only cost time

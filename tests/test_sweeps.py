@@ -53,8 +53,9 @@ def _trials(sweep_dir):
     return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
 
 
-# with seed 0, TPE samples shallow depth 1 (an illegal MLP depth) in trials 4 and 5 of this space
-BAD_DEPTHS = ["hparams_search=depth_gap", "search.depth_min=1", "search.depth_max=3", "hydra.sweeper.n_trials=6"]
+# with seed 0, TPE samples shallow depth 1 (an illegal MLP depth) in trial 4 of this space, and (2, 3) in the others
+BAD_DEPTHS = ["hparams_search=depth_gap", "search.shallow.low=1", "search.shallow.high=2", "search.deep.low=3",
+              "search.deep.high=3", "hydra.sweeper.n_trials=6"]  # fmt: skip
 
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):

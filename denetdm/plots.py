@@ -73,7 +73,7 @@ def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
     if records:
         points = [(r["number"], r["value"], r["state"], "repeat_of" in r) for r in records]
     else:  # no trials.jsonl (basic sweeper, single runs): runs in job order
-        points = [(i, r.objective, "COMPLETE", False) for i, r in enumerate(coll.runs)]
+        points = [(i if r.trial is None else r.trial, r.objective, "COMPLETE", False) for i, r in enumerate(coll.runs)]
     done = [(n, 100 * v, rep) for n, v, state, rep in points if state == "COMPLETE" and finite(v)]
     if not done:
         return None

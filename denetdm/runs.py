@@ -122,11 +122,15 @@ def _natural(path: Path) -> list[Any]:
 
 
 def trial_records(sweep_dir: Path) -> list[dict]:
-    """The sweeper's trials.jsonl (every trial: complete, failed or reused), or [] when absent."""
-    path = Path(sweep_dir) / "trials.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The sweepers' trials.jsonl records below `sweep_dir` (several workers' folders of one study included),
+    one per (study, trial number), in trial order; [] when there are none."""
+    rows: dict[tuple, dict] = {}
+    for path in sorted(Path(sweep_dir).rglob("trials.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault((row.get("study"), row["number"]), row)
+    return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))
 
 
 def finite(value: Any) -> bool:

@@ -145,6 +145,13 @@ def test_two_workers_share_one_study(tmp_path):
             r = json.loads((job / "results.json").read_text())
             ran[r["config"]["trial"]["number"]] = r["val/acc_unbiased"]
     assert ran == {t.number: pytest.approx(t.value) for t in study.trials}
+    # sweep.py reads the workers' folders as one study
+    from denetdm.runs import trial_records
+
+    assert [r["number"] for r in trial_records(tmp_path)] == [0, 1, 2, 3]
+    best = subprocess.run([sys.executable, "sweep.py", "best", "--storage", storage, "--study-name", "shared"],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert best.returncode == 0 and f"{max(ran.values()):.4f}" in best.stdout
 
 
 @pytest.mark.skipif(bool(missing_plugin("joblib")), reason="optional hydra-joblib-launcher not installed")

@@ -123,6 +123,13 @@ class WandbLogger(NullLogger):
         if self.run is not None:
             data = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
             self.run.log({f"{stage}/epoch": epoch, **data})
+            # the best validation values so far, explicit in the summary (offline runs get define_metric's
+            # summaries only when synced)
+            for k, v in data.items():
+                if k.startswith(f"{stage}/val/") and math.isfinite(v):
+                    best = self.run.summary.get(f"best/{k}")
+                    if best is None or v > best:
+                        self.run.summary[f"best/{k}"] = v
 
     def summary(self, results: dict) -> None:
         if self.run is not None:

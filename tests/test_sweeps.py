@@ -101,7 +101,7 @@ def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
 
 def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "stage1.epochs=1", "stage2.epochs=1"]
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "stage1.epochs=3", "stage2.epochs=1"]
     proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *args, f"hydra.sweep.dir={sweep}"],
                    env={"WANDB_MODE": "offline"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,6 +116,9 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tm
         pair = f"shallow{t['params']['model.shallow.depth']}-deep{t['params']['model.deep.depth']}"
         assert {"synthetic", "sev4", "conflict1pct", pair} <= set(logged["run"]["tags"])
         assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
+        key = "stage1/val/shallow/acc_conflicting"
+        curve = [json.loads(h[key]) for h in logged["history"] if key in h]
+        assert json.loads(logged["summary"][f"best/{key}"]) == pytest.approx(max(curve))
 
 
 def test_two_workers_share_one_study(tmp_path):

@@ -63,7 +63,10 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
                 "n_complete": states.count("COMPLETE"), "n_failed": states.count("FAIL")}  # fmt: skip
     path = sweep_dir / "optimization_results.yaml"
     if path.exists():
-        out = yaml.safe_load(path.read_text()) or {}
+        try:
+            out = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            raise DenetdmError(f"{path} is damaged; give the study instead: --storage URL --study-name NAME") from None
         if "best_value" not in out:
             raise DenetdmError(f"{path} records no completed trial (n_failed={out.get('n_failed')})")
         return out

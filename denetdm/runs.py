@@ -127,9 +127,11 @@ def trial_records(sweep_dir: Path) -> list[dict]:
     rows: dict[tuple, dict] = {}
     for path in sorted(Path(sweep_dir).rglob("trials.jsonl")):
         for line in path.read_text().splitlines():
-            if line.strip():
+            try:
                 row = json.loads(line)
-                rows.setdefault((row.get("study"), row["number"]), row)
+                rows.setdefault((row.get("study"), int(row["number"])), row)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a blank line, or one cut by a crash
     return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))
 
 

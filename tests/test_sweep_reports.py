@@ -141,3 +141,16 @@ def test_wandb_summary_run_offline(tmp_path):
     assert "trial" in data["columns"]
     assert json.loads(logged["summary"]["best_value"]) == pytest.approx(max(t["value"] for t in trials))
     assert (sweep / "plots" / "history.png").exists()
+
+
+def test_damaged_sweep_files_are_handled(tmp_path, capsys):
+    sweep = tmp_path / "depth_gap"
+    subprocess.run(["cp", "-r", str(SWEEPS / "depth_gap"), str(sweep)], check=True)
+    with open(sweep / "trials.jsonl", "a") as f:
+        f.write('{"number": 9, "sta')  # a line cut by a crash
+    (sweep / "optimization_results.yaml").write_text("best_params: [unclosed\n")
+    proc = subprocess.run([sys.executable, "sweep.py", "best", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "damaged" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "plots")], capsys)
+    assert "history.png" in out

@@ -74,8 +74,9 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
             try:
                 configured = self._configure_trials(trials, dists, fixed)
-            except DenetdmError as e:  # a search space that cannot be sampled (e.g. no deep depth above shallow)
-                sys.exit(f"error: {e}")
+            except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
+                hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
+                sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
             overrides = [
                 (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
                 for t, o in zip(trials, configured)

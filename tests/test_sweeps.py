@@ -175,3 +175,10 @@ def test_a_launcher_without_its_plugin_is_one_clear_line(monkeypatch):
     message = check_launcher(["-m", "launcher=joblib"])
     assert message == "error: launcher=joblib needs the optional plugin some-plugin==1.0: run `make install-launchers`"
     assert check_launcher(["launcher=null", "seed=1"]) is None
+
+
+def test_a_fixed_value_of_a_searched_parameter_is_one_clear_line(tmp_path):
+    proc = run_cli(["-m", "hparams_search=depth_gap", "model.shallow.depth=3", *TINY, f"hydra.sweep.dir={tmp_path}"])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the search space cannot be sampled") and "model.shallow.depth" in last

@@ -75,6 +75,8 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
             try:
                 configured = self._configure_trials(trials, dists, fixed)
             except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
+                for t in trials:  # not left RUNNING in a shared study
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
                 hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
                 sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
             overrides = [

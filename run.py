@@ -84,6 +84,11 @@ def _flat(prefix: str, metrics: dict) -> dict:
     return out
 
 
+def _target_results(metrics: dict) -> dict:
+    # the stage-2 target's metrics under the top-level keys that tables and sweeps read: "<split>/<metric>"
+    return {f"{split}/{m}": metrics[f"{split}/target/{m}"] for split in ("val", "test") for m in METRICS}
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Run the configured stages in `run_dir` and return the results dict (also written to results.json)."""
     if cfg.selection not in ("val", "test", "last"):
@@ -178,8 +183,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 temperature=s2.temperature,
             ).to(device, memory_format=memory_format)
             r2 = fit("stage2", method, s2)
-            for split in ("val", "test"):
-                results.update({f"{split}/{m}": r2.metrics[f"{split}/target/{m}"] for m in METRICS})
+            results.update(_target_results(r2.metrics))
             results["stage2/selected_epoch"], times["stage2"] = r2.selected_epoch, r2.elapsed_s
 
         results.update({f"time/{k}_s": v for k, v in times.items()})
@@ -211,7 +215,7 @@ def _evaluate_checkpoint(cfg: DictConfig, data) -> dict:
     metrics = evaluate_all(method.to(next(iter(data.splits().values())).x.device), data)
     out = _flat(ckpt["kind"], metrics)
     if ckpt["kind"] == "stage2":
-        out.update({f"{split}/{m}": metrics[f"{split}/target/{m}"] for split in ("val", "test") for m in METRICS})
+        out.update(_target_results(metrics))
     out["checkpoint"] = str(cfg.stage.ckpt)
     return out
 

@@ -51,16 +51,15 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
     if storage:
         import optuna
 
+        from denetdm.sweeper import study_summary
+
         try:
-            s = optuna.load_study(study_name=study, storage=storage)
+            summary = study_summary(optuna.load_study(study_name=study, storage=storage))
         except KeyError:
             raise DenetdmError(f"no study {study!r} in {storage}; check --study-name") from None
-        states = [t.state.name for t in s.get_trials(deepcopy=False)]
-        if "COMPLETE" not in states:
+        if not summary["n_complete"]:
             raise DenetdmError(f"study {study!r} has no completed trial yet")
-        b = s.best_trial
-        return {"study_name": s.study_name, "best_trial": b.number, "best_value": b.value, "best_params": b.params,
-                "n_complete": states.count("COMPLETE"), "n_failed": states.count("FAIL")}  # fmt: skip
+        return summary
     path = sweep_dir / "optimization_results.yaml"
     if path.exists():
         try:

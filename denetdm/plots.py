@@ -12,6 +12,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from denetdm.runs import Collection, finite, trial_records  # noqa: E402
+from denetdm.search import depth_grid  # noqa: E402
 
 HEATMAPS = (
     ("val/acc_unbiased", "objective: val unbiased acc. (%)"),
@@ -19,11 +20,18 @@ HEATMAPS = (
 )
 
 
-def _grid(config: dict, which: str) -> list[int]:
+def _grid(config: dict, which: str) -> range:
     node = (config.get("search") or {}).get(which)
     if not isinstance(node, dict) or not {"low", "high"} <= set(node):
-        return []
-    return list(range(int(node["low"]), int(node["high"]) + 1, int(node.get("step", 1))))
+        return range(0)  # a run made outside depth_gap
+    return depth_grid(node, which)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def heatmap(coll: Collection, path: Path) -> Path | None:
@@ -61,10 +69,7 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
     fig.suptitle("mean over runs per depth pair (grey: not run; white: deep <= shallow)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
@@ -96,10 +101,7 @@ def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
     ax.set_title("optimisation history")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting") -> Path | None:
@@ -126,10 +128,7 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"val {metric.removeprefix('acc_')} acc. (%)")
     axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:

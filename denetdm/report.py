@@ -17,9 +17,13 @@ _COLS = (
 )
 
 
+# the sweep objective: validation unbiased accuracy of the selected target (of the shallow expert after stage 1)
+OBJECTIVE_KEYS = ("val/acc_unbiased", "stage1/shallow/val/acc_unbiased")
+
+
 def objective(results: dict) -> float:
     """Validation unbiased accuracy of the selected target model (of the shallow expert after stage 1 alone)."""
-    for key in ("val/acc_unbiased", "stage1/shallow/val/acc_unbiased"):
+    for key in OBJECTIVE_KEYS:
         if key in results:
             return float(results[key])
     return math.nan

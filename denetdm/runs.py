@@ -1,5 +1,6 @@
 """Finding finished and unfinished runs below run and sweep directories (what sweep.py reads)."""
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ from typing import Any
 
 from denetdm.errors import DataError
 from denetdm.report import objective
+from denetdm.tracking import MetricsLog
 
 
 @dataclass
@@ -42,7 +44,7 @@ class Run:
     @property
     def setting(self) -> str:
         """Everything that changes the numbers except the seed: runs with equal settings are repeats."""
-        fp = json.loads(json.dumps(self.results.get("fingerprint") or {}))
+        fp = copy.deepcopy(self.results.get("fingerprint") or {})
         fp.pop("seed", None)
         if isinstance(fp.get("dataset"), dict):
             fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default
@@ -55,16 +57,7 @@ class Run:
 
     def epochs(self) -> list[dict]:
         """The per-epoch records of metrics.jsonl (empty when the file is gone)."""
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-        return out
+        return MetricsLog(self.path / "metrics.jsonl").read()
 
 
 @dataclass
@@ -126,12 +119,9 @@ def trial_records(sweep_dir: Path) -> list[dict]:
     one per (study, trial number), in trial order; [] when there are none."""
     rows: dict[tuple, dict] = {}
     for path in sorted(Path(sweep_dir).rglob("trials.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                rows.setdefault((row.get("study"), int(row["number"])), row)
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a blank line, or one cut by a crash
+        for row in MetricsLog(path).read():  # skips a line cut by a crash
+            if isinstance(row, dict) and isinstance(row.get("number"), int):
+                rows.setdefault((row.get("study"), row["number"]), row)
     return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))
 
 

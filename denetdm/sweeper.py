@@ -22,6 +22,7 @@ from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
 from denetdm.errors import DenetdmError
+from denetdm.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -40,6 +41,17 @@ def create_or_load_study(study_name: str | None, storage: str | None, sampler: A
             log.info("study creation raced with another worker (%s); loading it", type(e).__name__)
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def study_summary(study: optuna.Study) -> dict[str, Any]:
+    """Study name, counts of complete and failed trials, and the best trial once one has completed."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    out: dict[str, Any] = {"study_name": study.study_name, "n_complete": states.count(_COMPLETE)}
+    out["n_failed"] = states.count(optuna.trial.TrialState.FAIL)
+    if out["n_complete"]:
+        best = study.best_trial
+        out |= {"best_params": best.params, "best_value": best.value, "best_trial": best.number}
+    return out
 
 
 class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
@@ -65,7 +77,7 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
         log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        record = sweep_dir / "trials.jsonl"
+        record = MetricsLog(sweep_dir / "trials.jsonl")
         limit = math.floor(self.max_failure_rate * self.n_trials)
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
@@ -106,30 +118,24 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
                 failed += error is not None
                 if error is not None:
                     log.warning("trial %d failed: %s", trial.number, error)
-                row |= {"state": state.name, "value": value, "error": error}
-                with open(record, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                record.append(row | {"state": state.name, "value": value, "error": error})
             done += len(trials)
             if failed > limit:
                 self._save_best(study, sweep_dir)
                 sys.exit(
                     f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                    f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record} and in each "
+                    f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record.path} and in each "
                     "failed job's run.log"
                 )
         self._save_best(study, sweep_dir)
 
     def _save_best(self, study: optuna.Study, sweep_dir: Path) -> None:
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        out: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": self.storage}
-        out |= {"n_complete": states.count("COMPLETE"), "n_failed": states.count("FAIL")}
-        if out["n_complete"] == 0:
-            OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
-            sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
-        best = study.best_trial
-        out |= {"best_params": best.params, "best_value": best.value, "best_trial": best.number}
-        log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
+        summary = study_summary(study)
+        out = {"name": "optuna", "study_name": study.study_name, "storage": self.storage, **summary}
         OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
+        if not summary["n_complete"]:
+            sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
+        log.info("Best trial %d: value %s, params %s", out["best_trial"], out["best_value"], out["best_params"])
 
 
 def _key(params: dict) -> str:

@@ -7,9 +7,8 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
+from denetdm.report import OBJECTIVE_KEYS
 from denetdm.runs import Collection, Run, finite
-
-OBJECTIVE = "val/acc_unbiased"
 
 
 @dataclass
@@ -89,7 +88,7 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
     if searched:
         table.notes.append(
             f"{searched} cell(s) held several hyperparameter settings: each shows the setting with the best mean "
-            f"{OBJECTIVE} (validation), never the best {metric}"
+            f"{OBJECTIVE_KEYS[0]} (validation), never the best {metric}"
         )
     if duplicates:
         table.notes.append(f"left out: {duplicates} run(s) repeating another run's config and seed")

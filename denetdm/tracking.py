@@ -98,6 +98,7 @@ class WandbLogger(NullLogger):
             dir=str(run_dir),
         )
         self.run = None
+        self.best: dict[str, float] = {}  # best value of each validation curve so far
 
     def __enter__(self) -> "WandbLogger":
         import wandb
@@ -126,10 +127,8 @@ class WandbLogger(NullLogger):
             # the best validation values so far, explicit in the summary (offline runs get define_metric's
             # summaries only when synced)
             for k, v in data.items():
-                if k.startswith(f"{stage}/val/") and math.isfinite(v):
-                    best = self.run.summary.get(f"best/{k}")
-                    if best is None or v > best:
-                        self.run.summary[f"best/{k}"] = v
+                if k.startswith(f"{stage}/val/") and math.isfinite(v) and v > self.best.get(k, -math.inf):
+                    self.best[k] = self.run.summary[f"best/{k}"] = v
 
     def summary(self, results: dict) -> None:
         if self.run is not None:

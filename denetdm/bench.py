@@ -17,9 +17,17 @@ import torch
 
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Trainer
+from denetdm.engine import Schedule, Trainer
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
-from denetdm.models import TargetModel, TwoExpertModel, create_backbone
+from denetdm.pipeline import build_stage1, build_stage2
+
+# the presets' model specs (conf/backbone_depth/): MLP 3 vs 5 on Colored MNIST, CNN-3 vs ResNet-20 on CIFAR
+MLP_PAIR = {"deep": {"name": "mlp", "depth": 5}, "shallow": {"name": "mlp", "depth": 3}}
+CIFAR_PAIR = {"deep": {"name": "resnet_cifar", "depth": 20}, "shallow": {"name": "cnn", "depth": 3}}
+
+
+def _meta(shape: tuple[int, ...], pair: dict) -> dict:
+    return {"input_shape": list(shape), "num_classes": 10, "model": {**pair, "target": pair["deep"]}}
 
 
 def _data(cache: str):
@@ -41,8 +49,9 @@ def _cifar_data(cache: str):
         ds = CorruptedCIFAR10(name="ccifar10", root="", source=str(zipped), severity=4, conflict_pct=1,
                               val_size=1000, seed=0, cache_dir=cache)  # fmt: skip
         return "Corrupted CIFAR-10 (Type0, severity 4)", ds.load()
+    from denetdm.data.augment import CIFAR_MEAN as MEAN
+    from denetdm.data.augment import CIFAR_STD as STD
     from denetdm.data.augment import BatchAugment
-    from denetdm.data.ccifar10 import MEAN, STD
     from denetdm.data.splits import BiasedData, Split
 
     g = torch.Generator().manual_seed(0)
@@ -59,7 +68,8 @@ def _per_image_loader(split, batch_size: int):
     import torchvision.transforms as T
     from PIL import Image
 
-    from denetdm.data.ccifar10 import MEAN, STD
+    from denetdm.data.augment import CIFAR_MEAN as MEAN
+    from denetdm.data.augment import CIFAR_STD as STD
 
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     images = split.x.permute(0, 2, 3, 1).numpy()
@@ -93,19 +103,16 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
     train = data.train.subset(min(n, len(data.train)), torch.Generator().manual_seed(0))
     print(f"\ncifar data: {name}; {steps} timed steps of batch {batch_size} (after one warm-up step)")
     adam = functools.partial(torch.optim.Adam, fused=True)
-    shape = tuple(train.x.shape[1:])
+    meta = _meta(tuple(train.x.shape[1:]), CIFAR_PAIR)
 
     def stage1(channels_last: bool) -> DeNetDMStage1:
-        # the cnn3_resnet20 preset: CNN-3 vs ResNet-20, target = ResNet-20
         torch.manual_seed(0)
-        model = TwoExpertModel(create_backbone("resnet_cifar", shape, depth=20), create_backbone("cnn", shape), 10)
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return DeNetDMStage1(model, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
+        return build_stage1(meta, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
 
     def stage2(first: DeNetDMStage1, channels_last: bool) -> DeNetDMStage2:
-        target = TargetModel(create_backbone("resnet_cifar", shape, depth=20), first.model.head)
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return DeNetDMStage2(first.model, target, adam, lr=1e-4).to(device, memory_format=fmt)
+        return build_stage2(meta, first, adam, lr=1e-4).to(device, memory_format=fmt)
 
     on_device = train.to(device, data.normalize, channels_last=True)
 
@@ -153,22 +160,20 @@ def bench_mnist(cache: str, args: argparse.Namespace) -> None:
     data = data.to(args.device)
     print(f"data: {name}, {len(data.train)} train samples, loaded in {time.time() - t0:.1f} s on {args.device}")
     adam = functools.partial(torch.optim.Adam, fused=True)
-    shape = data.input_shape
+    meta = _meta(data.input_shape, MLP_PAIR)
     torch.manual_seed(0)
-    model = TwoExpertModel(create_backbone("mlp", shape, depth=5), create_backbone("mlp", shape, depth=3), 10)
-    stage1 = DeNetDMStage1(model, adam, lr=1e-3, weight_decay=1e-3).to(args.device)
+    stage1 = build_stage1(meta, adam, lr=1e-3, weight_decay=1e-3).to(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tmp, selection="val", progress=False)
-        trainer.fit("stage1", stage1, data, args.epochs, 64, "shallow/acc_conflicting", 0, {}, resume=False)
-        target = TargetModel(create_backbone("mlp", shape, depth=5), model.head)
-        stage2 = DeNetDMStage2(model, target, adam, lr=1e-3).to(args.device)
-        trainer.fit("stage2", stage2, data, args.epochs, 64, "target/acc_unbiased", 1, {}, resume=False)
+        trainer.fit("stage1", stage1, data, Schedule(args.epochs, 64, "shallow/acc_conflicting", 0), {}, resume=False)
+        stage2 = build_stage2(meta, stage1, adam, lr=1e-3).to(args.device)
+        trainer.fit("stage2", stage2, data, Schedule(args.epochs, 64, "target/acc_unbiased", 1), {}, resume=False)
         records = trainer.records.read()
     for stage in ("stage1", "stage2"):
         timed = [r for r in records if r["stage"] == stage][1:] or [r for r in records if r["stage"] == stage]
-        train_s = sum(r["time/train_s"] for r in timed) / len(timed)
-        epoch_s = sum(r["time/epoch_s"] for r in timed) / len(timed)
+        train_s = sum(r[f"{stage}/time/train_s"] for r in timed) / len(timed)
+        epoch_s = sum(r[f"{stage}/time/epoch_s"] for r in timed) / len(timed)
         rows.append((stage, len(data.train) / train_s, train_s, epoch_s))
     print(f"{'stage':<8}{'train samples/s':>18}{'train s/epoch':>16}{'s/epoch incl. eval':>20}")
     for stage, sps, train_s, epoch_s in rows:

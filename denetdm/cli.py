@@ -62,26 +62,6 @@ def check_launcher(args: list[str]) -> str | None:
     return None
 
 
-def install_sweeper() -> None:
-    """Run our Optuna loop (denetdm/sweeper.py) whenever Hydra builds the Optuna sweeper. Optuna is imported
-    only then: it adds about 3 s to every start of run.py."""
-    from hydra.core.plugins import Plugins
-
-    build = Plugins.instantiate_sweeper
-    if getattr(build, "denetdm", False):
-        return
-
-    def instantiate_sweeper(self, *, hydra_context, task_function, config):
-        if "optuna" in str(config.hydra.sweeper.get("_target_", "")):
-            from denetdm.sweeper import use_in_plugin
-
-            use_in_plugin()
-        return build(self, hydra_context=hydra_context, task_function=task_function, config=config)
-
-    instantiate_sweeper.denetdm = True
-    Plugins.instantiate_sweeper = instantiate_sweeper
-
-
 def instantiate_checked(node, **kwargs):
     """hydra.utils.instantiate, with our own errors unwrapped and a bad argument named in one line."""
     from hydra.errors import InstantiationException

@@ -1,14 +1,16 @@
 """The one training/evaluation loop: epochs, evaluation, model selection, checkpoints, resume.
 
 It has no method-specific branches: a method is anything with update/predict (denetdm.methods.Method).
+Every number it records is keyed `<stage>/<head>/<split>/<metric>` (training losses `<stage>/train/<loss>`,
+wall times `<stage>/time/<what>`), in metrics.jsonl, in W&B and in results.json alike.
 """
 
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,18 +20,24 @@ from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
 from denetdm.methods.base import Method
 from denetdm.metrics import group_metrics
-from denetdm.tracking import MetricsLog, NullLogger
+from denetdm.tracking import JsonLines, NullLogger
 
 log = logging.getLogger(__name__)
 
 SELECTIONS = ("val", "test", "last")
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def metric_key(stage: str, head: str, split: str, metric: str) -> str:
+    """The one key layout of every recorded number: `<stage>/<head>/<split>/<metric>`."""
+    return f"{stage}/{head}/{split}/{metric}"
 
 
 @torch.no_grad()
 def evaluate(
     method: Method, split: Split, num_classes: int, num_biases: int, batch_size: int = 4096
-) -> dict[str, float]:
-    """Group metrics of every head of `method` on `split`, keyed `<head>/<metric>`."""
+) -> dict[str, dict[str, float]]:
+    """Group metrics of every head of `method` on `split`: {head: {metric: value}}."""
     was_training = method.training
     method.eval()
     preds: dict[str, list[torch.Tensor]] = {}
@@ -37,20 +45,39 @@ def evaluate(
         for head, logits in method.predict(x).items():
             preds.setdefault(head, []).append(logits.argmax(1))
     method.train(was_training)
-    out = {}
-    for head, p in preds.items():
-        for k, v in group_metrics(torch.cat(p), split.y, split.b, num_classes, num_biases).items():
-            out[f"{head}/{k}"] = v
-    return out
+    return {head: group_metrics(torch.cat(p), split.y, split.b, num_classes, num_biases) for head, p in preds.items()}
 
 
-def evaluate_all(method: Method, data: BiasedData) -> dict[str, float]:
-    """`evaluate` on every evaluation split, keyed `<split>/<head>/<metric>`."""
+def evaluate_all(method: Method, data: BiasedData, stage: str) -> dict[str, float]:
+    """`evaluate` on every evaluation split, keyed `<stage>/<head>/<split>/<metric>`."""
     return {
-        f"{name}/{k}": v
+        metric_key(stage, head, name, metric): value
         for name, split in data.splits().items()
-        for k, v in evaluate(method, split, data.num_classes, data.num_biases).items()
+        for head, metrics in evaluate(method, split, data.num_classes, data.num_biases).items()
+        for metric, value in metrics.items()
     }
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one stage trains: epochs, batch size, the `<head>/<metric>` that selection maximises, batch-order seed."""
+
+    epochs: int
+    batch_size: int
+    select: str
+    seed: int
+
+    def check(self, stage: str) -> "Schedule":
+        """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{stage}.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.select, str) or self.select.count("/") != 1:
+            raise ConfigError(
+                f"{stage}.select must be <head>/<metric> (e.g. shallow/acc_conflicting), got {self.select!r}"
+            )
+        return self
 
 
 @dataclass
@@ -60,8 +87,6 @@ class StageResult:
     selected_epoch: int
     metrics: dict[str, float]
     elapsed_s: float
-    checkpoint: Path
-    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
@@ -81,7 +106,7 @@ class Trainer:
         self.logger = logger or NullLogger()
         self.selection = selection
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.records = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.records = JsonLines(self.run_dir / "metrics.jsonl")
 
     def checkpoint_path(self, stage: str, which: str) -> Path:
         """Path of a stage's `last` or `selected` checkpoint."""
@@ -92,106 +117,109 @@ class Trainer:
         stage: str,
         method: Method,
         data: BiasedData,
-        epochs: int,
-        batch_size: int,
-        select: str,
-        seed: int,
+        schedule: Schedule,
         meta: dict,
         resume: bool = True,
-        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        augment: Augment | None = None,
     ) -> StageResult:
-        """Train `method` for `epochs`, evaluating every epoch and keeping the checkpoint chosen by the
-        selection rule (`select` is the `<head>/<metric>` maximised on the selection split).
-
-        `meta` is stored in every checkpoint (model specs, config); its "config" entry must match on resume.
-        """
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{stage}.{name} must be a positive integer, got {value!r}")
-        gen = torch.Generator().manual_seed(int(seed))
-        state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "elapsed_s": 0.0}
-        last_path, sel_path = self.checkpoint_path(stage, "last"), self.checkpoint_path(stage, "selected")
-        if resume and last_path.exists():
-            ckpt = load_checkpoint(last_path, f"{stage} checkpoint")
-            _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), last_path)
-            method.load_state_dict(ckpt["method"])
-            if ckpt.get("optimizer") is not None and method.optimizer is not None:
-                method.optimizer.load_state_dict(ckpt["optimizer"])
-            gen.set_state(ckpt["generator"])
-            state = {k: ckpt[k] for k in state}
-            self.records.truncate(stage, state["epoch"])
-            log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], last_path)
-        elif self.records.path.exists():
-            self.records.truncate(stage, 0)  # a fresh start of this stage replaces any earlier records of it
-
-        if state["epoch"] < epochs:
+        """Train `method` by `schedule`, evaluating every epoch and keeping the checkpoint chosen by the
+        selection rule. `meta` is stored in every checkpoint (model specs, config fingerprint); its "config"
+        entry must match on resume."""
+        schedule.check(stage)
+        gen = torch.Generator().manual_seed(int(schedule.seed))
+        state = self._restore(stage, method, gen, meta, resume)
+        if state["epoch"] < schedule.epochs:
             method.prepare(data.train, augmented=augment is not None)
-        for epoch in range(state["epoch"] + 1, epochs + 1):
+        for epoch in range(state["epoch"] + 1, schedule.epochs + 1):
             t0 = time.time()
-            method.train()
-            sums: dict[str, torch.Tensor] = {}
-            batches = data.train.batches(batch_size, gen)
-            if self.progress:
-                from tqdm import tqdm
-
-                batches = tqdm(
-                    batches, total=-(-len(data.train) // batch_size), desc=f"{stage} {epoch}/{epochs}", leave=False
-                )
-            n = 0
-            for x, y, idx in batches:
-                if augment is not None:
-                    x = augment(x, gen)
-                for k, v in method.update(x, y, idx).items():
-                    sums[k] = sums[k] + v if k in sums else v
-                n += 1
-            train = {f"train/{k}": v.item() / n for k, v in sums.items()}
+            train = self._train_epoch(stage, epoch, method, data.train, schedule, gen, augment)
             t_train = time.time() - t0
-            if not all(math.isfinite(v) for v in train.values()):
-                raise TrainingError(
-                    f"{stage} epoch {epoch}: the training loss is {train.get('train/loss')} (not finite); "
-                    f"lower {stage}.lr or check the data. Epochs up to {state['epoch']} are saved in {last_path}"
-                )
-            metrics = evaluate_all(method, data)
+            metrics = evaluate_all(method, data, stage)
             state["elapsed_s"] += time.time() - t0
-            record = {
-                "stage": stage,
-                "epoch": epoch,
-                **train,
-                **metrics,
-                "time/train_s": t_train,
-                "time/epoch_s": time.time() - t0,
-            }
+            record = {"stage": stage, "epoch": epoch, **train, **metrics, f"{stage}/time/train_s": t_train}
+            record[f"{stage}/time/epoch_s"] = time.time() - t0
             self.records.append(record)
             self.logger.log(stage, epoch, record)
-            score = epoch if self.selection == "last" else metrics[f"{self.selection}/{select}"]
-            if score > state["best_score"]:
-                state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
-                atomic_save({"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}, sel_path)
-            state["epoch"] = epoch
-            atomic_save(
-                {
-                    "kind": stage,
-                    "meta": meta,
-                    "method": method.state_dict(),
-                    "optimizer": method.optimizer.state_dict() if method.optimizer is not None else None,
-                    "generator": gen.get_state(),
-                    **state,
-                },
-                last_path,
-            )
-            self._report(stage, epoch, epochs, record, select)
-
+            self._select_and_save(stage, method, gen, meta, state, epoch, metrics, schedule.select)
+            self._report(stage, epoch, schedule, record)
         if state["best_epoch"] == 0:
             raise CheckpointError(f"{stage}: no epoch was trained; set {stage}.epochs >= 1")
-        best = load_checkpoint(sel_path, f"{stage} selected checkpoint")
+        best = load_checkpoint(self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint")
         method.load_state_dict(best["method"])
-        history = [r for r in self.records.read() if r.get("stage") == stage]
-        return StageResult(state["best_epoch"], state["best_metrics"], state["elapsed_s"], sel_path, history)
+        return StageResult(state["best_epoch"], state["best_metrics"], state["elapsed_s"])
 
-    def _report(self, stage: str, epoch: int, epochs: int, record: dict, select: str) -> None:
-        shown = {k: record[k] for k in ("train/loss", f"val/{select}", f"test/{select}") if k in record}
-        text = " ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        log.info("%s epoch %d/%d %s (%.1f s)", stage, epoch, epochs, text, record["time/epoch_s"])
+    def _restore(self, stage: str, method: Method, gen: torch.Generator, meta: dict, resume: bool) -> dict:
+        """The loop state after the last saved epoch (method, optimizer and batch order restored), or a fresh one."""
+        state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "elapsed_s": 0.0}
+        last_path = self.checkpoint_path(stage, "last")
+        if not (resume and last_path.exists()):
+            if self.records.path.exists():
+                self.records.truncate(stage, 0)  # a fresh start of this stage replaces any earlier records of it
+            return state
+        ckpt = load_checkpoint(last_path, f"{stage} checkpoint")
+        _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), last_path)
+        method.load_state_dict(ckpt["method"])
+        if ckpt.get("optimizer") is not None and method.optimizer is not None:
+            method.optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"])
+        state = {k: ckpt[k] for k in state}
+        self.records.truncate(stage, state["epoch"])
+        log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], last_path)
+        return state
+
+    def _batches(self, stage: str, epoch: int, split: Split, schedule: Schedule, gen: torch.Generator) -> Iterator:
+        batches = split.batches(schedule.batch_size, gen)
+        if not self.progress:
+            return batches
+        from tqdm import tqdm
+
+        total = -(-len(split) // schedule.batch_size)
+        return tqdm(batches, total=total, desc=f"{stage} {epoch}/{schedule.epochs}", leave=False)
+
+    def _train_epoch(
+        self, stage: str, epoch: int, method: Method, split: Split, schedule: Schedule, gen: torch.Generator,
+        augment: Augment | None,
+    ) -> dict[str, float]:  # fmt: skip
+        """One pass over the training split; mean losses as `<stage>/train/<loss>` (read from the device once)."""
+        method.train()
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        for x, y, idx in self._batches(stage, epoch, split, schedule, gen):
+            if augment is not None:
+                x = augment(x, gen)
+            for k, v in method.update(x, y, idx).items():
+                sums[k] = sums[k] + v if k in sums else v
+            n += 1
+        train = {f"{stage}/train/{k}": v.item() / n for k, v in sums.items()}
+        if not all(math.isfinite(v) for v in train.values()):
+            saved = self.checkpoint_path(stage, "last")
+            raise TrainingError(
+                f"{stage} epoch {epoch}: the training loss is {train.get(f'{stage}/train/loss')} (not finite); "
+                f"lower {stage}.lr or check the data. Epochs before it are saved in {saved}"
+            )
+        return train
+
+    def _select_and_save(
+        self, stage: str, method: Method, gen: torch.Generator, meta: dict, state: dict, epoch: int,
+        metrics: dict[str, float], select: str,
+    ) -> None:  # fmt: skip
+        """Keep the epoch if the selection rule prefers it, then save the resumable `last` checkpoint."""
+        head, metric = select.split("/")
+        score = epoch if self.selection == "last" else metrics[metric_key(stage, head, self.selection, metric)]
+        if score > state["best_score"]:
+            state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
+            ckpt = {"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}
+            atomic_save(ckpt, self.checkpoint_path(stage, "selected"))
+        state["epoch"] = epoch
+        optimizer = method.optimizer.state_dict() if method.optimizer is not None else None
+        ckpt = {"kind": stage, "meta": meta, "method": method.state_dict(), "optimizer": optimizer}
+        atomic_save({**ckpt, "generator": gen.get_state(), **state}, self.checkpoint_path(stage, "last"))
+
+    def _report(self, stage: str, epoch: int, schedule: Schedule, record: dict) -> None:
+        head, metric = schedule.select.split("/")
+        keys = (f"{stage}/train/loss", *(metric_key(stage, head, s, metric) for s in ("val", "test")))
+        text = " ".join(f"{k} {record[k]:.4f}" for k in keys if k in record)
+        log.info("%s epoch %d/%d %s (%.1f s)", stage, epoch, schedule.epochs, text, record[f"{stage}/time/epoch_s"])
 
 
 def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Group accuracies over (target class, bias class) cells (PROTOCOLS section 2)."""
+"""Group accuracies over (target class, bias class) cells (docs/protocols.md §2)."""
 
 import torch
 

@@ -116,7 +116,7 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
     for ax, head in zip(axes, ("shallow", "deep")):
         labelled = set()
         for run, eps in runs:
-            key = f"val/{head}/{metric}"
+            key = f"stage1/{head}/val/{metric}"
             xs = [e["epoch"] for e in eps if finite(e.get(key))]
             ys = [100 * e[key] for e in eps if finite(e.get(key))]
             label = None if run.pair in labelled else f"shallow {run.pair[0]}, deep {run.pair[1]}"

@@ -6,7 +6,7 @@ _ROWS = (
     ("stage1 shallow", "stage1/shallow/{split}/{m}"),
     ("stage1 deep", "stage1/deep/{split}/{m}"),
     ("stage1 poe", "stage1/poe/{split}/{m}"),
-    ("stage2 target", "{split}/{m}"),
+    ("stage2 target", "stage2/target/{split}/{m}"),
 )
 _COLS = (
     ("val", "acc_unbiased"),

@@ -1,6 +1,5 @@
 """Finding finished and unfinished runs below run and sweep directories (what sweep.py reads)."""
 
-import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -8,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from denetdm.errors import DataError
+from denetdm.fingerprint import fingerprint, setting
 from denetdm.report import objective
-from denetdm.tracking import MetricsLog
+from denetdm.tracking import JsonLines
+
+_EPOCH_KEYS = ("stage", "epoch")
 
 
 @dataclass
@@ -42,13 +44,14 @@ class Run:
         return "DeNetDM" if "stage2" in stages else "DeNetDM stage 1" if "stage1" in stages else "eval"
 
     @property
+    def fingerprint(self) -> str:
+        """Everything in the config that changes the numbers (denetdm.fingerprint), as a comparable string."""
+        return json.dumps(fingerprint(self.config, (self.results.get("stages") or ["stage2"])[-1]), sort_keys=True)
+
+    @property
     def setting(self) -> str:
-        """Everything that changes the numbers except the seed: runs with equal settings are repeats."""
-        fp = copy.deepcopy(self.results.get("fingerprint") or {})
-        fp.pop("seed", None)
-        if isinstance(fp.get("dataset"), dict):
-            fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default
-        return json.dumps(fp, sort_keys=True)
+        """The fingerprint without the seed: runs with equal settings are repeats over seeds."""
+        return json.dumps(setting(self.config, self.results.get("stages") or []), sort_keys=True)
 
     @property
     def trial(self) -> int | None:
@@ -56,8 +59,27 @@ class Run:
         return (self.config.get("trial") or {}).get("number")
 
     def epochs(self) -> list[dict]:
-        """The per-epoch records of metrics.jsonl (empty when the file is gone)."""
-        return MetricsLog(self.path / "metrics.jsonl").read()
+        """The per-epoch records of metrics.jsonl (empty when the file is gone), keys `<stage>/...` also for
+        runs written before the key layout was unified."""
+        return [upgrade_record(r) for r in JsonLines(self.path / "metrics.jsonl").read()]
+
+
+def upgrade_record(record: dict) -> dict:
+    """A metrics.jsonl record in today's layout: before, metrics were `<split>/<head>/<metric>` and losses and
+    times `train/<loss>`, `time/<what>` without the stage; now every key is `<stage>/...`."""
+    stage = record.get("stage")
+    if not isinstance(stage, str) or any(k.startswith(f"{stage}/") for k in record):
+        return record
+    out = {}
+    for key, value in record.items():
+        parts = key.split("/")
+        if key in _EPOCH_KEYS:
+            out[key] = value
+        elif len(parts) == 3 and parts[0] in ("val", "test"):  # <split>/<head>/<metric>
+            out[f"{stage}/{parts[1]}/{parts[0]}/{parts[2]}"] = value
+        else:  # train/<loss>, time/<what>
+            out[f"{stage}/{key}"] = value
+    return out
 
 
 @dataclass
@@ -119,7 +141,7 @@ def trial_records(sweep_dir: Path) -> list[dict]:
     one per (study, trial number), in trial order; [] when there are none."""
     rows: dict[tuple, dict] = {}
     for path in sorted(Path(sweep_dir).rglob("trials.jsonl")):
-        for row in MetricsLog(path).read():  # skips a line cut by a crash
+        for row in JsonLines(path).read():  # skips a line cut by a crash
             if isinstance(row, dict) and isinstance(row.get("number"), int):
                 rows.setdefault((row.get("study"), row["number"]), row)
     return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))

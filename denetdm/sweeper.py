@@ -1,10 +1,11 @@
-"""Our loop for hydra-optuna-sweeper: a failure limit over the whole sweep, the trial number in each job's
-config, a `trials.jsonl` record, and a study that several workers can open at once.
+"""denetdm's Optuna loop, run by the `denetdm_optuna` sweeper plugin (hydra_plugins/denetdm_sweeper/).
 
-The plugin checks `max_failure_rate` per batch of `n_jobs` trials, so with `n_jobs=1` the first failing
-trial ends the sweep. Here the limit is a share of `n_trials`: the sweep goes on until more than
-`floor(max_failure_rate * n_trials)` trials have failed. Hydra only loads sweepers from the `hydra_plugins`
-package, so run.py swaps this class into the plugin (denetdm.cli.install_sweeper) instead of registering\na new plugin.
+It subclasses hydra-optuna-sweeper's implementation (pinned at 1.3.0 in requirements.txt) for its parsing of
+search spaces and its launcher set-up, and replaces the loop: the plugin checks `max_failure_rate` per batch
+of `n_jobs` trials, so with `n_jobs=1` the first failing trial ended the sweep; here the sweep goes on until
+more than `floor(max_failure_rate * n_trials)` trials have failed. Each job gets its trial number, study and
+sampled values in its config (`trial.*`); every trial is a line of `trials.jsonl`; a repeat of a finished
+trial is answered from the study; several workers can open one study at once.
 """
 
 import functools
@@ -22,7 +23,7 @@ from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
 from denetdm.errors import DenetdmError
-from denetdm.tracking import MetricsLog
+from denetdm.tracking import JsonLines
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -54,8 +55,16 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     return out
 
 
-class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
-    """The plugin's sweeper with a sweep-wide failure limit and per-trial records."""
+class OptunaLoop(_impl.OptunaSweeperImpl):
+    """The plugin's sweeper with a sweep-wide failure limit, per-trial records and reused repeats."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        rate, n_trials = kwargs.get("max_failure_rate"), kwargs.get("n_trials")
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
+        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+            sys.exit(f"error: hydra.sweeper.n_trials must be a positive integer, got {n_trials!r}")
+        super().__init__(**kwargs)
 
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
         self._process_searchspace_config()
@@ -77,57 +86,73 @@ class OptunaSweeperImpl(_impl.OptunaSweeperImpl):
         log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        record = MetricsLog(sweep_dir / "trials.jsonl")
-        limit = math.floor(self.max_failure_rate * self.n_trials)
+        record = JsonLines(sweep_dir / "trials.jsonl")
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
         failed = done = 0
         while done < self.n_trials:
             trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            try:
-                configured = self._configure_trials(trials, dists, fixed)
-            except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
-                for t in trials:  # not left RUNNING in a shared study
-                    study.tell(t, state=optuna.trial.TrialState.FAIL)
-                hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
-                sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
-            overrides = [
-                (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
-                for t, o in zip(trials, configured)
-            ]
-            # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from
-            # the study: the same config gives the same numbers, so training it again would only cost time
-            known: dict[str, optuna.trial.FrozenTrial] = {}
-            for t in study.get_trials(deepcopy=False, states=(_COMPLETE,)):
-                known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
-            repeats = {t.number: known.get(_key(t.params)) for t in trials}
-            todo = [(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None]
-            launched = self.launcher.launch([o for _, o in todo], self.job_idx) if todo else []
-            returns = dict(zip([t.number for t, _ in todo], launched))
-            for trial in trials:
-                row = {"number": trial.number, "study": study.study_name, "params": trial.params}
-                if (twin := repeats[trial.number]) is not None:
-                    value, error, row["repeat_of"] = twin.value, None, twin.number
-                    log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
-                else:
-                    value, error = _value(returns[trial.number])
-                    row["job"] = self.job_idx
-                    self.job_idx += 1
-                state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
-                study.tell(trial, value if error is None else None, state=state)
-                failed += error is not None
-                if error is not None:
-                    log.warning("trial %d failed: %s", trial.number, error)
-                record.append(row | {"state": state.name, "value": value, "error": error})
+            overrides = self._trial_overrides(study, trials, dists, fixed)
+            rows = self._run_batch(study, trials, overrides)
+            for row in rows:
+                record.append(row)
+            failed += sum(row["state"] == "FAIL" for row in rows)
             done += len(trials)
-            if failed > limit:
-                self._save_best(study, sweep_dir)
-                sys.exit(
-                    f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                    f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record.path} and in each "
-                    "failed job's run.log"
-                )
+            self._check_failures(study, sweep_dir, failed, done, record.path)
         self._save_best(study, sweep_dir)
+
+    def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
+        """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
+        try:
+            configured = self._configure_trials(trials, dists, fixed)
+        except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
+            for t in trials:  # not left RUNNING in a shared study
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
+            sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
+        return [
+            (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
+            for t, o in zip(trials, configured)
+        ]
+
+    def _run_batch(self, study: optuna.Study, trials: list, overrides: list[tuple]) -> list[dict]:
+        """Launch the trials that are not repeats, tell the study every result; the trials.jsonl rows."""
+        # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from the
+        # study: the same config gives the same numbers, so training it again would only cost time
+        known: dict[str, optuna.trial.FrozenTrial] = {}
+        for t in study.get_trials(deepcopy=False, states=(_COMPLETE,)):
+            known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
+        repeats = {t.number: known.get(_key(t.params)) for t in trials}
+        todo = [(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None]
+        launched = self.launcher.launch([o for _, o in todo], self.job_idx) if todo else []
+        returns = dict(zip([t.number for t, _ in todo], launched))
+        rows = []
+        for trial in trials:
+            row = {"number": trial.number, "study": study.study_name, "params": trial.params}
+            if (twin := repeats[trial.number]) is not None:
+                value, error, row["repeat_of"] = twin.value, None, twin.number
+                log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
+            else:
+                value, error = _value(returns[trial.number])
+                row["job"] = self.job_idx
+                self.job_idx += 1
+            state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
+            study.tell(trial, value if error is None else None, state=state)
+            if error is not None:
+                log.warning("trial %d failed: %s", trial.number, error)
+            rows.append(row | {"state": state.name, "value": value, "error": error})
+        return rows
+
+    def _check_failures(self, study: optuna.Study, sweep_dir: Path, failed: int, done: int, record: Path) -> None:
+        """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
+        limit = math.floor(self.max_failure_rate * self.n_trials)
+        if failed > limit:
+            self._save_best(study, sweep_dir)
+            sys.exit(
+                f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record} and in each "
+                "failed job's run.log"
+            )
 
     def _save_best(self, study: optuna.Study, sweep_dir: Path) -> None:
         summary = study_summary(study)
@@ -158,8 +183,3 @@ def _value(ret: Any) -> tuple[float | None, str | None]:
     if not math.isfinite(value):
         return None, f"the objective is {value}"
     return value, None
-
-
-def use_in_plugin() -> None:
-    """Make hydra-optuna-sweeper's OptunaSweeper run this loop (it imports the class when built)."""
-    _impl.OptunaSweeperImpl = OptunaSweeperImpl

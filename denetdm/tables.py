@@ -66,11 +66,10 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
     groups: dict[tuple, list[Run]] = {}
     other_selection, no_metric, seen, duplicates = 0, 0, set(), 0
     for run in coll.runs:
-        key = json.dumps(run.results.get("fingerprint"), sort_keys=True)
-        if run.results.get("fingerprint") and key in seen:  # same config and seed: the same numbers again
+        if run.fingerprint in seen:  # same config and seed: the same numbers again
             duplicates += 1
             continue
-        seen.add(key)
+        seen.add(run.fingerprint)
         if run.results.get("selection") != selection:
             other_selection += 1
         elif not finite(run.results.get(metric)) or run.method == "eval":

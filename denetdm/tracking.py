@@ -19,8 +19,8 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
-class MetricsLog:
-    """Append-only per-epoch records in `metrics.jsonl` (one JSON object a line)."""
+class JsonLines:
+    """An append-only file of JSON records, one a line (metrics.jsonl per run, trials.jsonl per sweep)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -109,10 +109,9 @@ class WandbLogger(NullLogger):
             log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
             self.run = None
             return self
-        for stage in ("stage1", "stage2", "eval"):
+        for stage in ("stage1", "stage2"):
             self.run.define_metric(f"{stage}/epoch")
             self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
-            self.run.define_metric(f"{stage}/val/*", step_metric=f"{stage}/epoch", summary="max")
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -122,12 +121,13 @@ class WandbLogger(NullLogger):
 
     def log(self, stage: str, epoch: int, record: dict) -> None:
         if self.run is not None:
-            data = {f"{stage}/{k}": v for k, v in record.items() if isinstance(v, int | float) and k != "epoch"}
+            # the record's keys are already `<stage>/...` (denetdm.engine.metric_key)
+            data = {k: v for k, v in record.items() if isinstance(v, int | float) and k.startswith(f"{stage}/")}
             self.run.log({f"{stage}/epoch": epoch, **data})
-            # the best validation values so far, explicit in the summary (offline runs get define_metric's
-            # summaries only when synced)
+            # the best value of each validation curve so far, explicit in the summary (offline runs get
+            # define_metric's summaries only when synced)
             for k, v in data.items():
-                if k.startswith(f"{stage}/val/") and math.isfinite(v) and v > self.best.get(k, -math.inf):
+                if k.split("/")[2:3] == ["val"] and math.isfinite(v) and v > self.best.get(k, -math.inf):
                     self.best[k] = self.run.summary[f"best/{k}"] = v
 
     def summary(self, results: dict) -> None:

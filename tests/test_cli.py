@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COMMON, ROOT, TINY, read_results, run_cli
+from conftest import ROOT, TINY, read_results, run_cli
 from wandb_files import read_run
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ RESULT_KEYS = [
 def numbers(run_dir: Path) -> list[dict]:
     """metrics.jsonl without wall-clock entries."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")} for x in lines]
+    return [{k: v for k, v in json.loads(x).items() if "/time/" not in k} for x in lines]
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +57,16 @@ def test_end_to_end_writes_results_metrics_checkpoints(tiny_run):
     assert results["config"]["dataset"]["name"] == "synthetic"
     records = numbers(tiny_run)
     assert [(r["stage"], r["epoch"]) for r in records] == [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage2", 2)]
-    assert "val/shallow/acc_unbiased" in records[0] and "test/target/acc_worst_group" in records[2]
+    # one key layout everywhere: <stage>/<head>/<split>/<metric>
+    assert "stage1/shallow/val/acc_unbiased" in records[0] and "stage2/target/test/acc_worst_group" in records[2]
+    assert "stage1/train/loss" in records[0] and "stage2/train/loss_dist" in records[2]
     for name in ("stage1_selected", "stage1_last", "stage2_selected", "stage2_last"):
         assert (tiny_run / "checkpoints" / f"{name}.pt").is_file()
     assert (tiny_run / "done").exists()
     # the selected stage-2 model is the best validation epoch, and its test numbers are reported
-    best = max((r for r in records if r["stage"] == "stage2"), key=lambda r: r["val/target/acc_unbiased"])
-    assert results["test/acc_unbiased"] == best["test/target/acc_unbiased"]
+    best = max((r for r in records if r["stage"] == "stage2"), key=lambda r: r["stage2/target/val/acc_unbiased"])
+    assert results["test/acc_unbiased"] == best["stage2/target/test/acc_unbiased"]
+    assert results["stage2/target/test/acc_unbiased"] == results["test/acc_unbiased"]
 
 
 def test_same_config_same_numbers(tiny_run, tmp_path):
@@ -137,43 +140,18 @@ def _one_clear_line(proc, *words):
         assert w in errors[0], errors[0]
 
 
+# the real command line: an error is one `error:` line and no traceback (the other keys: tests/test_errors.py)
 @pytest.mark.parametrize(
     "overrides,words",
     [
         (["dataset=foo"], ["dataset", "cmnist", "synthetic"]),
         (["severity=9"], ["severity", "1, 2, 3, 4"]),
         (["dataset.conflict_pct=150"], ["conflict_pct", "150"]),
-        (["stage1.epochs=abc"], ["stage1.epochs", "abc"]),
-        (["selection=best"], ["selection"]),
-        (["model.deep.depth=1"], ["depth"]),
         (["stage=stage2"], ["stage.stage1_ckpt"]),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, overrides, words):
     _one_clear_line(run_cli([*TINY, *overrides], tmp_path / "bad"), *words)
-
-
-def test_missing_mnist_offline_names_the_folder(tmp_path):
-    empty = tmp_path / "nodata"
-    empty.mkdir()
-    proc = run_cli(
-        [*COMMON, "dataset=cmnist", "dataset.download=false"], tmp_path / "r", env={"DENETDM_DATA": str(empty)}
-    )
-    _one_clear_line(proc, str(empty / "MNIST" / "raw"))
-
-
-def test_damaged_checkpoint_is_reported(tmp_path):
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    _one_clear_line(run_cli([*TINY, "stage=eval", f"stage.ckpt={bad}"], tmp_path / "r"), str(bad), "damaged")
-    _one_clear_line(run_cli([*TINY, "stage=eval", f"stage.ckpt={tmp_path}/none.pt"], tmp_path / "r2"), "does not exist")
-
-
-def test_resume_with_another_config_is_refused(tiny_run, tmp_path):
-    run_dir = tmp_path / "r"
-    assert run_cli([*TINY, "stage=stage1"], run_dir).returncode == 0
-    (run_dir / "done").unlink()
-    _one_clear_line(run_cli([*TINY, "stage=stage1", "stage1.lr=0.01"], run_dir), "stage1.lr")
 
 
 def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
@@ -189,9 +167,9 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     keys = set().union(*logged["history"])
     assert {
         "stage1/epoch",
-        "stage1/val/shallow/acc_unbiased",
+        "stage1/shallow/val/acc_unbiased",
         "stage1/train/loss",
-        "stage2/test/target/acc_unbiased",
+        "stage2/target/test/acc_unbiased",
     } <= keys
     epochs = [json.loads(h["stage1/epoch"]) for h in logged["history"] if "stage1/epoch" in h]
     assert epochs == [1, 2]

@@ -10,7 +10,7 @@ from denetdm.cli import missing_plugin
 from denetdm.errors import ConfigError
 from denetdm.models import build_backbone
 
-from conftest import CONF, compose_cfg
+from conftest import CONF, ROOT, compose_cfg
 
 CASES = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir() for f in sorted(g.glob("*.yaml"))]
 
@@ -28,12 +28,30 @@ def test_groups_named_in_the_contract_exist():
     assert {o for g, o in CASES if g == "severity"} == {"1", "2", "3", "4"}
 
 
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _leaves(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def _option_values(group: str, option: str) -> dict[str, object]:
+    """The values an option's yaml sets, by their path in the composed config (its defaults list and hydra
+    node left out)."""
+    path = CONF / group / f"{option}.yaml"
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    node = {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
+    is_global = path.read_text().startswith("# @package _global_")
+    return _leaves(node if is_global else {group: node})
+
+
 @pytest.mark.parametrize("group,option", [_case(g, o) for g, o in CASES])
 def test_option_composes_and_instantiates(group, option, tmp_path):
     cfg = compose_cfg([f"{group}={option}"])
+    # every value the option sets reaches the composed config (nothing later in the defaults list hides it)
+    composed = _leaves(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in _option_values(group, option).items():
+        assert composed.get(key, "<absent>") == value, f"{group}={option} sets {key}={value!r}"
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    if group not in ("dataset", "experiment"):
-        assert cfg[group] is not None if group in cfg else True
     dataset = instantiate(cfg.dataset)  # validates its arguments, loads nothing
     assert dataset.name == cfg.dataset.name
     params = nn.Linear(3, 2).parameters()
@@ -67,10 +85,54 @@ def test_target_depth_follows_deep_unless_set():
     assert compose_cfg(["model.deep.depth=7", "model.target.depth=4"]).model.target.depth == 4
 
 
-def test_paper_experiment_carries_the_paper_hyperparameters():
-    cfg = compose_cfg(["experiment=paper_cmnist"])
-    assert cfg.dataset.name == "cmnist" and cfg.dataset.conflict_pct == 1 and cfg.severity.level == 4
-    assert (cfg.stage1.epochs, cfg.stage2.epochs) == (100, 100)
-    assert (cfg.stage1.lr, cfg.stage2.lr, cfg.stage1.batch_size) == (1e-3, 1e-3, 64)
-    assert (cfg.stage1.weight_decay, cfg.stage2.weight_decay) == (1e-3, 0.0)
-    assert (cfg.stage2.poe_weight, cfg.stage2.dist_weight, cfg.stage2.temperature) == (1.0, 1.0, 2.0)
+# docs/protocols.md §6: (lr, batch size, weight decay, epochs) per stage, then poe_weight, dist_weight, T
+PAPER = {
+    "cmnist": ((1e-3, 64, 1e-3, 100), (1e-3, 64, 0.0, 100), (1.0, 1.0, 2.0)),
+    "ccifar10": ((1e-3, 256, 1e-3, 100), (1e-4, 256, 0.0, 200), (1.0, 1.0, 2.0)),
+    "bffhq": ((1e-3, 64, 0.0, 10), (1e-4, 64, 0.0, 100), (1.0, 0.0, 2.0)),
+}
+# the experts (shallow, deep) and the target of each paper setting
+PAPER_MODELS = {
+    "cmnist": (("mlp", 3), ("mlp", 5), ("mlp", 5, None)),
+    "ccifar10": (("cnn", 3), ("resnet_cifar", 20), ("resnet", 18, True)),
+    "bffhq": (("cnn_bffhq", 4), ("resnet", 18), ("resnet", 18, True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_experiment_carries_the_paper_hyperparameters(name):
+    cfg = compose_cfg([f"experiment=paper_{name}"])
+    assert cfg.dataset.name == name and cfg.severity.level == 4 and cfg.dataset.conflict_pct in (1, 0.5)
+    for stage, want in zip(("stage1", "stage2"), PAPER[name][:2]):
+        node = cfg[stage]
+        assert (node.lr, node.batch_size, node.weight_decay, node.epochs) == want, stage
+        assert isinstance(node.epochs, int) and isinstance(node.batch_size, int)
+    assert (cfg.stage2.poe_weight, cfg.stage2.dist_weight, cfg.stage2.temperature) == PAPER[name][2]
+    shallow, deep, target = PAPER_MODELS[name]
+    assert (cfg.model.shallow.name, cfg.model.shallow.depth) == shallow
+    assert (cfg.model.deep.name, cfg.model.deep.depth) == deep
+    assert (cfg.model.target.name, cfg.model.target.depth, cfg.model.target.get("pretrained")) == target
+    assert cfg.selection == "val" and cfg.optimizer._target_ == "torch.optim.Adam"
+
+
+def test_every_protocol_citation_names_a_section_of_the_document():
+    import re
+
+    headings = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs" / "protocols.md").read_text(), re.M))
+    cited = {}
+    for path in [
+        *ROOT.glob("*.py"),
+        *ROOT.glob("denetdm/**/*.py"),
+        *ROOT.glob("conf/**/*.yaml"),
+        *ROOT.glob("tests/*.py"),
+    ]:
+        text = path.read_text()
+        old = "PROTOCOLS" + " section"  # the old citation of a document outside the repository
+        assert old not in text, f"{path} cites a document that is not in the repository"
+        for line in text.splitlines():
+            if "docs/protocols.md" in line:
+                for number in re.findall(r"§(\d+)", line):
+                    cited.setdefault(number, path)
+    assert len(cited) >= 5
+    missing = {n: str(p) for n, p in cited.items() if n not in headings}
+    assert not missing, f"cited sections without a heading in docs/protocols.md: {missing}"

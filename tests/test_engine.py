@@ -4,16 +4,14 @@ import torch
 
 from denetdm.data.splits import BiasedData, Split
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Trainer
+from denetdm.engine import Schedule, Trainer
 from denetdm.errors import TrainingError
 from denetdm.methods.base import Method
-from denetdm.tracking import MetricsLog
+from denetdm.tracking import JsonLines
 
 
 class Constant(Method):
     """Predicts a fixed class; its 'loss' is whatever it is told."""
-
-    heads = ("only",)
 
     def __init__(self, loss: float) -> None:
         super().__init__()
@@ -37,7 +35,7 @@ def tiny_data() -> BiasedData:
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tmp_path, progress=False)
     try:
-        trainer.fit("stage1", Constant(float("nan")), tiny_data(), 3, 4, "only/acc", 0, {})
+        trainer.fit("stage1", Constant(float("nan")), tiny_data(), Schedule(3, 4, "only/acc", 0), {})
     except TrainingError as e:
         assert "not finite" in str(e) and "stage1.lr" in str(e)
     else:
@@ -47,13 +45,14 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_selection_last_keeps_the_final_epoch(tmp_path):
     result = Trainer(tmp_path, selection="last", progress=False).fit(
-        "stage1", Constant(0.5), tiny_data(), 3, 4, "only/acc", 0, {}
+        "stage1", Constant(0.5), tiny_data(), Schedule(3, 4, "only/acc", 0), {}
     )
-    assert result.selected_epoch == 3 and len(result.history) == 3
+    assert result.selected_epoch == 3 and len(Trainer(tmp_path).records.read()) == 3
+    assert set(result.metrics) >= {"stage1/only/val/acc", "stage1/only/test/acc_unbiased"}
 
 
 def test_truncate_drops_only_later_records_of_that_stage(tmp_path):
-    log = MetricsLog(tmp_path / "m.jsonl")
+    log = JsonLines(tmp_path / "m.jsonl")
     for stage, epoch in [("stage1", 1), ("stage1", 2), ("stage2", 1), ("stage1", 3)]:
         log.append({"stage": stage, "epoch": epoch})
     with open(log.path, "a") as f:

@@ -1,4 +1,4 @@
-"""Group metrics on hand-built cases (PROTOCOLS section 2)."""
+"""Group metrics on hand-built cases (docs/protocols.md §2)."""
 
 import math
 

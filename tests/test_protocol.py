@@ -1,4 +1,4 @@
-"""Protocol facts of PROTOCOLS section 3: palette, noise table, exact counts, split composition, seeding."""
+"""Protocol facts of docs/protocols.md §3: palette, noise table, exact counts, split composition, seeding."""
 
 import pytest
 import torch

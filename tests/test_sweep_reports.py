@@ -57,10 +57,9 @@ def test_table_lists_incomplete_runs_and_counts_a_repeated_run_once(capsys):
 
 
 def _fake_run(path: str, seed: int, lr: float, val: float, test: float) -> Run:
-    config = {"model": {"shallow": {"depth": 3}, "deep": {"depth": 5}}, "severity": {"level": "4"},
-              "dataset": {"name": "toy", "conflict_pct": 1}}  # fmt: skip
-    fingerprint = {"seed": seed, "stage2": {"lr": lr}, "dataset": {"seed": seed}}
-    results = {"config": config, "fingerprint": fingerprint, "selection": "val", "stages": ["stage1", "stage2"]}
+    config = {"model": {"shallow": {"depth": 3}, "deep": {"depth": 5}}, "severity": {"level": "4"}, "seed": seed,
+              "dataset": {"name": "toy", "conflict_pct": 1, "seed": seed}, "stage2": {"lr": lr}}  # fmt: skip
+    results = {"config": config, "selection": "val", "stages": ["stage1", "stage2"]}
     return Run(Path(path), {**results, "val/acc_unbiased": val, "test/acc_unbiased": test})
 
 

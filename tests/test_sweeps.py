@@ -116,7 +116,7 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tm
         pair = f"shallow{t['params']['model.shallow.depth']}-deep{t['params']['model.deep.depth']}"
         assert {"synthetic", "sev4", "conflict1pct", pair} <= set(logged["run"]["tags"])
         assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
-        key = "stage1/val/shallow/acc_conflicting"
+        key = "stage1/shallow/val/acc_conflicting"
         curve = [json.loads(h[key]) for h in logged["history"] if key in h]
         assert json.loads(logged["summary"][f"best/{key}"]) == pytest.approx(max(curve))
 

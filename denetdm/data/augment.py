@@ -1,7 +1,13 @@
 """Training augmentation on whole batches on the training device: no per-image Python, no DataLoader."""
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+# the per-channel statistics the CIFAR protocols normalise with (docs/protocols.md §4), also used for BFFHQ
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 class BatchAugment:

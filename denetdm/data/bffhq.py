@@ -1,4 +1,4 @@
-"""BFFHQ (PROTOCOLS section 5): target = age (young 0 / old 1), bias = gender, labels in the file names.
+"""BFFHQ (docs/protocols.md §5): target = age (young 0 / old 1), bias = gender, labels in the file names.
 
 Both distributed layouts are read, from a folder or a zip:
   <top>/0.5pct/{align,conflict}/<class>/<id>_<target>_<bias>.<ext>, <top>/valid/*, <top>/test/*
@@ -7,7 +7,6 @@ Images are decoded once, resized to `image_size` and cached.
 """
 
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +15,9 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from denetdm.data.augment import BatchAugment
-from denetdm.data.cache import cached
-from denetdm.data.ccifar10 import MEAN, STD
+from denetdm.data.base import BiasedDataset, CropFlipImages
 from denetdm.data.sources import ImageTree
-from denetdm.data.splits import BiasedData, splits_from
 from denetdm.errors import ConfigError, DataError
-from denetdm.seeding import generator
 
 log = logging.getLogger(__name__)
 
@@ -49,34 +44,35 @@ def parse_labels(path: str) -> tuple[int, int]:
     return int(m["target"]), int(m["bias"])
 
 
-class BFFHQ:
+class BFFHQ(CropFlipImages, BiasedDataset):
     """Biased FFHQ from a folder or zip in either layout; images cached at `image_size`."""
 
-    num_classes = 2
+    num_classes = num_biases = 2
+    CONFLICT_PCT = 0.5  # fixed by the release
 
     def __init__(
         self,
-        name: str,
-        root: str,
-        seed: int,
-        cache_dir: str,
+        root: str | None,
         image_size: int = 224,
+        conflict_pct: float = CONFLICT_PCT,
         workers: int | None = None,
-        subset: int | None = None,
-        eval_subset: int | None = None,
         augment: bool = True,
-        **ignored: object,  # severity / conflict_pct of the shared config: fixed by the release (0.5 %)
+        **kwargs,
     ) -> None:
-        if not isinstance(image_size, int) or image_size < 8:
+        super().__init__(**kwargs)
+        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
             raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
-        self.name, self.root, self.seed, self.cache_dir = name, root, int(seed), cache_dir
-        self.image_size = image_size
-        self.workers = int(workers) if workers else (os.cpu_count() or 1)
-        self.subset, self.eval_subset, self.augment = subset, eval_subset, augment
+        if conflict_pct != self.CONFLICT_PCT:
+            raise ConfigError(
+                f"dataset.conflict_pct is fixed by the BFFHQ release at {self.CONFLICT_PCT} %, got {conflict_pct!r}; "
+                "leave it out (it is recorded for tags and tables)"
+            )
+        self.set_images(augment, workers)
+        self.root, self.image_size = root, image_size
 
     def _tree(self) -> ImageTree:
         if not self.root:
-            raise DataError("dataset=bffhq needs dataset.root=<BFFHQ folder or .zip> (see PROTOCOLS layouts)")
+            raise DataError("dataset=bffhq needs dataset.root=<BFFHQ folder or .zip> (layouts: docs/protocols.md §5)")
         return ImageTree(self.root)
 
     def params(self) -> dict:
@@ -111,15 +107,10 @@ class BFFHQ:
         )
         return out
 
-    def load(self) -> BiasedData:
-        """The three splits, from the cache when decoded before."""
-        t = cached(self.cache_dir, self.name, self.params(), self.build)
-        split = splits_from(t)
-        conflicting = float((split["train"].y != split["train"].b).float().mean() * 100)
-        info = {"image_size": self.image_size, "conflict_pct": round(conflicting, 3)}
-        fill = [-m / s for m, s in zip(MEAN, STD)]
-        data = BiasedData(
-            self.name, split["train"], split["val"], split["test"], 2, 2, info,
-            normalize=(MEAN, STD), augment=BatchAugment(4, True, fill) if self.augment else None,
-        )  # fmt: skip
-        return data.subsets(self.subset, self.eval_subset, generator(self.seed, "subsets"))
+    def info(self, splits: dict) -> dict:
+        """Image size and the measured share of conflicting training samples."""
+        train = splits["train"]
+        return {
+            "image_size": self.image_size,
+            "conflict_pct": round(float((train.y != train.b).float().mean() * 100), 3),
+        }

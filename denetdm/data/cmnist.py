@@ -32,7 +32,7 @@ def load_grayscale(base: str, root: str, download: bool) -> tuple[torch.Tensor, 
 
 
 class ColoredMNIST(ColoredDataset):
-    """Colored MNIST: digit = target, colour = bias (PROTOCOLS section 3)."""
+    """Colored MNIST: digit = target, colour = bias (docs/protocols.md §3)."""
 
     def __init__(self, root: str, base: str = "mnist", download: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -1,4 +1,4 @@
-"""The 20 CIFAR-10-C corruptions at CIFAR scale (PROTOCOLS section 4), with numpy, scipy, OpenCV and
+"""The 20 CIFAR-10-C corruptions at CIFAR scale (docs/protocols.md §4), with numpy, scipy, OpenCV and
 scikit-image only (no ImageMagick). Each corruption maps a uint8 (H, W, 3) image, a level 1..5 and a numpy
 Generator to a uint8 (H, W, 3) image; every random draw comes from that generator.
 

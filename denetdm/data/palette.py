@@ -1,4 +1,4 @@
-"""The Colored MNIST colour protocol of LfF (PROTOCOLS section 3), shared by every coloured dataset."""
+"""The Colored MNIST colour protocol of LfF (docs/protocols.md §3), shared by every coloured dataset."""
 
 import torch
 

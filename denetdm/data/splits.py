@@ -57,6 +57,13 @@ class Split:
             yield self.x[idx], self.y[idx], idx
 
 
+def check_count(key: str, n: object) -> int | None:
+    """A quick-run size `dataset.<key>`: a positive integer, or None for the whole split."""
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ConfigError(f"dataset.{key} must be a positive integer (or null for all), got {n!r}")
+    return n
+
+
 def splits_from(tensors: dict[str, torch.Tensor]) -> dict[str, Split]:
     """The train/val/test splits stored as `<split>_x`, `<split>_y`, `<split>_b` (the dataset cache format)."""
     return {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"], tensors[f"{s}_b"]) for s in ("train", "val", "test")}
@@ -94,10 +101,8 @@ class BiasedData:
         split's bias ratio (a split smaller than asked is kept whole)."""
         out = self
         for names, n, key in ((("train",), train, "subset"), (("val", "test"), evaluation, "eval_subset")):
-            if n is None:
+            if check_count(key, n) is None:
                 continue
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ConfigError(f"dataset.{key} must be a positive integer (or null for all), got {n!r}")
             for name in names:
                 if n < len(getattr(out, name)):
                     out = replace(out, **{name: getattr(out, name).subset(n, gen)})

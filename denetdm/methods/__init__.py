@@ -1,4 +1,4 @@
-"""Methods: small classes with update(batch) -> dict and predict(x) -> logits per head."""
+"""Methods: small classes with update(batch) -> dict and predict(x) -> {head: logits}."""
 
 from denetdm.methods.base import Method
 from denetdm.methods.denetdm import DeNetDMStage1, DeNetDMStage2

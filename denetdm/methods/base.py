@@ -9,7 +9,6 @@ from denetdm.data.splits import Split
 class Method(nn.Module):
     """A trainable method: `update` takes one step on a batch, `predict` returns logits per readout head."""
 
-    heads: tuple[str, ...] = ()
     optimizer: torch.optim.Optimizer | None = None
     amp: bool = False  # bf16 autocast on CUDA
 
@@ -25,5 +24,5 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits of every head in `heads`."""
+        """Logits of every readout head, by head name (the names the metrics are recorded under)."""
         raise NotImplementedError

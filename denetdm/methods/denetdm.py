@@ -1,4 +1,4 @@
-"""DeNetDM's two stages as methods (PROTOCOLS section 1)."""
+"""DeNetDM's two stages as methods (docs/protocols.md §1)."""
 
 from collections.abc import Callable
 
@@ -20,8 +20,6 @@ def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 class DeNetDMStage1(Method):
     """Stage 1: deep and shallow experts trained jointly as a product of experts with plain cross-entropy."""
-
-    heads = ("shallow", "deep", "poe")
 
     def __init__(
         self, model: TwoExpertModel, optimizer: OptimizerFactory | None, lr: float = 1e-3, weight_decay: float = 0.0
@@ -46,8 +44,6 @@ class DeNetDMStage2(Method):
     """Stage 2: a target model in a product of experts with the frozen deep expert, distilled from the
     frozen shallow expert: poe_weight * CE(f_t(phi_b + phi_t), y) + dist_weight * T^2 * KD_T(shallow -> target).
     """
-
-    heads = ("target",)
 
     def __init__(
         self,

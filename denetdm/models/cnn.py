@@ -42,7 +42,7 @@ def _channels(depth: int, channels: list[int]) -> list[int]:
     return [channels[min(i, len(channels) - 1)] for i in range(depth)]  # extra layers repeat the last width
 
 
-@register_backbone("cnn")
+@register_backbone("cnn", convolutional=True)
 def cnn(
     input_shape: tuple[int, ...],
     depth: int = 3,
@@ -66,7 +66,7 @@ def cnn(
     return model.train()
 
 
-@register_backbone("cnn_bffhq")
+@register_backbone("cnn_bffhq", convolutional=True)
 def cnn_bffhq(input_shape: tuple[int, ...], depth: int = 4, **kwargs) -> nn.Module:
     """The reference's BFFHQ shallow expert: 4 conv 3x3 (64-128-512-512) + BN + ReLU, pools, global average."""
     defaults = dict(channels=(64, 128, 512, 512), kernel_size=3, padding=1, pools=3, global_pool=True)

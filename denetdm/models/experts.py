@@ -1,4 +1,4 @@
-"""The stage-1 product of experts and the stage-2 target model (PROTOCOLS section 1)."""
+"""The stage-1 product of experts and the stage-2 target model (docs/protocols.md §1)."""
 
 import torch
 import torch.nn as nn

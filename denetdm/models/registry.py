@@ -7,16 +7,27 @@ import torch.nn as nn
 from denetdm.errors import ConfigError
 
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_CONVOLUTIONAL: set[str] = set()
 
 
-def register_backbone(name: str) -> Callable:
-    """Register a function `fn(input_shape, **kwargs) -> nn.Module` whose module has `num_features`."""
+def register_backbone(name: str, convolutional: bool = False) -> Callable:
+    """Register a function `fn(input_shape, **kwargs) -> nn.Module` whose module has `num_features`.
+
+    `convolutional` backbones get channels-last image tensors (faster convolutions); others would only pay
+    for a copy."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _BACKBONES[name] = fn
+        if convolutional:
+            _CONVOLUTIONAL.add(name)
         return fn
 
     return wrap
+
+
+def is_convolutional(name: str) -> bool:
+    """Whether the registered backbone `name` is convolutional (wants channels-last inputs)."""
+    return name in _CONVOLUTIONAL
 
 
 def list_backbones() -> list[str]:

@@ -52,7 +52,7 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)
 
 
-@register_backbone("resnet_cifar")
+@register_backbone("resnet_cifar", convolutional=True)
 def resnet_cifar(input_shape: tuple[int, ...], depth: int = 20, width: int = 16) -> nn.Module:
     """CIFAR ResNet of `depth` = 6n + 2 layers (8, 14, 20, 32, 44, 56, ...)."""
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:

@@ -48,7 +48,7 @@ class ResNetExtractor(nn.Module):
         return self.net(x)
 
 
-@register_backbone("resnet")
+@register_backbone("resnet", convolutional=True)
 def resnet(input_shape: tuple[int, ...], depth: int = 18, pretrained: bool = False) -> nn.Module:
     """ResNet-18/34/50 (torchvision); `pretrained` loads ImageNet weights (needs them cached or the network)."""
     import torchvision

@@ -1,0 +1,58 @@
+"""A run's fingerprint: everything in its resolved config that can change its numbers.
+
+One function serves resume (a checkpoint of another config is refused), the duplicate check of
+`sweep.py table` (a run repeating another's config and seed counts once) and the grouping of runs into
+settings (runs that differ only in seed). It reads a plain dict, so sweep.py needs neither torch nor Hydra.
+"""
+
+import copy
+from collections.abc import Mapping
+
+# Config keys that cannot change a run's numbers. A run's fingerprint is its whole resolved config minus
+# these, so any key added to the config counts by default.
+NOT_NUMERIC = (
+    "hydra",  # Hydra's own node (present in configs composed with return_hydra_config)
+    "threads",  # speed only
+    "progress",  # terminal output
+    "resume",  # whether a directory continues, not what it computes
+    "logger",  # where metrics are mirrored
+    "trial",  # which sweep asked for the run
+    "search",  # the depth ranges a search samples from, not this run's depths
+    "stage.name",  # which stages this process runs: each stage's own inputs are counted instead
+    "stage.stages",
+    "data_root",  # paths of the data, the cache and an image-tree source
+    "cache_dir",
+    "dataset.root",
+    "dataset.cache_dir",
+    "dataset.source",
+    "dataset.download",  # how data is fetched and generated, not what it is
+    "dataset.workers",
+)
+# What stage 1 does not read: left out of its fingerprint, so `stage=stage1` and `stage=full` share stage 1.
+LATER_STAGE_KEYS = ("stage2", "model.target", "stage.stage1_ckpt", "stage.ckpt")
+
+
+def _drop(tree: dict, dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree.get(key)
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)
+
+
+def fingerprint(config: Mapping, stage: str) -> dict:
+    """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping)."""
+    fp = copy.deepcopy(dict(config))
+    for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()):
+        _drop(fp, key)
+    return fp
+
+
+def setting(config: Mapping, stages: list[str]) -> dict:
+    """The fingerprint of a run's last stage without its seeds: runs of one setting are repeats over seeds."""
+    fp = fingerprint(config, stages[-1] if stages else "stage2")
+    fp.pop("seed", None)
+    if isinstance(fp.get("dataset"), dict):
+        fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default
+    return fp

@@ -1,11 +1,11 @@
-# make install | install-launchers | run | test | lint | bench      (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench      (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test lint format bench clean
+.PHONY: install install-launchers run test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ run: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+# The edit loop (under a minute): unit and in-process tests; no subprocess runs, sweeps or full datasets.
+test-fast: install
+	$(PY) -m pytest -m "not slow" -q $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

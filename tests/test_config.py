@@ -136,3 +136,21 @@ def test_every_protocol_citation_names_a_section_of_the_document():
     assert len(cited) >= 5
     missing = {n: str(p) for n, p in cited.items() if n not in headings}
     assert not missing, f"cited sections without a heading in docs/protocols.md: {missing}"
+
+
+def test_the_sweeper_plugin_is_found_by_hydra_without_importing_optuna():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from hydra.core.plugins import Plugins; from hydra.plugins.sweeper import Sweeper; "
+        "names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]; "
+        "print('DenetdmOptunaSweeper' in names, 'optuna' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["True", "False"], proc.stderr[-2000:]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hparams_search=depth_gap"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("DenetdmOptunaSweeper") and cfg.hydra.sweeper.records_failures

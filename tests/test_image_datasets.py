@@ -12,9 +12,10 @@ from PIL import Image
 from denetdm.data.bffhq import BFFHQ
 from denetdm.data.ccifar10 import CorruptedCIFAR10
 from denetdm.data.preview import main as preview_main
-from denetdm.errors import DataError
+from denetdm.errors import ConfigError, DataError
+from denetdm.pipeline import train
 
-from conftest import COMMON, read_results, run_cli
+from conftest import COMMON, compose_cfg, read_results, run_cli
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -135,9 +136,18 @@ def test_bffhq_end_to_end(tmp_path):
 
 
 def test_bffhq_without_root_is_one_clear_error(tmp_path):
-    proc = run_cli([*COMMON, "dataset=bffhq"], tmp_path / "r")
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "dataset.root" in proc.stderr
+    with pytest.raises(DataError, match="dataset.root"):
+        train(compose_cfg([*COMMON, "dataset=bffhq"]), tmp_path / "r")
+
+
+def test_bffhq_refuses_arguments_it_would_ignore(tmp_path):
+    args = dict(name="bffhq", root="x", seed=0, cache_dir=str(tmp_path))
+    with pytest.raises(TypeError, match="severity"):  # run.py turns this into one line naming the argument
+        BFFHQ(**args, severity=4)
+    with pytest.raises(ConfigError, match="fixed by the BFFHQ release"):
+        BFFHQ(**args, conflict_pct=1)
+    with pytest.raises(ConfigError, match="cannot build denetdm.data.bffhq.BFFHQ.*severity"):
+        train(compose_cfg([*COMMON, "dataset=bffhq", "dataset.root=x", "+dataset.severity=4"]), tmp_path / "r")
 
 
 def test_preview_writes_a_contact_sheet(tmp_path, capsys):

@@ -11,6 +11,7 @@ from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
 from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
+from denetdm.pipeline import build_stage1, build_stage2, uses_channels_last
 
 SHAPE = (3, 32, 32)
 
@@ -36,9 +37,23 @@ def test_bad_depth_is_a_config_error():
         create_backbone("nope", SHAPE)
 
 
-def _two_expert(seed: int = 0) -> TwoExpertModel:
+# the mlp preset's specs, as run.py builds them (denetdm.pipeline)
+SPECS = {
+    "deep": {"name": "mlp", "depth": 5},
+    "shallow": {"name": "mlp", "depth": 3},
+    "target": {"name": "mlp", "depth": 5},
+}
+META = {"input_shape": list(SHAPE), "num_classes": 10, "model": SPECS}
+ADAM = functools.partial(torch.optim.Adam)
+
+
+def _stage1(seed: int = 0) -> DeNetDMStage1:
     torch.manual_seed(seed)
-    return TwoExpertModel(create_backbone("mlp", SHAPE, depth=5), create_backbone("mlp", SHAPE, depth=3), 10)
+    return build_stage1(META, ADAM, lr=1e-2)
+
+
+def _two_expert(seed: int = 0) -> TwoExpertModel:
+    return _stage1(seed).model
 
 
 def test_product_of_experts_logits_are_the_sum_of_expert_logits():
@@ -56,8 +71,8 @@ def test_product_of_experts_logits_are_the_sum_of_expert_logits():
 
 
 def test_stage1_update_trains_all_three_parts():
-    model = _two_expert()
-    method = DeNetDMStage1(model, functools.partial(torch.optim.Adam), lr=1e-2)
+    method = _stage1()
+    model = method.model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = method.update(torch.rand(16, *SHAPE), torch.randint(0, 10, (16,)), torch.arange(16))
     assert set(out) == {"loss"} and not out["loss"].requires_grad
@@ -66,9 +81,7 @@ def test_stage1_update_trains_all_three_parts():
 
 
 def _stage2(**kw) -> DeNetDMStage2:
-    stage1 = _two_expert()
-    target = TargetModel(create_backbone("mlp", SHAPE, depth=5), stage1.head)
-    return DeNetDMStage2(stage1, target, functools.partial(torch.optim.Adam), lr=1e-2, **kw)
+    return build_stage2(META, _stage1(), ADAM, lr=1e-2, **kw)
 
 
 def test_stage2_head_starts_from_stage1_and_only_the_target_moves():
@@ -153,3 +166,9 @@ def test_experts_of_different_widths_share_a_projected_head():
     target = TargetModel(create_backbone("resnet", SHAPE, depth=18), small.head)
     assert (target.proj.proj.in_features, target.proj.proj.out_features) == (512, 64)
     assert target(torch.rand(2, *SHAPE)).shape == (2, 10)
+
+
+def test_channels_last_is_decided_from_the_backbone_specs():
+    conv, mlp = {"name": "resnet_cifar"}, {"name": "mlp"}
+    assert uses_channels_last([mlp, conv], SHAPE) and not uses_channels_last([mlp, mlp], SHAPE)
+    assert not uses_channels_last([conv], (784,))  # no image dimensions

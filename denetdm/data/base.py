@@ -78,16 +78,15 @@ class LffDataset(BiasedDataset):
         )
 
 
-class CropFlipImages:
+class CropFlipImages(BiasedDataset):
     """RGB images normalised with the CIFAR statistics, trained with random crop (4-pixel padding) and flip,
-    and generated or decoded by `workers` processes or threads (default: every core)."""
+    and generated or decoded by `workers` processes or threads (default: every core). Put it first among the
+    bases: `class Data(CropFlipImages, LffDataset)`."""
 
     normalize = (CIFAR_MEAN, CIFAR_STD)
-    augment = True
-    workers = 1
 
-    def set_images(self, augment: bool, workers: int | None) -> None:
-        """Check and keep the image options."""
+    def __init__(self, augment: bool = True, workers: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         if not isinstance(augment, bool):
             raise ConfigError(f"dataset.augment must be true or false, got {augment!r}")
         if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):

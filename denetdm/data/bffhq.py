@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import torch
 
-from denetdm.data.base import BiasedDataset, CropFlipImages
+from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
 from denetdm.errors import ConfigError, DataError
 
@@ -44,21 +44,13 @@ def parse_labels(path: str) -> tuple[int, int]:
     return int(m["target"]), int(m["bias"])
 
 
-class BFFHQ(CropFlipImages, BiasedDataset):
+class BFFHQ(CropFlipImages):
     """Biased FFHQ from a folder or zip in either layout; images cached at `image_size`."""
 
     num_classes = num_biases = 2
     CONFLICT_PCT = 0.5  # fixed by the release
 
-    def __init__(
-        self,
-        root: str | None,
-        image_size: int = 224,
-        conflict_pct: float = CONFLICT_PCT,
-        workers: int | None = None,
-        augment: bool = True,
-        **kwargs,
-    ) -> None:
+    def __init__(self, root: str | None, image_size: int = 224, conflict_pct: float = CONFLICT_PCT, **kwargs) -> None:
         super().__init__(**kwargs)
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
             raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
@@ -67,7 +59,6 @@ class BFFHQ(CropFlipImages, BiasedDataset):
                 f"dataset.conflict_pct is fixed by the BFFHQ release at {self.CONFLICT_PCT} %, got {conflict_pct!r}; "
                 "leave it out (it is recorded for tags and tables)"
             )
-        self.set_images(augment, workers)
         self.root, self.image_size = root, image_size
 
     def _tree(self) -> ImageTree:

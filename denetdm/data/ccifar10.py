@@ -59,19 +59,11 @@ class CorruptedCIFAR10(CropFlipImages, LffDataset):
     """Corrupted CIFAR-10: class = target, corruption type = bias (Type0 or Type1)."""
 
     def __init__(
-        self,
-        root: str,
-        source: str | None = None,
-        corruption_type: int = 0,
-        download: bool = True,
-        workers: int | None = None,
-        augment: bool = True,
-        **kwargs,
+        self, root: str, source: str | None = None, corruption_type: int = 0, download: bool = True, **kwargs
     ) -> None:
         super().__init__(**kwargs)
         if corruption_type not in TYPES:
             raise ConfigError(f"dataset.corruption_type must be 0 or 1, got {corruption_type!r}")
-        self.set_images(augment, workers)
         self.root, self.source, self.download = root, source, download
         self.level, self.kind = min(self.severity + 1, 5), corruption_type
         self.num_biases = len(TYPES[corruption_type])

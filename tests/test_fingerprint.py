@@ -1,0 +1,71 @@
+"""One fingerprint of a run: the whole resolved config minus a documented list of keys that cannot change
+the numbers. Resume, sweep.py's duplicate check and the grouping of runs into settings all use it."""
+
+import copy
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from denetdm.fingerprint import LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
+from denetdm.runs import Run
+
+from conftest import compose_cfg
+
+
+@functools.cache
+def _composed() -> dict:
+    return OmegaConf.to_container(compose_cfg(["dataset=ccifar10"]), resolve=True)
+
+
+def _config() -> dict:
+    return copy.deepcopy(_composed())
+
+
+def _set(config: dict, dotted: str, value: object) -> dict:
+    node = config
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return config
+
+
+def test_a_new_config_key_counts_by_default():
+    for stage in ("stage1", "stage2"):
+        assert fingerprint(_set(_config(), "brand_new_key", 1), stage) != fingerprint(_config(), stage)
+        assert fingerprint(_set(_config(), "dataset.new_option", 1), stage) != fingerprint(_config(), stage)
+
+
+@pytest.mark.parametrize("key", NOT_NUMERIC)
+def test_the_listed_keys_do_not_change_it(key):
+    for stage in ("stage1", "stage2"):
+        assert fingerprint(_set(_config(), key, "something else"), stage) == fingerprint(_config(), stage), key
+
+
+@pytest.mark.parametrize("key,value", [("amp", True), ("device", "cuda"), ("seed", 3), ("dataset.severity", 2),
+                                       ("dataset.conflict_pct", 5), ("optimizer.fused", False), ("stage1.lr", 0.1),
+                                       ("model.shallow.depth", 2), ("selection", "test")])  # fmt: skip
+def test_keys_that_change_the_numbers_change_it(key, value):
+    for stage in ("stage1", "stage2"):
+        assert fingerprint(_set(_config(), key, value), stage) != fingerprint(_config(), stage), key
+
+
+def test_stage1_ignores_what_only_later_stages_read():
+    for key in LATER_STAGE_KEYS:
+        assert fingerprint(_set(_config(), key, "x"), "stage1") == fingerprint(_config(), "stage1")
+        assert fingerprint(_set(_config(), key, "x"), "stage2") != fingerprint(_config(), "stage2")
+
+
+def test_runs_and_tables_use_the_same_function():
+    config = _config()
+    run = Run(Path("r"), {"config": config, "stages": ["stage1", "stage2"], "selection": "val"})
+    assert json.loads(run.fingerprint) == fingerprint(config, "stage2")
+    other_seed = Run(Path("s"), {"config": _set(_config(), "seed", 9), "stages": ["stage1", "stage2"]})
+    assert other_seed.fingerprint != run.fingerprint
+    _set(other_seed.results["config"], "dataset.seed", config["dataset"]["seed"])
+    assert other_seed.setting == run.setting  # the same setting: repeats over seeds
+    stage1_only = Run(Path("t"), {"config": _set(_config(), "stage2.lr", 0.5), "stages": ["stage1"]})
+    assert json.loads(stage1_only.fingerprint) == fingerprint(config, "stage1")

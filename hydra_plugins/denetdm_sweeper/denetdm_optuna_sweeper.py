@@ -5,6 +5,7 @@ denetdm's loop (denetdm/sweeper.py): a failure limit over the whole sweep, repea
 trials.jsonl and optimization_results.yaml. Optuna is imported only when a sweep starts (it costs ~3 s).
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,10 @@ class DenetdmOptunaSweeperConf(OptunaSweeperConf):
     # instead of returning NaN (what the basic sweeper needs to go on with a grid).
     records_failures: bool = True
 
+
+# Optuna imports alembic, which logs a line per plugin it sets up (Hydra imports Optuna when it builds the
+# sampler of a sweep): keep those lines out of the sweep's log.
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 ConfigStore.instance().store(
     group="hydra/sweeper", name="denetdm_optuna", node=DenetdmOptunaSweeperConf, provider="denetdm"

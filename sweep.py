@@ -1,6 +1,7 @@
 """Compare runs and sweeps: tables, plots, the best trial, and a W&B summary run.
 
-python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selection val] [--format md|latex|csv]
+python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selection val[,oracle,...]] [--published]
+                      [--format md|latex|csv]
 python sweep.py plot <sweep dir> [--out <sweep dir>/plots]
 python sweep.py best <sweep dir>   |   python sweep.py best --storage sqlite:///study.db --study-name NAME
 python sweep.py wandb <sweep dir> [--project denetdm]      (offline unless WANDB_MODE says otherwise)
@@ -19,13 +20,17 @@ from denetdm.runs import Collection, collect, finite
 
 def cmd_table(args: argparse.Namespace) -> None:
     """Print a DomainBed-style table of the runs below the given directories."""
-    from denetdm.tables import FORMATS, build_table
+    from denetdm.selection import protocol
+    from denetdm.tables import FORMATS, add_published, build_table
 
+    selections = [protocol(s.strip()).name for s in args.selection.split(",")]
     coll = collect(args.dirs)
     if coll.runs and not any(args.metric in r.results for r in coll.runs):
         known = sorted({k for r in coll.runs for k, v in r.results.items() if finite(v) and k.count("/") >= 1})
         sys.exit(f"error: no run has the metric {args.metric!r}; try one of: {', '.join(known[:12])}, ...")
-    table = build_table(coll, args.metric, args.selection)
+    table = build_table(coll, args.metric, selections)
+    if args.published:
+        add_published(table)
     if not table.cells:
         print(f"no finished runs with {args.metric} and selection={args.selection}", file=sys.stderr)
     text = FORMATS[args.format](table)
@@ -129,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="mean ± std over seeds per method/depth pair and dataset/severity/ratio")
     t.add_argument("dirs", nargs="+", help="run and sweep directories (searched recursively)")
     t.add_argument("--metric", default="test/acc_unbiased", help="a results.json key (default test/acc_unbiased)")
-    t.add_argument("--selection", default="val", choices=["val", "test", "last"], help="runs with this selection")
+    t.add_argument("--selection", default="val", help="runs with this selection protocol (val, val_nolabels, "
+                   "val_biased_nolabels, oracle, last); several, comma-separated, side by side")  # fmt: skip
+    t.add_argument("--published", action="store_true", help="the paper's numbers beside ours (denetdm/published.yaml)")
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)
     pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves as PNGs")

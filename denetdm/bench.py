@@ -1,5 +1,5 @@
-"""`make bench`: throughput of stage 1 and stage 2 on Colored MNIST with the real engine and the projected
-time of the paper schedule (100 + 100 epochs); then stage-1 samples/s on Corrupted CIFAR-10 of our batched
+"""`make bench`: seconds per epoch of every method (conf/method/) on Colored MNIST with the real engine, and the
+projected time of its paper schedule; then stage-1 samples/s on Corrupted CIFAR-10 of our batched
 pipeline against a per-image PIL-transform DataLoader pipeline of the same model (the reference code's way).
 Measures and prints; it never fails on a timing. `make bench ARGS='--device cuda'` on a GPU machine.
 
@@ -11,23 +11,22 @@ import functools
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from denetdm import phases as ph
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
 from denetdm.engine import Schedule, Trainer
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
-from denetdm.pipeline import build_stage1, build_stage2
+from denetdm.pipeline import context
 
-# the presets' model specs (conf/backbone_depth/): MLP 3 vs 5 on Colored MNIST, CNN-3 vs ResNet-20 on CIFAR
-MLP_PAIR = {"deep": {"name": "mlp", "depth": 5}, "shallow": {"name": "mlp", "depth": 3}}
-CIFAR_PAIR = {"deep": {"name": "resnet_cifar", "depth": 20}, "shallow": {"name": "cnn", "depth": 3}}
-
-
-def _meta(shape: tuple[int, ...], pair: dict) -> dict:
-    return {"input_shape": list(shape), "num_classes": 10, "model": {**pair, "target": pair["deep"]}}
+CONF = Path(__file__).resolve().parents[1] / "conf"
+# the cnn3_resnet20 preset (conf/backbone_depth/): CNN-3 vs ResNet-20, target = ResNet-20
+CIFAR_SPECS = {"deep": {"name": "resnet_cifar", "depth": 20}, "shallow": {"name": "cnn", "depth": 3}}
+CIFAR_SPECS["target"] = CIFAR_SPECS["deep"]
 
 
 def _data(cache: str):
@@ -103,16 +102,17 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
     train = data.train.subset(min(n, len(data.train)), torch.Generator().manual_seed(0))
     print(f"\ncifar data: {name}; {steps} timed steps of batch {batch_size} (after one warm-up step)")
     adam = functools.partial(torch.optim.Adam, fused=True)
-    meta = _meta(tuple(train.x.shape[1:]), CIFAR_PAIR)
+    bench_data = replace(data, train=train)
 
     def stage1(channels_last: bool) -> DeNetDMStage1:
         torch.manual_seed(0)
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return build_stage1(meta, adam, lr=1e-3, weight_decay=1e-3).to(device, memory_format=fmt)
+        ctx = context(bench_data, CIFAR_SPECS, adam, 1e-3, 1e-3)
+        return DeNetDMStage1.build(ctx).to(device, memory_format=fmt)
 
     def stage2(first: DeNetDMStage1, channels_last: bool) -> DeNetDMStage2:
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return build_stage2(meta, first, adam, lr=1e-4).to(device, memory_format=fmt)
+        return DeNetDMStage2.build(context(bench_data, CIFAR_SPECS, adam, 1e-4), first).to(device, memory_format=fmt)
 
     on_device = train.to(device, data.normalize, channels_last=True)
 
@@ -140,11 +140,12 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
 def main() -> None:
     """Run the benchmark and print its tables."""
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per stage to time (the first is a warm-up)")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per phase to time (the first is a warm-up)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cifar-steps", type=int, default=8, help="timed stage-1 steps of the CIFAR comparison")
     ap.add_argument("--skip-mnist", action="store_true")
+    ap.add_argument("--methods", nargs="*", help="methods to time (default: every conf/method/*.yaml)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = os.environ.get("DENETDM_CACHE", os.path.expanduser("~/.cache/denetdm"))
@@ -153,33 +154,49 @@ def main() -> None:
     bench_cifar(cache, args.device, args.cifar_steps)
 
 
+def _method_config(name: str) -> dict:
+    """conf/method/<name>.yaml resolved with the Colored MNIST paper setting (its schedules, MLP 3 vs 5)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=paper_cmnist", f"method={name}", "logger=none"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """(phase, s/epoch incl. evaluation, paper-schedule epochs) of each phase of a method, run for args.epochs."""
+    config = _method_config(name)
+    adam = functools.partial(torch.optim.Adam, fused=True)
+    previous, rows = None, []
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(tmp, selection="last", progress=False)
+        for phase, node in ph.phases(config["method"]).items():
+            source = config[node["schedule"]]
+            paper = ph.schedule(config, phase, node, 0)
+            ctx = context(data, config["model"], adam, source["lr"], source["weight_decay"])
+            torch.manual_seed(0)
+            previous = ph.build(phase, node, ctx, previous).to(args.device)
+            epochs = min(args.epochs, paper.epochs)
+            trainer.fit(phase, previous, data, Schedule(epochs, paper.batch_size, paper.select, 0), {}, resume=False)
+            timed = [r for r in trainer.records.read() if r["stage"] == phase]
+            timed = timed[1:] or timed  # the first epoch is a warm-up
+            rows.append((phase, sum(r[f"{phase}/time/epoch_s"] for r in timed) / len(timed), paper.epochs))
+    return rows
+
+
 def bench_mnist(cache: str, args: argparse.Namespace) -> None:
-    """Stage 1 and stage 2 on Colored MNIST with the real engine, and the projected paper schedule."""
+    """Every method on Colored MNIST with the real engine: seconds per epoch, the projected paper schedule."""
     t0 = time.time()
     name, data = _data(cache)
     data = data.to(args.device)
     print(f"data: {name}, {len(data.train)} train samples, loaded in {time.time() - t0:.1f} s on {args.device}")
-    adam = functools.partial(torch.optim.Adam, fused=True)
-    meta = _meta(data.input_shape, MLP_PAIR)
-    torch.manual_seed(0)
-    stage1 = build_stage1(meta, adam, lr=1e-3, weight_decay=1e-3).to(args.device)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(tmp, selection="val", progress=False)
-        trainer.fit("stage1", stage1, data, Schedule(args.epochs, 64, "shallow/acc_conflicting", 0), {}, resume=False)
-        stage2 = build_stage2(meta, stage1, adam, lr=1e-3).to(args.device)
-        trainer.fit("stage2", stage2, data, Schedule(args.epochs, 64, "target/acc_unbiased", 1), {}, resume=False)
-        records = trainer.records.read()
-    for stage in ("stage1", "stage2"):
-        timed = [r for r in records if r["stage"] == stage][1:] or [r for r in records if r["stage"] == stage]
-        train_s = sum(r[f"{stage}/time/train_s"] for r in timed) / len(timed)
-        epoch_s = sum(r[f"{stage}/time/epoch_s"] for r in timed) / len(timed)
-        rows.append((stage, len(data.train) / train_s, train_s, epoch_s))
-    print(f"{'stage':<8}{'train samples/s':>18}{'train s/epoch':>16}{'s/epoch incl. eval':>20}")
-    for stage, sps, train_s, epoch_s in rows:
-        print(f"{stage:<8}{sps:>18.0f}{train_s:>16.2f}{epoch_s:>20.2f}")
-    total = 100 * rows[0][3] + 100 * rows[1][3]
-    print(f"projected paper schedule (100 + 100 epochs, batch 64): {total / 60:.1f} min")
+    print(f"{'method':<22}{'phase':<10}{'s/epoch incl. eval':>20}{'paper epochs':>14}{'projected min':>15}")
+    for method in args.methods or sorted(p.stem for p in (CONF / "method").glob("*.yaml")):
+        rows = _time_method(method, data, args)
+        for phase, epoch_s, epochs in rows:
+            print(f"{method:<22}{phase:<10}{epoch_s:>20.2f}{epochs:>14}{epoch_s * epochs / 60:>15.1f}")
+        print(f"{method:<22}{'total':<10}{'':>20}{'':>14}{sum(s * e for _, s, e in rows) / 60:>15.1f}")
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
 from denetdm.methods.base import Method
 from denetdm.metrics import group_metrics
+from denetdm.selection import Protocol, check_label_free_metric, protocol
 from denetdm.tracking import JsonLines, NullLogger
 
 log = logging.getLogger(__name__)
 
-SELECTIONS = ("val", "test", "last")
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -60,12 +60,14 @@ def evaluate_all(method: Method, data: BiasedData, stage: str) -> dict[str, floa
 
 @dataclass(frozen=True)
 class Schedule:
-    """How one stage trains: epochs, batch size, the `<head>/<metric>` that selection maximises, batch-order seed."""
+    """How one stage trains: epochs, batch size, the `<head>/<metric>` that selection maximises, batch-order seed,
+    and a selection protocol of its own (None: the run's, `selection=`)."""
 
     epochs: int
     batch_size: int
     select: str
     seed: int
+    selection: str | None = None
 
     def check(self, stage: str) -> "Schedule":
         """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
@@ -98,13 +100,13 @@ class Trainer:
         logger: NullLogger | None = None,
         selection: str = "val",
         progress: bool | None = None,
+        label_free_metric: str = "acc",
     ) -> None:
-        if selection not in SELECTIONS:
-            raise ConfigError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}")
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.logger = logger or NullLogger()
-        self.selection = selection
+        self.protocol: Protocol = protocol(selection)
+        self.label_free_metric = check_label_free_metric(label_free_metric)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.records = JsonLines(self.run_dir / "metrics.jsonl")
 
@@ -140,7 +142,7 @@ class Trainer:
             record[f"{stage}/time/epoch_s"] = time.time() - t0
             self.records.append(record)
             self.logger.log(stage, epoch, record)
-            self._select_and_save(stage, method, gen, meta, state, epoch, metrics, schedule.select)
+            self._select_and_save(stage, method, gen, meta, state, epoch, metrics, schedule)
             self._report(stage, epoch, schedule, record)
         if state["best_epoch"] == 0:
             raise CheckpointError(f"{stage}: no epoch was trained; set {stage}.epochs >= 1")
@@ -199,13 +201,20 @@ class Trainer:
             )
         return train
 
+    def selection_key(self, stage: str, schedule: Schedule) -> str | None:
+        """The metric a stage's checkpoint is chosen by under its protocol (None: the last epoch)."""
+        proto = protocol(schedule.selection) if schedule.selection else self.protocol
+        return proto.key(stage, schedule.select, self.label_free_metric)
+
     def _select_and_save(
         self, stage: str, method: Method, gen: torch.Generator, meta: dict, state: dict, epoch: int,
-        metrics: dict[str, float], select: str,
+        metrics: dict[str, float], schedule: Schedule,
     ) -> None:  # fmt: skip
         """Keep the epoch if the selection rule prefers it, then save the resumable `last` checkpoint."""
-        head, metric = select.split("/")
-        score = epoch if self.selection == "last" else metrics[metric_key(stage, head, self.selection, metric)]
+        key = self.selection_key(stage, schedule)
+        if key is not None and key not in metrics:
+            raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {stage}.select")
+        score = epoch if key is None else metrics[key]
         if score > state["best_score"]:
             state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
             ckpt = {"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}

@@ -41,10 +41,16 @@ def _drop(tree: dict, dotted: str) -> None:
     tree.pop(leaf, None)
 
 
+def _later_phases(config: Mapping, stage: str) -> tuple[str, ...]:
+    names = list((config.get("method") or {}).get("phases") or {})
+    return tuple(f"method.phases.{n}" for n in names[names.index(stage) + 1 :]) if stage in names else ()
+
+
 def fingerprint(config: Mapping, stage: str) -> dict:
-    """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping)."""
+    """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping): a
+    phase does not read the phases after it."""
     fp = copy.deepcopy(dict(config))
-    for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()):
+    for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()) + _later_phases(config, stage):
         _drop(fp, key)
     return fp
 

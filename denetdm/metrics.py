@@ -2,7 +2,15 @@
 
 import torch
 
-METRICS = ("acc_unbiased", "acc_aligned", "acc_conflicting", "acc_worst_group", "acc", "acc_conflicting_samples")
+METRICS = (
+    "acc_unbiased",
+    "acc_aligned",
+    "acc_conflicting",
+    "acc_worst_group",
+    "acc",
+    "acc_conflicting_samples",
+    "acc_worst_class",
+)
 
 
 def cell_accuracy(
@@ -20,7 +28,8 @@ def group_metrics(
     pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int
 ) -> dict[str, float]:
     """Unbiased (mean of cells), aligned (diagonal), conflicting (off-diagonal), worst-group and plain accuracy,
-    and the plain accuracy over bias-conflicting samples (what the BFFHQ papers report)."""
+    the plain accuracy over bias-conflicting samples (what the BFFHQ papers report), and the lowest per-class
+    accuracy (which needs no bias label)."""
     acc = cell_accuracy(pred, y, b, num_classes, num_biases)
     diag = torch.eye(num_classes, num_biases, dtype=torch.bool, device=acc.device)
     full = ~acc.isnan()
@@ -32,6 +41,14 @@ def group_metrics(
             acc[full].min() if full.any() else acc.new_tensor(float("nan")),
             (pred == y).double().mean(),
             (pred == y)[y != b].double().mean() if (y != b).any() else acc.new_tensor(float("nan")),
+            _worst_class(pred, y, num_classes).to(acc),
         ]
     )
     return dict(zip(METRICS, out.tolist()))
+
+
+def _worst_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    total = torch.bincount(y, minlength=num_classes).double()
+    correct = torch.bincount(y, weights=(pred == y).double(), minlength=num_classes)
+    present = total > 0
+    return (correct[present] / total[present]).min() if present.any() else total.new_tensor(float("nan"))

@@ -1,7 +1,8 @@
-"""From a composed config to a finished run: data, models, the stages and results.json.
+"""From a composed config to a finished run: data, the method's phases, results.json.
 
 run.py is only the command line: `train(cfg, run_dir)` takes the composed config and a directory and reads
 no global Hydra state, so tests, benchmarks and other entry points call it (and the builders) directly.
+The loop over phases has no method-specific branch: conf/method/<name>.yaml says what the phases are.
 """
 
 import json
@@ -14,23 +15,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from denetdm import phases as ph
 from denetdm.checkpoint import load_checkpoint
+from denetdm.checks import number, positive_int
 from denetdm.cli import instantiate_checked
 from denetdm.data.splits import BiasedData
-from denetdm.engine import SELECTIONS, Schedule, Trainer, evaluate_all, metric_key
+from denetdm.engine import Schedule, Trainer, evaluate_all, metric_key
 from denetdm.errors import ConfigError
 from denetdm.fingerprint import fingerprint
-from denetdm.methods import DeNetDMStage1, DeNetDMStage2
+from denetdm.methods import BuildContext, Method
 from denetdm.metrics import METRICS
-from denetdm.models import TargetModel, TwoExpertModel, build_backbone, is_convolutional
+from denetdm.models import is_convolutional
 from denetdm.report import summary_table
 from denetdm.seeding import derive_seed
+from denetdm.selection import Protocol, check_label_free_metric, protocol
 from denetdm.tracking import write_json
 
 log = logging.getLogger("denetdm")
 
-SPLITS = ("val", "test")
 PARTS = ("deep", "shallow", "target")
+EVAL_SPLITS = ("val", "test", "val_biased")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,51 +54,60 @@ def uses_channels_last(specs: Iterable[Mapping], input_shape: tuple[int, ...]) -
     return len(input_shape) == 3 and any(is_convolutional(spec["name"]) for spec in specs)
 
 
-def build_stage1(meta: dict, optimizer=None, lr: float = 0.0, weight_decay: float = 0.0) -> DeNetDMStage1:
-    """The stage-1 method from the model specs (meta["model"]), input shape and class count."""
-    shape, m = tuple(meta["input_shape"]), meta["model"]
-    model = TwoExpertModel(build_backbone(m["deep"], shape), build_backbone(m["shallow"], shape), meta["num_classes"])
-    return DeNetDMStage1(model, optimizer, lr=lr, weight_decay=weight_decay)
+def final_results(metrics: Mapping, phase: str, head: str) -> dict:
+    """The deliverable model's metrics again as `<split>/<metric>`, the keys tables and sweeps read."""
+    return {
+        f"{split}/{m}": metrics[key]
+        for split in EVAL_SPLITS
+        for m in METRICS
+        if (key := metric_key(phase, head, split, m)) in metrics
+    }
 
 
-def build_stage2(meta: dict, stage1: DeNetDMStage1, optimizer=None, **hparams) -> DeNetDMStage2:
-    """The stage-2 method around a trained stage-1 model (the target is built freshly from meta)."""
-    target = TargetModel(build_backbone(meta["model"]["target"], tuple(meta["input_shape"])), stage1.model.head)
-    return DeNetDMStage2(stage1.model, target, optimizer, **hparams)
-
-
-def final_results(metrics: Mapping) -> dict:
-    """The deliverable (stage-2 target) model's metrics again as `<split>/<metric>`, the keys tables read."""
-    return {f"{split}/{m}": metrics[metric_key("stage2", "target", split, m)] for split in SPLITS for m in METRICS}
+def context(data: BiasedData, specs: Mapping, optimizer=None, lr: float = 0.0, weight_decay: float = 0.0):
+    """What a phase is built from (denetdm.methods.BuildContext), for this data."""
+    shape = tuple(data.input_shape)
+    return BuildContext(shape, data.num_classes, data.num_biases, specs, data.train, optimizer, lr, weight_decay)
 
 
 def evaluate_checkpoint(path: str, data: BiasedData) -> dict:
-    """stage=eval: metrics of every head of a saved checkpoint on validation and test."""
+    """stage=eval: metrics of every head of a saved checkpoint on the evaluation splits."""
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
     if list(data.input_shape) != list(meta["input_shape"]):
         raise ConfigError(
             f"{path} expects inputs of shape {meta['input_shape']}, dataset gives {list(data.input_shape)}"
         )
-    stage1 = build_stage1(meta)
-    method = stage1 if ckpt["kind"] == "stage1" else build_stage2(meta, stage1)
-    method.load_state_dict(ckpt["method"])
+    method_cfg = meta.get("method") or ph.LEGACY_METHOD
+    method = ph.rebuild(method_cfg, ckpt["kind"], context(data, meta["model"]))
+    try:
+        method.load_state_dict(ckpt["method"])
+    except RuntimeError as e:
+        raise ConfigError(f"{path} does not fit this dataset's config ({str(e).splitlines()[0]})") from None
     out = evaluate_all(method.to(data.val.x.device), data, ckpt["kind"])
-    if ckpt["kind"] == "stage2":
-        out.update(final_results(out))
+    final = method_cfg["final"]
+    if ckpt["kind"] == final["phase"]:
+        out.update(final_results(out, final["phase"], final["head"]))
     return out | {"checkpoint": str(path)}
 
 
 @dataclass
 class Plan:
-    """A checked config: what runs, where, on which device, and each stage's schedule."""
+    """A checked config: what runs, where, on which device, each phase's schedule, the selection protocol."""
 
     cfg: DictConfig
     run_dir: Path
-    stages: list[str]
+    stages: list[str]  # the phases this process trains (and/or "eval")
     device: torch.device
     config: dict  # the resolved config (device resolved): results.json, W&B and every fingerprint read it
     schedules: dict[str, Schedule]
+    protocol: Protocol
+    objective_key: str
+
+    @property
+    def phases(self) -> dict[str, Mapping]:
+        """The method's phases in order."""
+        return ph.phases(self.config["method"])
 
     def fingerprint(self, stage: str) -> dict:
         """This run's fingerprint for `stage`."""
@@ -102,64 +115,87 @@ class Plan:
 
 
 def _check_flags(cfg: DictConfig) -> None:
-    if cfg.selection not in SELECTIONS:
-        raise ConfigError(f"selection must be val, test or last, got {cfg.selection!r}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     for key in ("amp", "resume"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
-    if cfg.threads is not None and (
-        not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 1
-    ):
-        raise ConfigError(f"threads must be a positive integer (or null for torch's default), got {cfg.threads!r}")
+    positive_int("threads", cfg.threads, allow_none=True)
     if cfg.progress not in ("auto", True, False):
         raise ConfigError(f"progress must be auto, true or false, got {cfg.progress!r}")
+    check_label_free_metric(cfg.selection_metric)
 
 
-def _number(key: str, value: object, low: float = 0.0, strict: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and (value > low if strict else value >= low)
-    if not ok:
-        raise ConfigError(f"{key} must be a number {'>' if strict else '>='} {low:g}, got {value!r}")
-
-
-def check_optimizer(optimizer, cfg: DictConfig) -> None:
-    """Build each stage's optimizer once on a dummy parameter, so that torch's own checks of its values (lr,
-    betas, momentum, ...) fail before any data is loaded, as one clear error."""
-    for stage in ("stage1", "stage2"):
-        node = cfg[stage]
-        _number(f"{stage}.lr", node.lr, strict=True)
-        _number(f"{stage}.weight_decay", node.weight_decay)
+def check_optimizer(optimizer, cfg: DictConfig, sources: Iterable[str]) -> None:
+    """Build the optimizer once per schedule node on a dummy parameter, so that torch's own checks of its
+    values (lr, betas, momentum, ...) fail before any data is loaded, as one clear error."""
+    for source in sources:
+        node = cfg[source]
+        number(f"{source}.lr", node.lr, strict=True)
+        number(f"{source}.weight_decay", node.weight_decay)
         try:
             optimizer([torch.zeros(1, requires_grad=True)], lr=node.lr, weight_decay=node.weight_decay)
         except (ValueError, TypeError, RuntimeError) as e:
             raise ConfigError(
-                f"the optimizer rejects the {stage} values: {e}; check optimizer.* and {stage}.*"
+                f"the optimizer rejects the {source} values: {e}; check optimizer.* and {source}.*"
             ) from None
 
 
-def plan(cfg: DictConfig, run_dir: Path) -> Plan:
-    """Check every top-level value before anything is loaded or trained."""
-    _check_flags(cfg)
-    stages = list(cfg.stage.stages)
-    if not stages or any(s not in ("stage1", "stage2", "eval") for s in stages):
-        raise ConfigError(f"stage.stages must list stage1, stage2 or eval, got {stages}")
-    if "eval" in stages and not cfg.stage.ckpt:
+def _stages(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The phases this process runs (stage.stages; null = all), a contiguous run of the method's phases."""
+    asked = list(cfg.stage.stages) if cfg.stage.stages is not None else names
+    run = [s for s in asked if s != "eval"]
+    if any(s not in names for s in run) or (run and run != names[names.index(run[0]) : names.index(run[0]) + len(run)]):
+        raise ConfigError(
+            f"stage={cfg.stage.name} runs {run}, but method {cfg.method.name} has the phases {names}: "
+            "use stage=full, or a run of consecutive phases"
+        )
+    if "eval" in asked and not cfg.stage.ckpt:
         raise ConfigError("stage=eval needs stage.ckpt=<path to a .pt checkpoint written by run.py>")
-    if "stage2" in stages and "stage1" not in stages and not cfg.stage.stage1_ckpt:
-        raise ConfigError("stage=stage2 needs stage.stage1_ckpt=<run dir>/checkpoints/stage1_selected.pt")
+    if run and run[0] != names[0] and not cfg.stage.stage1_ckpt:
+        before = names[names.index(run[0]) - 1]
+        raise ConfigError(f"stage={cfg.stage.name} needs stage.stage1_ckpt=<run dir>/checkpoints/{before}_selected.pt")
+    return asked
+
+
+def _objective_key(cfg: DictConfig, proto: Protocol) -> str:
+    """The results key returned to sweeps: auto follows the protocol, so a label-free sweep reads no bias label."""
+    if cfg.objective == "auto":
+        if proto.bias_labels or proto.split is None:
+            return "val/acc_unbiased"  # val and oracle pick hyperparameters on validation, as before
+        return f"{proto.split}/{cfg.selection_metric}"
+    split, _, metric = str(cfg.objective).partition("/")
+    if split not in EVAL_SPLITS or metric not in METRICS:
+        raise ConfigError(
+            f"objective must be auto or <split>/<metric> ({'|'.join(EVAL_SPLITS)} / {'|'.join(METRICS)}), "
+            f"got {cfg.objective!r}"
+        )
+    return str(cfg.objective)
+
+
+def plan(cfg: DictConfig, run_dir: Path) -> Plan:
+    """Check every value before anything is loaded or trained."""
+    _check_flags(cfg)
+    proto = protocol(cfg.selection)
     device = resolve_device(str(cfg.device))
     config = OmegaConf.to_container(cfg, resolve=True)
     config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
-    for key in ("poe_weight", "dist_weight"):
-        _number(f"stage2.{key}", cfg.stage2[key])
-    _number("stage2.temperature", cfg.stage2.temperature, strict=True)
-    schedules = {}
-    for stage in ("stage1", "stage2"):
-        node = cfg[stage]
-        seed = derive_seed(cfg.seed, f"{stage}-batches")
-        schedules[stage] = Schedule(node.epochs, node.batch_size, node.select, seed).check(stage)
-    return Plan(cfg, Path(run_dir), stages, device, config, schedules)
+    method = config["method"]
+    names = list(ph.phases(method))
+    stages = _stages(cfg, names)
+    schedules = {
+        name: ph.schedule(cfg, name, node, derive_seed(cfg.seed, f"{name}-batches"))
+        for name, node in ph.phases(method).items()
+    }
+    ph.check(method, schedules)
+    if method.get("final", {}).get("phase") not in names:
+        raise ConfigError(f"method.final.phase must be one of the phases {names}, got {method.get('final')}")
+    if proto.split == "val_biased" and not cfg.dataset.get("biased_val_size"):
+        raise ConfigError(
+            f"selection={proto.name} needs a validation split with the training bias ratio: "
+            "set dataset.biased_val_size (e.g. 1000)"
+        )
+    return Plan(cfg, Path(run_dir), stages, device, config, schedules, proto, _objective_key(cfg, proto))
 
 
 def _finished(p: Plan) -> dict | None:
@@ -183,89 +219,96 @@ def _load_data(p: Plan) -> tuple[BiasedData, bool]:
     data = instantiate_checked(p.cfg.dataset).load()
     channels_last = uses_channels_last([p.config["model"][k] for k in PARTS], data.input_shape)
     data = data.to(p.device, channels_last=channels_last)
-    sizes = f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test samples"
-    log.info("%s: %s on %s", data.name, sizes, p.device)
+    sizes = ", ".join(f"{len(s)} {name}" for name, s in {"train": data.train, **data.splits()}.items())
+    log.info("%s: %s samples on %s", data.name, sizes, p.device)
     return data, channels_last
 
 
 class StageRunner:
-    """Trains or loads the configured stages with one Trainer; collects their results.json entries."""
+    """Trains (or loads) the method's phases in order with one Trainer; collects their results.json entries."""
 
     def __init__(self, p: Plan, data: BiasedData, channels_last: bool, optimizer, trainer: Trainer) -> None:
         self.p, self.data, self.optimizer, self.trainer = p, data, optimizer, trainer
         self.fmt = torch.channels_last if channels_last else torch.preserve_format
-        self.specs = {k: p.config["model"][k] for k in PARTS}  # stage=stage2 takes deep/shallow from its checkpoint
+        self.specs = {k: p.config["model"][k] for k in PARTS}  # a loaded checkpoint brings its own
         self.results: dict = {}
-        self.times = {"stage1": 0.0, "stage2": 0.0}
+        self.times = {name: 0.0 for name in p.phases}
 
-    def meta(self, stage: str) -> dict:
-        """What a checkpoint of `stage` stores: input shape, classes, model specs and the config fingerprint."""
+    def meta(self, phase: str) -> dict:
+        """What a checkpoint of `phase` stores: input shape, classes, model specs, the method, the fingerprint."""
         shape, classes = list(self.data.input_shape), self.data.num_classes
-        return {"input_shape": shape, "num_classes": classes, "model": self.specs, "config": self.p.fingerprint(stage)}
+        meta = {"input_shape": shape, "num_classes": classes, "model": self.specs, "method": self.p.config["method"]}
+        return meta | {"config": self.p.fingerprint(phase)}
 
-    def _fit(self, stage: str, method) -> None:
+    def fit(self, phase: str, previous: Method | None) -> Method:
+        """Build the phase after `previous` and train it (or resume it); its selected checkpoint is loaded."""
+        schedule, source = self.p.schedules[phase], self.p.phases[phase]["schedule"]
+        node = self.p.cfg[source]
+        ctx = context(self.data, self.specs, self.optimizer, node.lr, node.weight_decay)
+        torch.manual_seed(derive_seed(self.p.cfg.seed, f"{phase}-init"))
+        method = ph.build(phase, self.p.phases[phase], ctx, previous).to(self.p.device, memory_format=self.fmt)
         method.amp = self.p.cfg.amp
-        schedule, resume = self.p.schedules[stage], self.p.cfg.resume
-        r = self.trainer.fit(stage, method, self.data, schedule, self.meta(stage), resume, self.data.augment)
+        r = self.trainer.fit(phase, method, self.data, schedule, self.meta(phase), self.p.cfg.resume, self.data.augment)
         self.results.update(r.metrics)
-        self.results[f"{stage}/selected_epoch"], self.times[stage] = r.selected_epoch, r.elapsed_s
-
-    def stage1(self) -> DeNetDMStage1:
-        """Train stage 1 from scratch (or resume it)."""
-        s1 = self.p.cfg.stage1
-        torch.manual_seed(derive_seed(self.p.cfg.seed, "stage1-init"))
-        method = build_stage1(self.meta("stage1"), self.optimizer, lr=s1.lr, weight_decay=s1.weight_decay)
-        method = method.to(self.p.device, memory_format=self.fmt)
-        self._fit("stage1", method)
+        self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
         return method
 
-    def load_stage1(self) -> DeNetDMStage1:
-        """stage=stage2: the stage-1 experts of `stage.stage1_ckpt`, evaluated for the results."""
+    def load(self, phase: str) -> Method:
+        """The phase before the first one run, from `stage.stage1_ckpt`, evaluated for the results."""
         path = self.p.cfg.stage.stage1_ckpt
-        ckpt = load_checkpoint(path, "stage-1 checkpoint")
-        if ckpt["kind"] != "stage1":
-            raise ConfigError(f"stage.stage1_ckpt={path} holds a {ckpt['kind']} checkpoint, not stage1")
-        self.specs.update({k: ckpt["meta"]["model"][k] for k in ("deep", "shallow")})
-        method = build_stage1(ckpt["meta"]).to(self.p.device, memory_format=self.fmt)
+        ckpt = load_checkpoint(path, f"{phase} checkpoint")
+        if ckpt["kind"] != phase:
+            raise ConfigError(f"stage.stage1_ckpt={path} holds a {ckpt['kind']} checkpoint, not {phase}")
+        self.specs.update({k: v for k, v in ckpt["meta"]["model"].items() if k != "target"})
+        method = ph.rebuild(self.p.config["method"], phase, context(self.data, self.specs))
+        method = method.to(self.p.device, memory_format=self.fmt)
         method.load_state_dict(ckpt["method"])
-        self.results.update(evaluate_all(method, self.data, "stage1"))
+        self.results.update(evaluate_all(method, self.data, phase))
         return method
-
-    def stage2(self, stage1: DeNetDMStage1) -> None:
-        """Train the target model next to the frozen stage-1 experts."""
-        s2 = self.p.cfg.stage2
-        torch.manual_seed(derive_seed(self.p.cfg.seed, "stage2-init"))
-        hparams = {k: s2[k] for k in ("lr", "weight_decay", "poe_weight", "dist_weight", "temperature")}
-        method = build_stage2(self.meta("stage2"), stage1, self.optimizer, **hparams)
-        self._fit("stage2", method.to(self.p.device, memory_format=self.fmt))
-        self.results.update(final_results(self.results))
 
     def run(self) -> dict:
-        """The configured stages in order; returns their results.json entries."""
+        """The configured phases in order; returns their results.json entries."""
         if "eval" in self.p.stages:
             self.results.update(evaluate_checkpoint(self.p.cfg.stage.ckpt, self.data))
-        stage1 = None
-        if "stage1" in self.p.stages:
-            stage1 = self.stage1()
-        elif "stage2" in self.p.stages:
-            stage1 = self.load_stage1()
-        if "stage2" in self.p.stages:
-            self.stage2(stage1)
+        names, run = list(self.p.phases), [s for s in self.p.stages if s != "eval"]
+        previous = None
+        if run and run[0] != names[0]:
+            previous = self.load(names[names.index(run[0]) - 1])
+        for phase in run:
+            previous = self.fit(phase, previous)
+        final = self.p.config["method"]["final"]
+        if final["phase"] in run:
+            self.results.update(final_results(self.results, final["phase"], final["head"]))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
 
 
+def _describe(p: Plan) -> dict:
+    """What results.json says about the method and the selection protocol."""
+    m = p.config["method"]
+    return {
+        "method": m["name"],
+        "method_label": m.get("label", m["name"]),
+        "uses_bias_labels": bool(m.get("uses_bias_labels")),
+        "seed": p.cfg.seed,
+        "selection": p.protocol.name,
+        "selection_oracle": p.protocol.name == "oracle",
+        "selection_bias_labels": p.protocol.bias_labels,
+        "objective_key": p.objective_key,
+    }
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the configured stages in `run_dir` and return the results dict (also written to results.json)."""
+    """Run the configured phases in `run_dir` and return the results dict (also written to results.json)."""
     p = plan(cfg, run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.selection == "test":
-        log.warning("selection=test: checkpoints are chosen on the TEST set (the reference code's oracle protocol)")
+    if p.protocol.name == "oracle":
+        log.warning("selection=oracle: checkpoints are chosen on the TEST set (the reference code's protocol)")
     if (done := _finished(p)) is not None:
         print(summary_table(done))
         return done
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
-    check_optimizer(optimizer, cfg)
+    check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in p.phases.values()}))
     p.run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data, channels_last = _load_data(p)
@@ -274,12 +317,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         run_dir=str(p.run_dir), run_config=p.config
     )
     progress = None if cfg.progress == "auto" else cfg.progress
-    trainer = Trainer(p.run_dir, logger, cfg.selection, progress)
-    results: dict = {"seed": cfg.seed, "selection": cfg.selection, "selection_oracle": cfg.selection == "test"}
+    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric)
+    results = _describe(p)
     with logger:
         results.update(StageRunner(p, data, channels_last, optimizer, trainer).run())
         results["time/data_s"] = t_data
-        results["time/total_s"] = results["time/stage1_s"] + results["time/stage2_s"] + t_data
+        results["time/total_s"] = sum(v for k, v in results.items() if k.startswith("time/"))
+        results["objective"] = results.get(p.objective_key, float("nan"))
         results |= {"stages": p.stages, "dataset": {"name": data.name, **data.info}, "config": p.config}
         logger.summary(results)
     write_json(p.run_dir / "results.json", results)

@@ -9,9 +9,11 @@ from typing import Any
 from denetdm.errors import DataError
 from denetdm.fingerprint import fingerprint, setting
 from denetdm.report import objective
+from denetdm.selection import SYNONYMS
 from denetdm.tracking import JsonLines
 
 _EPOCH_KEYS = ("stage", "epoch")
+BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
 
 @dataclass
@@ -28,8 +30,18 @@ class Run:
 
     @property
     def objective(self) -> float:
-        """The sweep objective (validation unbiased accuracy of the selected target)."""
+        """The sweep objective (what the run's selection protocol lets it read; see denetdm.report.objective)."""
         return objective(self.results)
+
+    @property
+    def selection(self) -> str:
+        """The selection protocol's name (`test` in older runs is `oracle`)."""
+        return SYNONYMS.get(self.results.get("selection"), self.results.get("selection"))
+
+    @property
+    def is_eval(self) -> bool:
+        """A stage=eval run (it trained nothing)."""
+        return "eval" in (self.results.get("stages") or [])
 
     @property
     def pair(self) -> tuple[int, int]:
@@ -39,9 +51,27 @@ class Run:
 
     @property
     def method(self) -> str:
-        """DeNetDM for a stage-2 result, its stage-1 part alone otherwise."""
+        """The method's label, marked when it trains with bias labels (older runs: DeNetDM or its stage 1)."""
+        if "method_label" in self.results:
+            mark = BIAS_LABEL_MARK if self.results.get("uses_bias_labels") else ""
+            return self.results["method_label"] + mark
         stages = self.results.get("stages", [])
         return "DeNetDM" if "stage2" in stages else "DeNetDM stage 1" if "stage1" in stages else "eval"
+
+    @property
+    def method_name(self) -> str:
+        """The method's name (conf/method/<name>.yaml); older runs: denetdm or denetdm_stage1."""
+        if "method" in self.results:
+            return self.results["method"]
+        return "denetdm" if "stage2" in (self.results.get("stages") or []) else "denetdm_stage1"
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """The depths that tell this method's rows apart: the (shallow, deep) pair of DeNetDM, the depth of the
+        one architecture a single-network method trains (`row_depths` in conf/method/)."""
+        parts = (self.config.get("method") or {}).get("row_depths") or ["shallow", "deep"]
+        model = self.config.get("model", {})
+        return tuple(int(model[part]["depth"]) for part in parts)
 
     @property
     def fingerprint(self) -> str:

@@ -1,14 +1,21 @@
-"""DomainBed-style tables: rows = method and depth pair, columns = dataset x severity x conflict ratio,
-cells = mean +- std over seeds. Hyperparameters are chosen on validation, never on the metric shown."""
+"""DomainBed-style tables: rows = method (and its depths where they vary), columns = selection protocol x
+dataset x severity x conflict ratio, cells = mean +- std over seeds, optionally the published number beside.
+Hyperparameters are chosen on each run's objective (validation), never on the metric shown."""
 
 import csv
 import io
 import json
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from denetdm.report import OBJECTIVE_KEYS
-from denetdm.runs import Collection, Run, finite
+import yaml
+
+from denetdm.runs import BIAS_LABEL_MARK, Collection, Run, finite
+from denetdm.selection import PROTOCOLS, SYNONYMS
+
+PUBLISHED = Path(__file__).with_name("published.yaml")  # the paper's Tables 1 and 2 (docs/protocols.md §7)
 
 
 @dataclass
@@ -31,19 +38,35 @@ class Cell:
 
 @dataclass
 class Table:
-    """A metric over rows and columns, with what was left out and why."""
+    """A metric over rows (method label, depths) and columns (protocol, dataset, severity, ratio), with what was
+    left out and why, and the published numbers to show beside ours (`published`: (row, col) -> text)."""
 
     metric: str
-    selection: str
-    rows: list[tuple[str, int, int]] = field(default_factory=list)
-    cols: list[tuple[str, str, float]] = field(default_factory=list)
+    selections: list[str]
+    rows: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
+    cols: list[tuple[str, str, str, float]] = field(default_factory=list)
     cells: dict[tuple, Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    published: dict[tuple, str] | None = None
+    names: dict[str, str] = field(default_factory=dict)  # row label -> method name (conf/method/<name>.yaml)
+
+    def row_label(self, row: tuple[str, tuple[int, ...]]) -> str:
+        """The method's label, with its depths where the table holds several for it."""
+        label, depths = row
+        if sum(r[0] == label for r in self.rows) < 2:
+            return label
+        return f"{label} ({', '.join(map(str, depths))})"
+
+    def col_label(self, col: tuple[str, str, str, float]) -> str:
+        """Dataset, severity and ratio, and the protocol where the table holds several."""
+        text = f"{col[1]} sev{col[2]} {col[3]:g}%"
+        return f"{col[0]}: {text}" if len(self.selections) > 1 else text
 
 
-def _column(run: Run) -> tuple[str, str, float]:
+def _column(run: Run) -> tuple[str, str, str, float]:
     cfg = run.config
-    return cfg["dataset"]["name"], str(cfg["severity"]["level"]), float(cfg["dataset"].get("conflict_pct", "nan"))
+    dataset = cfg["dataset"]
+    return run.selection, dataset["name"], str(cfg["severity"]["level"]), float(dataset.get("conflict_pct", "nan"))
 
 
 def _choose(runs: list[Run]) -> tuple[list[Run], int]:
@@ -60,53 +83,75 @@ def _choose(runs: list[Run]) -> tuple[list[Run], int]:
     return best, len(by_setting)
 
 
-def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: str = "val") -> Table:
-    """Group the finished runs into cells of `metric` for runs whose checkpoints were chosen by `selection`."""
-    table = Table(metric, selection)
+def _group(coll: Collection, table: Table) -> tuple[dict[tuple, list[Run]], Counter]:
+    """The runs of each (row, column), and counts of the runs left out, by reason."""
     groups: dict[tuple, list[Run]] = {}
-    other_selection, no_metric, seen, duplicates = 0, 0, set(), 0
+    left, seen = Counter(), set()
     for run in coll.runs:
         if run.fingerprint in seen:  # same config and seed: the same numbers again
-            duplicates += 1
+            left["duplicate"] += 1
             continue
         seen.add(run.fingerprint)
-        if run.results.get("selection") != selection:
-            other_selection += 1
-        elif not finite(run.results.get(metric)) or run.method == "eval":
-            no_metric += 1
+        if run.selection not in table.selections:
+            left["selection"] += 1
+        elif not finite(run.results.get(table.metric)) or run.is_eval:
+            left["metric"] += 1
         else:
-            groups.setdefault(((run.method, *run.pair), _column(run)), []).append(run)
+            groups.setdefault(((run.method, run.depths), _column(run)), []).append(run)
+            table.names[run.method] = run.method_name
+    return groups, left
+
+
+def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: str | list[str] = "val") -> Table:
+    """Group the finished runs into cells of `metric` for runs whose checkpoints were chosen by `selection` (a
+    protocol name, or several: their columns side by side)."""
+    selections = [SYNONYMS.get(s, s) for s in ([selection] if isinstance(selection, str) else selection)]
+    table = Table(metric, selections)
+    groups, left = _group(coll, table)
     for (row, col), runs in groups.items():
         chosen, n_settings = _choose(runs)
         table.cells[row, col] = Cell([100 * float(r.results[metric]) for r in chosen], n_settings)
     table.rows = sorted({row for row, _ in table.cells})
-    table.cols = sorted({col for _, col in table.cells})
+    table.cols = sorted({col for _, col in table.cells}, key=lambda c: (selections.index(c[0]), c[1:]))
+    _notes(table, left, coll)
+    return table
 
-    table.notes.append(f"cells: {metric} (%), mean ± std over seeds (n runs); checkpoints selected on {selection}")
+
+def _notes(table: Table, left: Counter, coll: Collection) -> None:
+    where = ", ".join(f"{s} ({PROTOCOLS[s].about})" if s in PROTOCOLS else s for s in table.selections)
+    table.notes.append(f"cells: {table.metric} (%), mean ± std over seeds (n runs); checkpoints selected on {where}")
+    if any(BIAS_LABEL_MARK in label for label, _ in table.rows):
+        table.notes.append(f"{BIAS_LABEL_MARK.strip()}: the method trains with bias labels")
     searched = sum(c.settings > 1 for c in table.cells.values())
     if searched:
         table.notes.append(
             f"{searched} cell(s) held several hyperparameter settings: each shows the setting with the best mean "
-            f"{OBJECTIVE_KEYS[0]} (validation), never the best {metric}"
+            f"objective (what its protocol lets a run read: validation numbers), never the best {table.metric}"
         )
-    if duplicates:
-        table.notes.append(f"left out: {duplicates} run(s) repeating another run's config and seed")
-    if other_selection:
-        table.notes.append(f"left out: {other_selection} run(s) with another selection (use --selection)")
-    if no_metric:
-        table.notes.append(f"left out: {no_metric} run(s) without {metric}")
+    reasons = {"duplicate": "run(s) repeating another run's config and seed", "selection": "run(s) with another "
+               "selection (use --selection)", "metric": f"run(s) without {table.metric}"}  # fmt: skip
+    table.notes += [f"left out: {left[k]} {text}" for k, text in reasons.items() if left[k]]
     if coll.incomplete:
         table.notes.append(f"incomplete runs (no results.json): {len(coll.incomplete)}")
         table.notes += [f"  {coll.rel(path)}: {why}" for path, why in coll.incomplete]
-    return table
 
 
-def _row_label(row: tuple[str, int, int]) -> str:
-    return f"{row[0]} ({row[1]}, {row[2]})"
-
-
-def _col_label(col: tuple[str, str, float]) -> str:
-    return f"{col[0]} sev{col[1]} {col[2]:g}%"
+def add_published(table: Table, path: Path = PUBLISHED) -> None:
+    """Put the paper's numbers for the same method, dataset, ratio and metric beside our cells, where it has
+    them (at the benchmark's severity); a note says where they come from and how they were selected."""
+    pub = yaml.safe_load(path.read_text())
+    table.published = {}
+    for row in table.rows:
+        paper_row = pub["methods"].get(table.names.get(row[0]))
+        for col in table.cols:
+            _, dataset, severity, ratio = col
+            values = pub["results"].get(dataset, {}).get(table.metric, {}).get(paper_row, {})
+            value = values.get(ratio) if severity == str(pub["severity"]) else None  # 1.0 finds the key 1
+            if value is not None:
+                table.published[row, col] = (
+                    f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, list) else f"{value:.2f}"
+                )
+    table.notes.append(f"paper: {pub['source']}; chosen on the test set (selection={pub['selection']})")
 
 
 def _cell_text(cell: Cell | None, pm: str = "±") -> str:
@@ -117,13 +162,27 @@ def _cell_text(cell: Cell | None, pm: str = "±") -> str:
     return f"{cell.mean:.2f} {pm} {cell.std:.2f} (n={len(cell.values)})"
 
 
+def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:
+    """Header and body cells: a `paper` column after each of ours when the published numbers are on."""
+    head = ["method"]
+    for col in table.cols:
+        head += [table.col_label(col)] + (["paper"] if table.published is not None else [])
+    body = []
+    for row in table.rows:
+        cells = [table.row_label(row)]
+        for col in table.cols:
+            cells.append(_cell_text(table.cells.get((row, col)), pm))
+            if table.published is not None:
+                cells.append(table.published.get((row, col), "-").replace("±", pm))
+        body.append(cells)
+    return head, body
+
+
 def to_markdown(table: Table) -> str:
     """A GitHub-flavoured Markdown table followed by its notes."""
-    head = ["method (shallow, deep)", *map(_col_label, table.cols)]
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(table.cols) + "|"]
-    for row in table.rows:
-        cells = [_cell_text(table.cells.get((row, col))) for col in table.cols]
-        lines.append("| " + " | ".join([_row_label(row), *cells]) + " |")
+    head, body = _grid(table)
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines + [""] + table.notes) + "\n"
 
 
@@ -133,12 +192,10 @@ def _tex(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A booktabs tabular; the notes follow as LaTeX comments."""
-    head = ["Method (shallow, deep)", *map(_col_label, table.cols)]
-    lines = ["\\begin{tabular}{l" + "c" * len(table.cols) + "}", "\\toprule", " & ".join(map(_tex, head)) + " \\\\"]
+    head, body = _grid(table, "$\\pm$")
+    lines = ["\\begin{tabular}{l" + "c" * (len(head) - 1) + "}", "\\toprule", " & ".join(map(_tex, head)) + " \\\\"]
     lines.append("\\midrule")
-    for row in table.rows:
-        cells = [_cell_text(table.cells.get((row, col)), "$\\pm$") for col in table.cols]
-        lines.append(" & ".join([_tex(_row_label(row)), *cells]) + " \\\\")
+    lines += [" & ".join([_tex(cells[0]), *cells[1:]]) + " \\\\" for cells in body]
     lines += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(lines + [f"% {note}" for note in table.notes]) + "\n"
 
@@ -147,14 +204,15 @@ def to_csv(table: Table) -> str:
     """One line per cell (tidy: easy to load with pandas); the notes are left to the caller."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "shallow", "deep", "dataset", "severity", "conflict_pct", "metric", "selection"]
-               + ["mean", "std", "n", "settings"])  # fmt: skip
+    w.writerow(["method", "depths", "selection", "dataset", "severity", "conflict_pct", "metric"]
+               + ["mean", "std", "n", "settings", "paper"])  # fmt: skip
     for row in table.rows:
         for col in table.cols:
             if (cell := table.cells.get((row, col))) is not None:
                 std = "" if cell.std is None else f"{cell.std:.4f}"
-                w.writerow([*row, *col, table.metric, table.selection, f"{cell.mean:.4f}", std, len(cell.values)]
-                           + [cell.settings])  # fmt: skip
+                paper = (table.published or {}).get((row, col), "")
+                w.writerow([row[0], " ".join(map(str, row[1])), *col, table.metric, f"{cell.mean:.4f}", std]
+                           + [len(cell.values), cell.settings, paper])  # fmt: skip
     return buf.getvalue()
 
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 
 from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
-from denetdm.methods import DeNetDMStage1, DeNetDMStage2
+from denetdm.methods import BuildContext, DeNetDMStage1, DeNetDMStage2
 from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
-from denetdm.pipeline import build_stage1, build_stage2, uses_channels_last
+from denetdm.pipeline import uses_channels_last
 
 SHAPE = (3, 32, 32)
 
@@ -37,19 +37,23 @@ def test_bad_depth_is_a_config_error():
         create_backbone("nope", SHAPE)
 
 
-# the mlp preset's specs, as run.py builds them (denetdm.pipeline)
+# the mlp preset's specs; methods are built from them as run.py builds them (Method.build)
 SPECS = {
     "deep": {"name": "mlp", "depth": 5},
     "shallow": {"name": "mlp", "depth": 3},
     "target": {"name": "mlp", "depth": 5},
 }
-META = {"input_shape": list(SHAPE), "num_classes": 10, "model": SPECS}
 ADAM = functools.partial(torch.optim.Adam)
+
+
+def _ctx() -> BuildContext:
+    y = torch.arange(16) % 10
+    return BuildContext(SHAPE, 10, 10, SPECS, Split(torch.rand(16, *SHAPE), y, y), ADAM, lr=1e-2)
 
 
 def _stage1(seed: int = 0) -> DeNetDMStage1:
     torch.manual_seed(seed)
-    return build_stage1(META, ADAM, lr=1e-2)
+    return DeNetDMStage1.build(_ctx())
 
 
 def _two_expert(seed: int = 0) -> TwoExpertModel:
@@ -81,7 +85,7 @@ def test_stage1_update_trains_all_three_parts():
 
 
 def _stage2(**kw) -> DeNetDMStage2:
-    return build_stage2(META, _stage1(), ADAM, lr=1e-2, **kw)
+    return DeNetDMStage2.build(_ctx(), _stage1(), **kw)
 
 
 def test_stage2_head_starts_from_stage1_and_only_the_target_moves():

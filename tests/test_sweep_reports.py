@@ -38,7 +38,8 @@ def test_table_latex_matches_the_golden_file(capsys):
 
 def test_table_cells_are_mean_and_std_over_seeds_of_the_results(capsys):
     rows = list(csv.DictReader(io.StringIO(_sweep(["table", str(SWEEPS), "--format", "csv"], capsys))))
-    cell = next(r for r in rows if (r["shallow"], r["deep"], r["conflict_pct"]) == ("3", "5", "5.0"))
+    cell = next(r for r in rows if (r["depths"], r["conflict_pct"]) == ("3 5", "5.0"))
+    assert cell["selection"] == "val" and cell["method"] == "DeNetDM"
     # recomputed independently: the seeds sweep's two runs at 5 % conflicting samples
     values = []
     for job in sorted((SWEEPS / "seeds").iterdir()):

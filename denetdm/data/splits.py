@@ -31,8 +31,8 @@ class Split:
             x = x.contiguous(memory_format=torch.channels_last)
         return Split(x, self.y.to(device), self.b.to(device))
 
-    def subset(self, n: int, gen: torch.Generator) -> "Split":
-        """`n` samples drawn at random, keeping the share of bias-conflicting samples (exactly, up to rounding)."""
+    def _pick(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Sorted indices of `n` samples drawn at random with this split's share of bias-conflicting samples."""
         conflicting = (self.y != self.b).nonzero().flatten()
         aligned = (self.y == self.b).nonzero().flatten()
         n_conf = round(n * len(conflicting) / len(self))
@@ -40,8 +40,22 @@ class Split:
             group[torch.randperm(len(group), generator=gen)[:k]]
             for group, k in ((conflicting, n_conf), (aligned, n - n_conf))
         ]
-        idx = torch.cat(pick).sort().values
+        return torch.cat(pick).sort().values
+
+    def take(self, idx: torch.Tensor) -> "Split":
+        """The samples at `idx`."""
         return Split(self.x[idx], self.y[idx], self.b[idx])
+
+    def subset(self, n: int, gen: torch.Generator) -> "Split":
+        """`n` samples drawn at random, keeping the share of bias-conflicting samples (exactly, up to rounding)."""
+        return self.take(self._pick(n, gen))
+
+    def split_off(self, n: int, gen: torch.Generator) -> tuple["Split", "Split"]:
+        """(the rest, `n` samples drawn like `subset`): a hold-out with this split's bias ratio."""
+        held = self._pick(n, gen)
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[held] = False
+        return self.take(keep.nonzero().flatten()), self.take(held)
 
     def batches(self, batch_size: int, gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield (x, y, idx) batches: shuffled with `gen` when given, else in order (last batch kept)."""
@@ -82,6 +96,7 @@ class BiasedData:
     info: dict = field(default_factory=dict)
     normalize: tuple | None = None  # (mean, std) per channel, applied when moved to the device
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None  # training batches only
+    val_biased: Split | None = None  # held out of training with its bias ratio (selection=val_biased_nolabels)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -89,18 +104,21 @@ class BiasedData:
 
     def splits(self) -> dict[str, Split]:
         """The evaluation splits by name."""
-        return {"val": self.val, "test": self.test}
+        out = {"val": self.val, "test": self.test}
+        return out if self.val_biased is None else {**out, "val_biased": self.val_biased}
 
     def to(self, device: torch.device | str, channels_last: bool = False) -> "BiasedData":
         """All splits on `device` as (normalised) float tensors."""
-        moved = [s.to(device, self.normalize, channels_last) for s in (self.train, self.val, self.test)]
-        return replace(self, train=moved[0], val=moved[1], test=moved[2], info=dict(self.info))
+        moved = {
+            k: s.to(device, self.normalize, channels_last) for k, s in {"train": self.train, **self.splits()}.items()
+        }
+        return replace(self, **moved, info=dict(self.info))
 
     def subsets(self, train: int | None, evaluation: int | None, gen: torch.Generator) -> "BiasedData":
         """Quick runs: at most `train` training and `evaluation` validation/test samples, each drawn with its
         split's bias ratio (a split smaller than asked is kept whole)."""
         out = self
-        for names, n, key in ((("train",), train, "subset"), (("val", "test"), evaluation, "eval_subset")):
+        for names, n, key in ((("train",), train, "subset"), (tuple(self.splits()), evaluation, "eval_subset")):
             if check_count(key, n) is None:
                 continue
             for name in names:

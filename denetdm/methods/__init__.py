@@ -1,6 +1,10 @@
-"""Methods: small classes with update(batch) -> dict and predict(x) -> {head: logits}."""
+"""Methods: small classes with update(batch) -> dict and predict(x) -> {head: logits}, one per phase."""
 
-from denetdm.methods.base import Method
+from denetdm.methods.base import BuildContext, Method
 from denetdm.methods.denetdm import DeNetDMStage1, DeNetDMStage2
+from denetdm.methods.erm import ERM
+from denetdm.methods.groupdro import GroupDRO
+from denetdm.methods.jtt import JTT
+from denetdm.methods.lff import LfF
 
-__all__ = ["DeNetDMStage1", "DeNetDMStage2", "Method"]
+__all__ = ["ERM", "JTT", "BuildContext", "DeNetDMStage1", "DeNetDMStage2", "GroupDRO", "LfF", "Method"]

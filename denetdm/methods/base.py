@@ -1,9 +1,47 @@
-"""The method interface: the training loop knows nothing else about a method (DomainBed style)."""
+"""The method interface: the training loop knows nothing else about a method (DomainBed style).
+
+A method runs as one or more phases (DeNetDM: stage1, stage2; JTT: jtt_id, jtt). Each phase is a `Method`
+class that `build`s itself from a `BuildContext` and the previous phase's trained method, and `check`s its
+hyperparameters before anything is loaded or trained. conf/method/<name>.yaml lists the phases.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from denetdm.data.splits import Split
+from denetdm.models import build_backbone
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+PARTS = ("shallow", "deep", "target")
+
+
+@dataclass
+class BuildContext:
+    """What a phase is built from: input shape, classes and biases, the model specs, the training split (for
+    per-sample state) and the phase's optimizer with its learning rate and weight decay."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    num_biases: int
+    specs: Mapping[str, Mapping]
+    train: Split
+    optimizer: OptimizerFactory | None = None
+    lr: float = 0.0
+    weight_decay: float = 0.0
+
+    def backbone(self, part: str) -> nn.Module:
+        """A fresh feature extractor of the `part` spec (shallow, deep or target)."""
+        return build_backbone(self.specs[part], self.input_shape)
+
+    def make_optimizer(self, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer | None:
+        """The phase's optimizer over `params` (None when only rebuilding a checkpoint's modules)."""
+        if self.optimizer is None:
+            return None
+        return self.optimizer(params, lr=self.lr, weight_decay=self.weight_decay)
 
 
 class Method(nn.Module):
@@ -12,9 +50,25 @@ class Method(nn.Module):
     optimizer: torch.optim.Optimizer | None = None
     amp: bool = False  # bf16 autocast on CUDA
 
+    @classmethod
+    def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:
+        """Raise a ConfigError for a hyperparameter of the wrong type or value (before any data is loaded);
+        `schedules` are every phase's Schedule, by phase name."""
+
+    @classmethod
+    def build(cls, ctx: BuildContext, previous: "Method | None", **hparams: Any) -> "Method":
+        """The phase's method, from the context and the previous phase's trained method (None for the first)."""
+        raise NotImplementedError
+
     def autocast(self, x: torch.Tensor) -> torch.autocast:
         """bf16 autocast where asked for and the batch is on CUDA; a no-op elsewhere."""
         return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp and x.is_cuda)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on `loss`."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
 
     def prepare(self, train: Split, augmented: bool) -> None:
         """Called once before training on `train` (e.g. to precompute outputs of frozen parts)."""

@@ -1,21 +1,12 @@
 """DeNetDM's two stages as methods (docs/protocols.md §1)."""
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
+from denetdm.checks import number
 from denetdm.data.splits import Split
-from denetdm.methods.base import Method
+from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
-
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 class DeNetDMStage1(Method):
@@ -29,10 +20,16 @@ class DeNetDMStage1(Method):
         if optimizer is not None:
             self.optimizer = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
 
+    @classmethod
+    def build(cls, ctx: BuildContext, previous: Method | None = None) -> "DeNetDMStage1":
+        """Deep and shallow experts of the specs with a shared head (the deep one is built first)."""
+        model = TwoExpertModel(ctx.backbone("deep"), ctx.backbone("shallow"), ctx.num_classes)
+        return cls(model, ctx.optimizer, lr=ctx.lr, weight_decay=ctx.weight_decay)
+
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):
             loss = F.cross_entropy(self.model(x), y)
-        _step(self.optimizer, loss)
+        self.step(loss)
         return {"loss": loss.detach()}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -63,6 +60,21 @@ class DeNetDMStage2(Method):
         self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         if optimizer is not None:  # only the target extractor and its head are optimised
             self.optimizer = optimizer(target.parameters(), lr=lr, weight_decay=weight_decay)
+
+    @classmethod
+    def check(cls, phase: str, schedules: dict, poe_weight=1.0, dist_weight=1.0, temperature=2.0) -> None:
+        """The loss weights are numbers >= 0, the temperature > 0."""
+        number("stage2.poe_weight", poe_weight)
+        number("stage2.dist_weight", dist_weight)
+        number("stage2.temperature", temperature, strict=True)
+
+    @classmethod
+    def build(cls, ctx: BuildContext, previous: Method | None = None, **hparams) -> "DeNetDMStage2":
+        """A fresh target of the target spec next to the stage-1 experts of `previous`, its head copied."""
+        if not isinstance(previous, DeNetDMStage1):
+            raise TypeError("DeNetDM's stage 2 follows its stage 1")
+        target = TargetModel(ctx.backbone("target"), previous.model.head)
+        return cls(previous.model, target, ctx.optimizer, lr=ctx.lr, weight_decay=ctx.weight_decay, **hparams)
 
     def train(self, mode: bool = True) -> "DeNetDMStage2":
         super().train(mode)
@@ -96,7 +108,7 @@ class DeNetDMStage2(Method):
             student = F.log_softmax(self.target.head(feat).float() / t, dim=1)
             dist = -(F.softmax(teacher / t, dim=1) * student).sum() / len(y) * t * t
             loss = self.poe_weight * poe + self.dist_weight * dist
-        _step(self.optimizer, loss)
+        self.step(loss)
         return {"loss": loss.detach(), "loss_poe": poe.detach(), "loss_dist": dist.detach()}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

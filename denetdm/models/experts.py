@@ -70,3 +70,16 @@ class TargetModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The deliverable predictor f_t(phi_t(x))."""
         return self.head(self.features(x))
+
+
+class Classifier(nn.Module):
+    """One network: a feature extractor and a linear head (ERM and the baselines)."""
+
+    def __init__(self, extractor: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.head = nn.Linear(extractor.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.head(self.extractor(x))

@@ -1,0 +1,25 @@
+"""Value checks shared by the config, the datasets and the methods: each failure is one ConfigError naming the key."""
+
+import math
+
+from denetdm.errors import ConfigError
+
+
+def positive_int(key: str, value: object, allow_none: bool = False) -> int | None:
+    """An integer >= 1 (or None where allowed)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        extra = " (or null)" if allow_none else ""
+        raise ConfigError(f"{key} must be a positive integer{extra}, got {value!r}")
+    return value
+
+
+def number(key: str, value: object, low: float = 0.0, strict: bool = False, high: float | None = None) -> float:
+    """A finite number >= low (> low when strict), and <= high when given."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+        raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
+    return float(value)

@@ -27,6 +27,7 @@ class JsonLines:
 
     def append(self, record: dict) -> None:
         """Append one record and flush it to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()

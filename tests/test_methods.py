@@ -1,0 +1,213 @@
+"""The baselines against their formulas on tiny batches, every method x dataset preset on tiny data, and the
+selection protocols on a synthetic history (docs/protocols.md §2, §8)."""
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from denetdm.data.splits import Split
+from denetdm.engine import Schedule, Trainer
+from denetdm.errors import ConfigError
+from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, LfF
+from denetdm.methods.jtt import error_set
+from denetdm.methods.lff import class_max, ema_update, gce
+from denetdm.pipeline import train
+from denetdm.selection import PROTOCOLS, protocol
+
+from conftest import CONF, TINY, compose_cfg, read_results
+
+SHAPE = (3, 8, 8)
+SPECS = {part: {"name": "mlp", "depth": 3, "width": 16} for part in ("shallow", "deep", "target")}
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+
+
+def _ctx(n: int = 32, lr: float = 1e-2) -> BuildContext:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (n,), generator=g)
+    b = torch.where(torch.rand(n, generator=g) < 0.8, y, torch.randint(0, 4, (n,), generator=g))
+    train = Split(torch.rand(n, *SHAPE, generator=g), y, b)
+    return BuildContext(SHAPE, 4, 4, SPECS, train, functools.partial(torch.optim.SGD), lr=lr)
+
+
+def test_gce_value_and_gradient_follow_the_formula():
+    logits = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    q = 0.7
+    p_y = F.softmax(logits, 1).gather(1, y[:, None]).squeeze(1)
+    value = gce(logits, y, q)
+    assert torch.allclose(value, F.cross_entropy(logits, y, reduction="none") * p_y.detach() ** q * q)
+    # its gradient is q times the gradient of the textbook GCE (1 - p_y^q) / q
+    (g_ref,) = torch.autograd.grad(value.sum(), logits)
+    (g_gce,) = torch.autograd.grad(((1 - p_y**q) / q).sum(), logits)
+    assert torch.allclose(g_ref, q * g_gce, atol=1e-6)
+
+
+def test_lff_moving_averages_and_weights():
+    ema, seen = torch.zeros(4), torch.zeros(4, dtype=torch.bool)
+    ema_update(ema, seen, torch.tensor([0, 2]), torch.tensor([1.0, 3.0]), alpha=0.7)
+    assert ema.tolist() == [1.0, 0.0, 3.0, 0.0]  # the first visit stores the loss itself
+    ema_update(ema, seen, torch.tensor([0, 1]), torch.tensor([2.0, 5.0]), alpha=0.7)
+    assert ema.tolist() == pytest.approx([0.7 * 1 + 0.3 * 2, 5.0, 3.0, 0.0])
+    assert class_max(torch.tensor([1.0, 4.0, 2.0, 3.0]), torch.tensor([0, 0, 1, 1]), 3).tolist() == [4.0, 3.0, 0.0]
+    method = LfF.build(_ctx())
+    idx = torch.tensor([0, 1, 2])
+    y = method.labels[idx]
+    ce_b, ce_d = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.0, 0.5, 0.5])
+    w = method.weights(ce_b, ce_d, y, idx)
+    max_b = class_max(method.ema_b, method.labels, 4)[y]
+    max_d = class_max(method.ema_d, method.labels, 4)[y]
+    lb, ld = ce_b / max_b, ce_d / max_d
+    assert torch.allclose(w, lb / (lb + ld + 1e-8))
+    assert method.seen[idx].all() and not method.seen[3:].any()
+
+
+def test_lff_step_trains_both_networks_and_the_debiased_one_is_the_result():
+    method = LfF.build(_ctx())
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    x, y = method.labels.new_zeros(0), None
+    ctx = _ctx()
+    out = method.update(ctx.train.x[:8], ctx.train.y[:8], torch.arange(8))
+    assert {"loss", "loss_biased", "loss_debiased", "weight"} <= set(out)
+    assert out["loss"].item() == pytest.approx(out["loss_biased"].item() + out["loss_debiased"].item(), rel=1e-5)
+    changed = {k.split(".")[0] for k, v in method.state_dict().items() if not torch.equal(v, before[k])}
+    assert {"biased", "debiased", "ema_b", "ema_d", "seen"} <= changed
+    assert set(method.predict(ctx.train.x[:2])) == {"target", "biased"}
+    del x, y
+
+
+def test_jtt_error_set_and_upweighting():
+    ctx = _ctx()
+    first = ERM.build(ctx)
+    wrong = error_set(first, ctx.train.x, ctx.train.y)
+    expected = first.predict(ctx.train.x)["target"].argmax(1) != ctx.train.y
+    assert torch.equal(wrong, expected) and wrong.any()
+    method = JTT.build(ctx, first, upweight=10.0)
+    assert torch.equal(method.weights, torch.where(wrong, 10.0, 1.0))
+    # the loss is the weight-normalised cross-entropy of the batch
+    idx = torch.arange(8)
+    x, y = ctx.train.x[idx], ctx.train.y[idx]
+    with torch.no_grad():
+        ce = F.cross_entropy(method.model(x), y, reduction="none")
+    w = method.weights[idx]
+    assert method.update(x, y, idx)["loss"].item() == pytest.approx(((w * ce).sum() / w.sum()).item(), rel=1e-5)
+    with pytest.raises(TypeError):
+        JTT.build(ctx, None)
+
+
+def test_groupdro_weight_update():
+    ctx = _ctx()
+    method = GroupDRO.build(ctx, eta=0.5)
+    groups = ctx.train.y * 4 + ctx.train.b
+    assert torch.equal(method.groups, groups) and torch.allclose(method.q, torch.full((16,), 1 / 16))
+    idx = torch.arange(12)
+    x, y = ctx.train.x[idx], ctx.train.y[idx]
+    with torch.no_grad():
+        ce = F.cross_entropy(method.model(x), y, reduction="none")
+    loss_g = torch.zeros(16).index_add(0, groups[idx], ce) / torch.zeros(16).index_add(
+        0, groups[idx], torch.ones(12)
+    ).clamp(min=1)
+    q = torch.full((16,), 1 / 16) * torch.exp(0.5 * loss_g)
+    q = q / q.sum()
+    out = method.update(x, y, idx)
+    assert torch.allclose(method.q, q, atol=1e-6)
+    assert out["loss"].item() == pytest.approx((loss_g @ q).item(), rel=1e-5)
+    absent = torch.ones(16, dtype=torch.bool)
+    absent[groups[idx]] = False
+    assert (method.q[absent] < 1 / 16).all()  # groups without samples in the batch lose weight
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("preset", ["mlp", "cnn3_resnet20"])
+def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset, tmp_path):
+    overrides = [*TINY, f"method={method}", f"backbone_depth={preset}", "dataset.train_size=300",
+                 "dataset.test_size=100", "dataset.val_size=50", "stage1.epochs=1", "stage2.epochs=2"]  # fmt: skip
+    if preset != "mlp":  # coloured shapes as 3x28x28 images: a CNN of one conv layer and ResNet-8 fit them
+        overrides += ["model.shallow.depth=1", "model.deep.depth=8", "stage1.batch_size=128", "stage2.batch_size=128"]
+    if method == "jtt":
+        overrides.append("method.id_epochs=1")
+    results = train(compose_cfg(overrides), tmp_path / "run")
+    assert results["method"] == method and 0 <= results["test/acc_unbiased"] <= 1
+    assert math.isfinite(results["objective"]) and results["objective_key"] == "val/acc_unbiased"
+    assert results["uses_bias_labels"] == (method == "groupdro")
+
+
+def _history(values: dict[str, list[float]]) -> list[dict]:
+    """Per-epoch metrics of one head: keys are `<split>/<metric>`."""
+    epochs = len(next(iter(values.values())))
+    return [{f"s/target/{k}": v[e] for k, v in values.items()} for e in range(epochs)]
+
+
+@pytest.mark.parametrize(
+    "name,best",
+    [("val", 1), ("oracle", 2), ("test", 2), ("val_nolabels", 0), ("val_biased_nolabels", 3), ("last", 3)],
+)
+def test_each_protocol_picks_its_documented_epoch(name, best):
+    history = _history({
+        "val/acc_unbiased": [0.2, 0.9, 0.5, 0.1], "val/acc": [0.8, 0.3, 0.4, 0.2],
+        "test/acc_unbiased": [0.1, 0.2, 0.95, 0.3], "val_biased/acc": [0.1, 0.2, 0.3, 0.99],
+    })  # fmt: skip
+    key = protocol(name).key("s", "target/acc_unbiased", "acc")
+    scores = [len(history) if key is None else h[key] for h in history]
+    chosen = len(history) - 1 if key is None else max(range(len(history)), key=scores.__getitem__)
+    assert chosen == best
+    assert protocol(name).bias_labels == (PROTOCOLS[protocol(name).name].split in ("val", "test") and "nolabels"
+                                          not in name and name != "last")  # fmt: skip
+
+
+def test_label_free_protocols_never_read_a_bias_labelled_metric():
+    for proto in PROTOCOLS.values():
+        key = proto.key("stage1", "shallow/acc_conflicting", "acc_worst_class")
+        if not proto.bias_labels and key is not None:
+            assert key.endswith("/acc_worst_class")
+
+
+def test_the_trainer_selects_by_the_protocol(tmp_path):
+    ctx = _ctx(64)
+    y = ctx.train.y
+    from denetdm.data.splits import BiasedData
+
+    data = BiasedData("toy", ctx.train, ctx.train, ctx.train, 4, 4, val_biased=ctx.train)
+    for name in PROTOCOLS:
+        torch.manual_seed(0)
+        trainer = Trainer(tmp_path / name, selection=name, progress=False)
+        result = trainer.fit("erm", ERM.build(ctx), data, Schedule(3, 16, "target/acc_unbiased", 0), {})
+        history = trainer.records.read()
+        key = trainer.selection_key("erm", Schedule(3, 16, "target/acc_unbiased", 0))
+        want = 3 if key is None else 1 + max(range(3), key=lambda e: (history[e][key], -e))
+        assert result.selected_epoch == want, name
+    del y
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["method=erm", "method.arch=middle"], ["method.arch", "middle"]),
+        (["method=groupdro", "method.eta=abc"], ["method.eta", "abc"]),
+        (["method=lff", "method.q=2"], ["method.q"]),
+        (["method=jtt", "method.id_epochs=3", "stage2.epochs=3"], ["id_epochs", "3"]),
+        (["method=jtt", "method.upweight=0.5"], ["method.upweight"]),
+        (["selection=val_biased_nolabels"], ["dataset.biased_val_size"]),
+        (["selection=best"], ["selection", "val_nolabels"]),
+        (["selection_metric=acc_unbiased"], ["selection_metric"]),
+        (["objective=test/nope"], ["objective"]),
+        (["method=erm", "stage=stage2"], ["phases", "erm"]),
+        (["dataset.biased_val_size=-3"], ["biased_val_size"]),
+    ],
+)
+def test_bad_method_and_protocol_values_are_one_clear_error(overrides, words, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg([*TINY, *overrides]), tmp_path / "run")
+    for w in words:
+        assert w in str(info.value), str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_label_free_protocol_end_to_end_reads_no_bias_labelled_objective(tmp_path):
+    args = [*TINY, "method=erm", "selection=val_biased_nolabels", "dataset.biased_val_size=100"]
+    results = train(compose_cfg(args), tmp_path / "run")
+    assert results["objective_key"] == "val_biased/acc" and results["selection_bias_labels"] is False
+    assert results["objective"] == results["val_biased/acc"]
+    assert read_results(tmp_path / "run")["selection"] == "val_biased_nolabels"

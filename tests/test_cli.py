@@ -83,9 +83,12 @@ def test_finished_run_is_not_retrained(tiny_run):
     assert (tiny_run / "metrics.jsonl").read_text() == before
 
 
-@pytest.mark.parametrize("kill_at", ["stage1_last.pt", "stage2_last.pt"])  # during stage 1, during stage 2
-def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, kill_at):
-    args = [*TINY, "dataset.train_size=4000", "stage1.epochs=3", "stage2.epochs=3"]
+@pytest.mark.parametrize(
+    "method,kill_at",
+    [("denetdm", "stage1_last.pt"), ("denetdm", "stage2_last.pt"), ("jtt", "jtt_last.pt"), ("lff", "lff_last.pt")],
+)  # during DeNetDM's stage 1 and stage 2, during JTT's second phase, during LfF (per-sample state)
+def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, method, kill_at):
+    args = [*TINY, "dataset.train_size=4000", "stage1.epochs=3", "stage2.epochs=3", f"method={method}"]
     ref = tmp_path / "ref"
     assert run_cli(args, ref).returncode == 0
     run_dir = tmp_path / "killed"
@@ -161,8 +164,9 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     files = list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     logged = read_run(files[0])
-    assert logged["run"]["group"] == "synthetic-sev4" and logged["run"]["job_type"] == "full"
-    assert {"synthetic", "sev4", "shallow3-deep5"} <= set(logged["run"]["tags"])
+    assert logged["run"]["group"] == "synthetic-sev4-denetdm" and logged["run"]["job_type"] == "denetdm-full"
+    tags = {"synthetic", "sev4", "shallow3-deep5", "denetdm", "selection-val", "bias-labels-False"}
+    assert tags <= set(logged["run"]["tags"])
     assert {"seed", "dataset", "stage1", "stage2", "model"} <= logged["run"]["config_keys"]
     keys = set().union(*logged["history"])
     assert {

@@ -172,3 +172,28 @@ def collect_fixture() -> list[Run]:
     from denetdm.runs import collect
 
     return collect([SWEEPS]).runs
+
+
+def _method_run(path: str, method: str, label: str, selection: str, test: float, seed: int = 0) -> Run:
+    config = {"model": {"target": {"depth": 5}, "shallow": {"depth": 3}, "deep": {"depth": 5}}, "seed": seed,
+              "severity": {"level": 4}, "dataset": {"name": "cmnist", "conflict_pct": 1, "seed": seed},
+              "method": {"name": method, "row_depths": ["target"]}, "selection": selection}  # fmt: skip
+    results = {"config": config, "selection": selection, "stages": ["x"], "method": method, "method_label": label}
+    return Run(Path(path), {**results, "objective": 0.5, "test/acc_unbiased": test})
+
+
+def test_protocols_side_by_side_with_the_published_numbers():
+    from denetdm.tables import add_published
+
+    runs = [_method_run("a", "erm", "ERM", "val", 0.5), _method_run("b", "erm", "ERM", "val", 0.52, seed=1)]
+    runs += [_method_run("c", "erm", "ERM", "val_nolabels", 0.4), _method_run("d", "lff", "LfF", "test", 0.7)]
+    table = build_table(Collection(runs=runs), selection=["val", "val_nolabels", "oracle"])
+    add_published(table)
+    text = to_markdown(table)
+    header = text.splitlines()[0]
+    assert "val: cmnist sev4 1%" in header and "val_nolabels: cmnist sev4 1%" in header and "oracle: cmnist" in header
+    erm = next(line for line in text.splitlines() if line.startswith("| ERM"))
+    assert "51.00 ± 1.41 (n=2) | 50.34 | 40.00 (n=1) | 50.34 |" in erm  # ours, the paper's (Table 1: ERM 50.34)
+    lff = next(line for line in text.splitlines() if line.startswith("| LfF"))
+    assert "70.00 (n=1) | 74.01" in lff  # a run with selection=test counts as oracle
+    assert "chosen on the test set" in text

@@ -110,7 +110,7 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tm
             continue
         (path,) = (sweep / str(t["job"]) / "wandb").glob("offline-run-*/run-*.wandb")
         logged = read_run(path)
-        assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "full"
+        assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "denetdm-full"
         trial = logged["run"]["config"]["trial"]
         assert trial["number"] == t["number"] and trial["params"] == t["params"]
         pair = f"shallow{t['params']['model.shallow.depth']}-deep{t['params']['model.deep.depth']}"
@@ -182,3 +182,19 @@ def test_a_fixed_value_of_a_searched_parameter_is_one_clear_line(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: the search space cannot be sampled") and "model.shallow.depth" in last
+
+
+def test_seeds_sweep_over_methods_gives_one_table_row_each(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "hparams_search=seeds", "method=erm,groupdro,denetdm", "seed=0", "dataset.conflict_pct=1",
+                    *TINY, "stage1.epochs=1", "stage2.epochs=2", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {json.loads((j / "results.json").read_text())["method"] for j in _jobs(sweep)} == {
+        "erm",
+        "groupdro",
+        "denetdm",
+    }
+    table = subprocess.run([sys.executable, "sweep.py", "table", str(sweep)], cwd=ROOT, capture_output=True, text=True)
+    rows = [line.split("|")[1].strip() for line in table.stdout.splitlines() if line.startswith("| ")][1:]
+    assert sorted(rows) == ["DeNetDM", "ERM", "Group DRO [bias labels]"]
+    assert "[bias labels]: the method trains with bias labels" in table.stdout

@@ -36,7 +36,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def heatmap(coll: Collection, path: Path) -> Path | None:
     """Mean of the objective and of conflicting accuracy per (shallow, deep) depth pair; None without runs."""
-    runs = [r for r in coll.runs if r.method != "eval"]
+    runs = [r for r in coll.runs if not r.is_eval and len(r.depths) == 2]  # DeNetDM's depth pairs, no baselines
     if not runs:
         return None
     # the whole search grid (search.shallow / search.deep of the runs' configs): what was not reached shows grey

@@ -110,9 +110,7 @@ class WandbLogger(NullLogger):
             log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
             self.run = None
             return self
-        for stage in ("stage1", "stage2"):
-            self.run.define_metric(f"{stage}/epoch")
-            self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
+        self.stages: set[str] = set()  # phases whose metrics are plotted against their own epoch
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -124,6 +122,10 @@ class WandbLogger(NullLogger):
         if self.run is not None:
             # the record's keys are already `<stage>/...` (denetdm.engine.metric_key)
             data = {k: v for k, v in record.items() if isinstance(v, int | float) and k.startswith(f"{stage}/")}
+            if stage not in self.stages:
+                self.stages.add(stage)
+                self.run.define_metric(f"{stage}/epoch")
+                self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
             self.run.log({f"{stage}/epoch": epoch, **data})
             # the best value of each validation curve so far, explicit in the summary (offline runs get
             # define_metric's summaries only when synced)

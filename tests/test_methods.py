@@ -132,6 +132,11 @@ def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset
     assert results["method"] == method and 0 <= results["test/acc_unbiased"] <= 1
     assert math.isfinite(results["objective"]) and results["objective_key"] == "val/acc_unbiased"
     assert results["uses_bias_labels"] == (method == "groupdro")
+    if preset == "mlp":  # stage=eval rebuilds the final phase from its checkpoint and gets the same numbers
+        final = results["config"]["method"]["final"]["phase"]
+        ckpt = tmp_path / "run" / "checkpoints" / f"{final}_selected.pt"
+        evaluated = train(compose_cfg([*overrides, "stage=eval", f"stage.ckpt={ckpt}"]), tmp_path / "eval")
+        assert evaluated["test/acc_unbiased"] == pytest.approx(results["test/acc_unbiased"])
 
 
 def _history(values: dict[str, list[float]]) -> list[dict]:
@@ -211,3 +216,15 @@ def test_label_free_protocol_end_to_end_reads_no_bias_labelled_objective(tmp_pat
     assert results["objective_key"] == "val_biased/acc" and results["selection_bias_labels"] is False
     assert results["objective"] == results["val_biased/acc"]
     assert read_results(tmp_path / "run")["selection"] == "val_biased_nolabels"
+
+
+def test_bench_times_every_phase_of_a_method(tmp_path):
+    from denetdm import bench
+    from denetdm.data.synthetic import SyntheticShapes
+
+    data = SyntheticShapes(name="synthetic", train_size=300, test_size=100, severity=4, conflict_pct=5, val_size=50,
+                           seed=0, cache_dir=str(tmp_path)).load().to("cpu")  # fmt: skip
+    args = type("Args", (), {"epochs": 1, "device": "cpu"})()
+    rows = bench._time_method("jtt", data, args)
+    assert [r[0] for r in rows] == ["jtt_id", "jtt"] and all(r[1] > 0 for r in rows)
+    assert rows[1][2] == 100  # the paper schedule's epochs of the final phase (Colored MNIST)

@@ -180,6 +180,7 @@ def plan(cfg: DictConfig, run_dir: Path) -> Plan:
     device = resolve_device(str(cfg.device))
     config = OmegaConf.to_container(cfg, resolve=True)
     config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
+    config["selection"] = proto.name  # `test` and `oracle` are one protocol
     method = config["method"]
     names = list(ph.phases(method))
     stages = _stages(cfg, names)

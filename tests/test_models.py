@@ -176,3 +176,15 @@ def test_channels_last_is_decided_from_the_backbone_specs():
     conv, mlp = {"name": "resnet_cifar"}, {"name": "mlp"}
     assert uses_channels_last([mlp, conv], SHAPE) and not uses_channels_last([mlp, mlp], SHAPE)
     assert not uses_channels_last([conv], (784,))  # no image dimensions
+
+
+def test_mlp_input_scale_multiplies_the_input_and_is_absent_by_default():
+    torch.manual_seed(0)
+    plain = create_backbone("mlp", SHAPE, depth=3)
+    torch.manual_seed(0)
+    scaled = create_backbone("mlp", SHAPE, depth=3, input_scale=1 / 255)
+    assert list(plain.state_dict()) == ["1.weight", "1.bias", "3.weight", "3.bias"]  # default: same layout as before
+    x = torch.rand(4, *SHAPE)
+    assert torch.allclose(scaled(x), plain(x / 255), atol=1e-6)
+    with pytest.raises(ConfigError, match="input_scale"):
+        create_backbone("mlp", SHAPE, input_scale=0)

@@ -120,7 +120,7 @@ def test_groupdro_weight_update():
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("preset", ["mlp", "cnn3_resnet20"])
+@pytest.mark.parametrize("preset", ["mlp", pytest.param("cnn3_resnet20", marks=pytest.mark.slow)])
 def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset, tmp_path):
     overrides = [*TINY, f"method={method}", f"backbone_depth={preset}", "dataset.train_size=300",
                  "dataset.test_size=100", "dataset.val_size=50", "stage1.epochs=1", "stage2.epochs=2"]  # fmt: skip

@@ -60,7 +60,8 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
     if unknown:
         raise ConfigError(f"method.phases.{name}.schedule_overrides: unknown keys {sorted(unknown)}")
     if "epochs" in over:
-        positive_int(f"epochs of phase {name} (method.phases.{name}.schedule_overrides)", over["epochs"])
+        # a method yaml sets it from one of its own keys (jtt: method.id_epochs)
+        positive_int(f"the epochs of phase {name} (method.phases.{name}.schedule_overrides.epochs)", over["epochs"])
     values = {k: over.get(k, cfg[source].get(k)) for k in SCHEDULE_KEYS}
     return Schedule(**values, seed=seed, selection=over.get("selection")).check(source)
 

@@ -37,8 +37,8 @@ class BiasedDataset:
             raise ConfigError(f"dataset.seed must be an integer, got {seed!r}")
         self.name, self.seed, self.cache_dir = name, seed, cache_dir
         self.subset, self.eval_subset = check_count("subset", subset), check_count("eval_subset", eval_subset)
-        if biased_val_size != 0:
-            check_count("biased_val_size", biased_val_size)
+        if not isinstance(biased_val_size, int) or isinstance(biased_val_size, bool) or biased_val_size < 0:
+            raise ConfigError(f"dataset.biased_val_size must be an integer >= 0 (0: none), got {biased_val_size!r}")
         self.biased_val_size = biased_val_size
 
     def params(self) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from denetdm.checkpoint import atomic_save, load_checkpoint
+from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
 from denetdm.methods.base import Method
@@ -72,9 +73,7 @@ class Schedule:
     def check(self, stage: str) -> "Schedule":
         """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
         for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{stage}.{name} must be a positive integer, got {value!r}")
+            positive_int(f"{stage}.{name}", getattr(self, name))
         if not isinstance(self.select, str) or self.select.count("/") != 1:
             raise ConfigError(
                 f"{stage}.select must be <head>/<metric> (e.g. shallow/acc_conflicting), got {self.select!r}"

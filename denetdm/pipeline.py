@@ -24,6 +24,7 @@ from denetdm.engine import Schedule, Trainer, evaluate_all, metric_key
 from denetdm.errors import ConfigError
 from denetdm.fingerprint import fingerprint
 from denetdm.methods import BuildContext, Method
+from denetdm.methods.base import PARTS
 from denetdm.metrics import METRICS
 from denetdm.models import is_convolutional
 from denetdm.report import summary_table
@@ -33,7 +34,6 @@ from denetdm.tracking import write_json
 
 log = logging.getLogger("denetdm")
 
-PARTS = ("deep", "shallow", "target")
 EVAL_SPLITS = ("val", "test", "val_biased")
 
 

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from denetdm.checks import positive_int
 from denetdm.data.augment import CIFAR_MEAN, CIFAR_STD, Augment, BatchAugment
 from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
@@ -84,8 +85,7 @@ class LffDataset(BiasedDataset):
         super().__init__(name, seed, cache_dir, **kwargs)
         if not isinstance(severity, int) or isinstance(severity, bool) or not 1 <= severity <= 5:
             raise ConfigError(f"severity must be an integer 1..4 (or 5), got {severity!r}")
-        if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
-            raise ConfigError(f"dataset.val_size must be a positive integer, got {val_size!r}")
+        positive_int("dataset.val_size", val_size)
         self.severity, self.conflict_pct, self.val_size = severity, check_conflict_pct(conflict_pct), val_size
 
     def lff_splits(self, x_train, y_train, x_test, y_test) -> dict[str, tuple]:
@@ -106,8 +106,7 @@ class CropFlipImages(BiasedDataset):
         super().__init__(**kwargs)
         if not isinstance(augment, bool):
             raise ConfigError(f"dataset.augment must be true or false, got {augment!r}")
-        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
-            raise ConfigError(f"dataset.workers must be a positive integer (or null for every core), got {workers!r}")
+        positive_int("dataset.workers", workers, allow_none=True)  # null: every core
         self.augment, self.workers = augment, workers or os.cpu_count() or 1
 
     def augmentation(self) -> Augment | None:

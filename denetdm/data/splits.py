@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from denetdm.errors import ConfigError
+from denetdm.checks import positive_int
 
 
 @dataclass
@@ -73,9 +73,7 @@ class Split:
 
 def check_count(key: str, n: object) -> int | None:
     """A quick-run size `dataset.<key>`: a positive integer, or None for the whole split."""
-    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ConfigError(f"dataset.{key} must be a positive integer (or null for all), got {n!r}")
-    return n
+    return positive_int(f"dataset.{key}", n, allow_none=True)
 
 
 def splits_from(tensors: dict[str, torch.Tensor]) -> dict[str, Split]:

@@ -19,7 +19,7 @@ from denetdm.seeding import derive_seed
 log = logging.getLogger(__name__)
 
 CHUNK = 250  # images per task: the unit of parallel work and of random streams (results do not depend on workers)
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 1: our own approximations of the corruptions; 2: the reference's arithmetic (new cache)
 
 
 def corrupt_all(

@@ -59,14 +59,15 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     assert isinstance(optimizer, torch.optim.Optimizer)
     logger = instantiate(cfg.logger, _partial_=True)(run_dir=str(tmp_path), run_config={"a": 1})
     assert hasattr(logger, "log") and hasattr(logger, "summary")
+    size = 48 if cfg.model.shallow.name == "cnn_bffhq" else 32  # the BFFHQ expert has no padding: >= 42 pixels
     for part in ("deep", "shallow", "target"):
         spec = OmegaConf.to_container(cfg.model[part])
         try:
-            model = build_backbone(spec, (3, 32, 32))
+            model = build_backbone(spec, (3, size, size))
         except ConfigError as e:  # pretrained weights without the network: one clear error, at once
             assert spec.get("pretrained") and "pretrained" in str(e)
             continue
-        assert model(torch.rand(2, 3, 32, 32)).shape == (2, model.num_features)
+        assert model(torch.rand(2, 3, size, size)).shape == (2, model.num_features)
     assert cfg.stage.name in ("full", "stage1", "stage2", "eval")
     assert cfg.selection in ("val", "test", "last")
 
@@ -113,6 +114,15 @@ def test_paper_experiment_carries_the_paper_hyperparameters(name):
     assert (cfg.model.deep.name, cfg.model.deep.depth) == deep
     assert (cfg.model.target.name, cfg.model.target.depth, cfg.model.target.get("pretrained")) == target
     assert cfg.selection == "val" and cfg.optimizer._target_ == "torch.optim.Adam"
+    # the reference's checkpoint rules: stage 1 the shallow expert's conflicting accuracy; stage 2 the target's
+    # unbiased accuracy, except on BFFHQ (its conflicting accuracy)
+    assert cfg.stage1.select == "shallow/acc_conflicting"
+    assert cfg.stage2.select == ("target/acc_conflicting" if name == "bffhq" else "target/acc_unbiased")
+
+
+@pytest.mark.parametrize("overrides", [["dataset=bffhq"], ["experiment=paper_bffhq"]])
+def test_bffhq_stage2_selects_on_conflicting_accuracy_in_both_presets(overrides):
+    assert compose_cfg(overrides).stage2.select == "target/acc_conflicting"
 
 
 def test_every_protocol_citation_names_a_section_of_the_document():

@@ -127,7 +127,7 @@ def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
 @pytest.mark.slow
 def test_bffhq_end_to_end(tmp_path):
     top = _bffhq_tree(tmp_path / "bffhq", "b", np.random.default_rng(3))
-    args = [*COMMON, "dataset=bffhq", f"dataset.root={top}", "dataset.image_size=32", "stage1.epochs=1",
+    args = [*COMMON, "dataset=bffhq", f"dataset.root={top}", "dataset.image_size=48", "stage1.epochs=1",
             "stage2.epochs=1", "stage1.batch_size=16", "stage2.batch_size=16"]  # fmt: skip
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]

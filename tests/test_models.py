@@ -18,8 +18,9 @@ SHAPE = (3, 32, 32)
 
 @pytest.mark.parametrize("name", list_backbones())
 def test_every_backbone_maps_images_to_num_features(name):
-    model = create_backbone(name, SHAPE)
-    out = model(torch.rand(4, *SHAPE))
+    shape = (3, 48, 48) if name == "cnn_bffhq" else SHAPE  # the BFFHQ expert has no padding: >= 42 pixels
+    model = create_backbone(name, shape)
+    out = model(torch.rand(4, *shape))
     assert out.shape == (4, model.num_features)
 
 
@@ -140,6 +141,42 @@ def test_reference_cnn_presets():
     assert sum(isinstance(m, nn.Conv2d) for m in deeper.modules()) == 4
     with pytest.raises(ConfigError, match="shrinks"):
         create_backbone("cnn", SHAPE, depth=5)
+
+
+def _reference_bffhq_shallow() -> nn.Sequential:
+    """The reference's BFFHQ shallow expert as its module/model.py writes it (facts: layers and their order)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(64, 128, kernel_size=3), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(128, 512, kernel_size=3), nn.MaxPool2d(2, 2), nn.BatchNorm2d(512), nn.ReLU(),
+        nn.Conv2d(512, 512, kernel_size=3), nn.BatchNorm2d(512), nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
+    )  # fmt: skip
+
+
+def _layer_list(model: nn.Module) -> list[tuple]:
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size, m.padding, m.stride))
+        elif isinstance(m, nn.BatchNorm2d):
+            out.append(("bn", m.num_features))
+        elif isinstance(m, (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten)):
+            out.append((type(m).__name__,))
+    return out
+
+
+def test_bffhq_shallow_expert_is_the_reference_one():
+    ours, ref = create_backbone("cnn_bffhq", (3, 224, 224)), _reference_bffhq_shallow()
+    assert _layer_list(ours) == _layer_list(ref)  # 7x7 first, no padding, the third pool before its batch norm
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()) == 3_035_904
+    x = torch.zeros(2, 3, 224, 224)
+    assert ours.eval()(x).shape == ref.eval()(x).shape == (2, 512) and ours.num_features == 512
+    pre_pool = nn.Sequential(*list(ours.body)[:-2])  # before the global average: 224 -> 218 -> 109 -> ... -> 23
+    assert pre_pool(x).shape == (2, 512, 23, 23)
+    with pytest.raises(ConfigError, match="shrinks"):  # no padding: 4 layers need images of at least 42 pixels
+        create_backbone("cnn_bffhq", (3, 41, 41))
+    assert create_backbone("cnn_bffhq", (3, 42, 42)).num_features == 512
 
 
 def test_pretrained_without_weights_or_network_fails_at_once(monkeypatch, tmp_path):

@@ -178,7 +178,14 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
             torch.manual_seed(0)
             previous = ph.build(phase, node, ctx, previous).to(args.device)
             epochs = min(args.epochs, paper.epochs)
-            trainer.fit(phase, previous, data, Schedule(epochs, paper.batch_size, paper.select, 0), {}, resume=False)
+            trainer.fit(
+                phase,
+                previous,
+                data,
+                Schedule(epochs, paper.batch_size, paper.select, 0, drop_last=paper.drop_last),
+                {},
+                resume=False,
+            )
             timed = [r for r in trainer.records.read() if r["stage"] == phase]
             timed = timed[1:] or timed  # the first epoch is a warm-up
             rows.append((phase, sum(r[f"{phase}/time/epoch_s"] for r in timed) / len(timed), paper.epochs))

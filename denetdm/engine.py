@@ -19,6 +19,7 @@ from denetdm.checkpoint import atomic_save, load_checkpoint
 from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
+from denetdm.fingerprint import with_added_keys
 from denetdm.methods.base import Method
 from denetdm.metrics import group_metrics
 from denetdm.selection import Protocol, check_label_free_metric, protocol
@@ -69,11 +70,14 @@ class Schedule:
     select: str
     seed: int
     selection: str | None = None
+    drop_last: bool = False  # drop the last partial training batch of each epoch (the reference's stage 1 does)
 
     def check(self, stage: str) -> "Schedule":
         """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
         for name in ("epochs", "batch_size"):
             positive_int(f"{stage}.{name}", getattr(self, name))
+        if not isinstance(self.drop_last, bool):
+            raise ConfigError(f"{stage}.drop_last must be true or false, got {self.drop_last!r}")
         if not isinstance(self.select, str) or self.select.count("/") != 1:
             raise ConfigError(
                 f"{stage}.select must be <head>/<metric> (e.g. shallow/acc_conflicting), got {self.select!r}"
@@ -127,6 +131,11 @@ class Trainer:
         selection rule. `meta` is stored in every checkpoint (model specs, config fingerprint); its "config"
         entry must match on resume."""
         schedule.check(stage)
+        if schedule.drop_last and len(data.train) < schedule.batch_size:
+            raise ConfigError(
+                f"{stage}.drop_last=true drops every batch: {stage}.batch_size={schedule.batch_size} is more than "
+                f"the {len(data.train)} training images; lower the batch size or set {stage}.drop_last=false"
+            )
         gen = torch.Generator().manual_seed(int(schedule.seed))
         state = self._restore(stage, method, gen, meta, resume)
         if state["epoch"] < schedule.epochs:
@@ -169,12 +178,12 @@ class Trainer:
         return state
 
     def _batches(self, stage: str, epoch: int, split: Split, schedule: Schedule, gen: torch.Generator) -> Iterator:
-        batches = split.batches(schedule.batch_size, gen)
+        batches = split.batches(schedule.batch_size, gen, drop_last=schedule.drop_last)
         if not self.progress:
             return batches
         from tqdm import tqdm
 
-        total = -(-len(split) // schedule.batch_size)
+        total = len(split) // schedule.batch_size if schedule.drop_last else -(-len(split) // schedule.batch_size)
         return tqdm(batches, total=total, desc=f"{stage} {epoch}/{schedule.epochs}", leave=False)
 
     def _train_epoch(
@@ -231,8 +240,9 @@ class Trainer:
 
 
 def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> None:
-    if saved is None or current is None or saved == current:
+    if saved is None or current is None or with_added_keys(saved) == current:
         return
+    saved = with_added_keys(saved)
     diff = sorted(_diff(saved, current))
     raise CheckpointError(
         f"{path} was written by a run with a different config (differs in: {', '.join(diff[:6])}); "

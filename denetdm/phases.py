@@ -12,7 +12,7 @@ from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
 
 RESERVED = ("_target_", "schedule", "schedule_overrides")  # phase keys that are not hyperparameters
-SCHEDULE_KEYS = ("epochs", "batch_size", "select")
+SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
 # what a checkpoint written before the method group holds: DeNetDM's two stages
 LEGACY_METHOD = {
     "name": "denetdm",
@@ -63,6 +63,7 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
         # a method yaml sets it from one of its own keys (jtt: method.id_epochs)
         positive_int(f"the epochs of phase {name} (method.phases.{name}.schedule_overrides.epochs)", over["epochs"])
     values = {k: over.get(k, cfg[source].get(k)) for k in SCHEDULE_KEYS}
+    values["drop_last"] = False if values["drop_last"] is None else values["drop_last"]  # configs from before it
     return Schedule(**values, seed=seed, selection=over.get("selection")).check(source)
 
 

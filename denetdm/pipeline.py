@@ -222,6 +222,11 @@ def _load_data(p: Plan) -> tuple[BiasedData, bool]:
     data = data.to(p.device, channels_last=channels_last)
     sizes = ", ".join(f"{len(s)} {name}" for name, s in {"train": data.train, **data.splits()}.items())
     log.info("%s: %s samples on %s", data.name, sizes, p.device)
+    target = p.config["model"]["target"]
+    log.info(
+        "setting: %s (target %s-%s%s)", p.config.get("experiment_name", "dataset_preset"), target.get("name"),
+        target.get("depth"), ", ImageNet-pretrained" if target.get("pretrained") else "",
+    )  # fmt: skip
     return data, channels_last
 
 

@@ -164,3 +164,13 @@ def test_the_sweeper_plugin_is_found_by_hydra_without_importing_optuna():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["hparams_search=depth_gap"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("DenetdmOptunaSweeper") and cfg.hydra.sweeper.records_failures
+
+
+@pytest.mark.parametrize("overrides,study", [
+    (["dataset=ccifar10"], "seeds-ccifar10-dataset_preset"),
+    (["experiment=paper_ccifar10"], "seeds-ccifar10-paper_ccifar10"),
+])  # fmt: skip
+def test_the_seeds_search_says_which_setting_it_runs(overrides, study):
+    cfg = compose_cfg([*overrides, "hparams_search=seeds"])
+    assert cfg.trial.study == study
+    assert cfg.model.target.get("pretrained") is (True if "experiment=paper_ccifar10" in overrides else None)

@@ -74,3 +74,37 @@ def test_damaged_cache_is_regenerated_and_the_data_root_is_untouched(tmp_path, c
     other = SyntheticShapes(cache_dir=str(tmp_path / "cache"), **{**kw, "severity": 3}).load()
     assert len(list((tmp_path / "cache").glob("synthetic-*.pt"))) == 2  # a new key per parameter set
     assert not torch.equal(other.train.x, first.train.x)
+
+
+class Counting(Constant):
+    """Counts the batches and samples it is trained on."""
+
+    def __init__(self) -> None:
+        super().__init__(0.5)
+        self.sizes: list[int] = []
+
+    def update(self, x, y, idx):
+        self.sizes.append(len(x))
+        return super().update(x, y, idx)
+
+
+def test_drop_last_drops_only_the_last_partial_batch(tmp_path):
+    kept, dropped = Counting(), Counting()
+    Trainer(tmp_path / "a", progress=False).fit("stage1", kept, tiny_data(), Schedule(2, 5, "only/acc", 0), {})
+    sched = Schedule(2, 5, "only/acc", 0, drop_last=True)
+    Trainer(tmp_path / "b", progress=False).fit("stage1", dropped, tiny_data(), sched, {})
+    assert kept.sizes == [5, 5, 5, 1] * 2  # 16 samples in batches of 5
+    assert dropped.sizes == [5, 5, 5] * 2
+
+
+def test_drop_last_with_a_batch_larger_than_the_data_is_one_clear_error(tmp_path):
+    import pytest
+
+    from denetdm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="stage1.drop_last=true drops every batch.*16 training images"):
+        Trainer(tmp_path, progress=False).fit(
+            "stage1", Counting(), tiny_data(), Schedule(2, 32, "only/acc", 0, drop_last=True), {}
+        )
+    with pytest.raises(ConfigError, match="stage1.drop_last must be true or false"):
+        Schedule(2, 4, "only/acc", 0, drop_last="yes").check("stage1")

@@ -101,6 +101,42 @@ def test_stage2_head_starts_from_stage1_and_only_the_target_moves():
     assert set(method.predict(torch.rand(2, *SHAPE))) == {"target"}
 
 
+def _bn_stage2(frozen_bn: str) -> DeNetDMStage2:
+    """Stage 2 over CNN experts, whose BatchNorm statistics can move."""
+    specs = {"deep": {"name": "resnet_cifar", "depth": 8}, "shallow": {"name": "cnn", "depth": 3},
+             "target": {"name": "cnn", "depth": 3}}  # fmt: skip
+    y = torch.arange(16) % 10
+    ctx = BuildContext(SHAPE, 10, 10, specs, Split(torch.rand(16, *SHAPE), y, y), ADAM, lr=1e-2)
+    torch.manual_seed(0)
+    return DeNetDMStage2.build(ctx, DeNetDMStage1.build(ctx), frozen_bn=frozen_bn)
+
+
+def _bn_stats(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k}
+
+
+@pytest.mark.parametrize("frozen_bn", ["eval", "train"])
+def test_frozen_deep_expert_batchnorm_eval_by_default_train_as_the_reference(frozen_bn):
+    method = _bn_stage2(frozen_bn)
+    deep, shallow = _bn_stats(method.stage1.deep), _bn_stats(method.stage1.shallow)
+    method.prepare(Split(torch.rand(16, *SHAPE), torch.arange(16) % 10, torch.arange(16) % 10), augmented=False)
+    assert (method._frozen is None) == (frozen_bn == "train")  # batch statistics: nothing can be cached
+    method.train()
+    assert method.stage1.deep.training == (frozen_bn == "train") and not method.stage1.shallow.training
+    method.update(torch.rand(16, *SHAPE), torch.arange(16) % 10, torch.arange(16))
+    moved = [not torch.equal(v, deep[k]) for k, v in _bn_stats(method.stage1.deep).items()]
+    assert any(moved) == (frozen_bn == "train")  # the reference's drift, only when asked for
+    assert all(torch.equal(v, shallow[k]) for k, v in _bn_stats(method.stage1.shallow).items())  # the teacher
+    assert all(not p.requires_grad for p in method.stage1.parameters())
+    method.eval()
+    assert not method.stage1.deep.training
+
+
+def test_frozen_bn_takes_eval_or_train():
+    with pytest.raises(ConfigError, match="stage2.frozen_bn must be eval or train"):
+        DeNetDMStage2.check("stage2", {}, frozen_bn="frozen")
+
+
 def test_stage2_loss_matches_the_protocol_formula_and_the_cache():
     x, y = torch.rand(32, *SHAPE), torch.randint(0, 10, (32,))
     w_poe, w_dist, t = 0.7, 0.3, 2.0

@@ -10,7 +10,11 @@ from denetdm.search import depth_gap_space
 from conftest import CONF, compose_cfg
 
 PAIRS = sorted(p.stem for p in (CONF / "backbone_depth").glob("*.yaml"))
-SHAPE = {"mlp": (3, 28, 28), "cnn3_resnet20": (3, 32, 32)}  # the others: small images, cheap to build
+SHAPE = {
+    "mlp": (3, 28, 28),
+    "cnn3_resnet20": (3, 32, 32),
+    "cnn4_resnet18": (3, 128, 128),
+}  # BFFHQ: 8 unpadded convs fit 128
 
 
 @pytest.mark.parametrize("pair", PAIRS)

@@ -57,8 +57,11 @@ class Split:
         keep[held] = False
         return self.take(keep.nonzero().flatten()), self.take(held)
 
-    def batches(self, batch_size: int, gen: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Yield (x, y, idx) batches: shuffled with `gen` when given, else in order (last batch kept)."""
+    def batches(
+        self, batch_size: int, gen: torch.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Yield (x, y, idx) batches: shuffled with `gen` when given (the last partial one dropped if asked),
+        else in order (all kept)."""
         n = len(self)
         if gen is None:
             for i in range(0, n, batch_size):
@@ -66,7 +69,7 @@ class Split:
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size], idx
             return
         perm = torch.randperm(n, generator=gen).to(self.y.device)
-        for i in range(0, n, batch_size):
+        for i in range(0, n - batch_size + 1 if drop_last else n, batch_size):
             idx = perm[i : i + batch_size]
             yield self.x[idx], self.y[idx], idx
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from denetdm.checks import number
 from denetdm.data.splits import Split
+from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
 
@@ -52,21 +53,27 @@ class DeNetDMStage2(Method):
         poe_weight: float = 1.0,
         dist_weight: float = 1.0,
         temperature: float = 2.0,
+        frozen_bn: str = "eval",
     ) -> None:
         super().__init__()
         self.stage1 = stage1.requires_grad_(False).eval()
         self.target = target
         self.poe_weight, self.dist_weight, self.temperature = poe_weight, dist_weight, temperature
+        self.frozen_bn = frozen_bn
         self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         if optimizer is not None:  # only the target extractor and its head are optimised
             self.optimizer = optimizer(target.parameters(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
-    def check(cls, phase: str, schedules: dict, poe_weight=1.0, dist_weight=1.0, temperature=2.0) -> None:
-        """The loss weights are numbers >= 0, the temperature > 0."""
+    def check(
+        cls, phase: str, schedules: dict, poe_weight=1.0, dist_weight=1.0, temperature=2.0, frozen_bn="eval"
+    ) -> None:
+        """The loss weights are numbers >= 0, the temperature > 0, frozen_bn eval or train."""
         number("stage2.poe_weight", poe_weight)
         number("stage2.dist_weight", dist_weight)
         number("stage2.temperature", temperature, strict=True)
+        if frozen_bn not in ("eval", "train"):
+            raise ConfigError(f"stage2.frozen_bn must be eval or train, got {frozen_bn!r}")
 
     @classmethod
     def build(cls, ctx: BuildContext, previous: Method | None = None, **hparams) -> "DeNetDMStage2":
@@ -78,7 +85,12 @@ class DeNetDMStage2(Method):
 
     def train(self, mode: bool = True) -> "DeNetDMStage2":
         super().train(mode)
-        self.stage1.eval()  # frozen experts never update BatchNorm statistics (the reference does; we don't)
+        self.stage1.eval()  # frozen experts keep their BatchNorm statistics (the paper's frozen expert) ...
+        if mode and self.frozen_bn == "train":
+            # ... unless asked to do what the reference code does: its model.train() also puts the frozen deep
+            # expert in train mode, so it normalises with batch statistics and its running ones drift.
+            self.stage1.deep.train()
+            self.stage1.deep_proj.train()
         return self
 
     @torch.no_grad()
@@ -92,7 +104,7 @@ class DeNetDMStage2(Method):
         # Without augmentation, the frozen experts see the same inputs every epoch: compute their outputs
         # once instead of once per epoch (this is most of the stage-2 cost on Colored MNIST).
         self._frozen = None
-        if not augmented:
+        if not augmented and self.frozen_bn == "eval":  # batch statistics make them depend on the batch
             outs = [self._frozen_outputs(x) for x, _, _ in train.batches(4096)]
             self._frozen = (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from denetdm.analysis.probes import ProbeSchedule
 from denetdm.checkpoint import atomic_save, load_checkpoint
 from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
@@ -104,6 +105,7 @@ class Trainer:
         selection: str = "val",
         progress: bool | None = None,
         label_free_metric: str = "acc",
+        probe: ProbeSchedule | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -112,6 +114,7 @@ class Trainer:
         self.label_free_metric = check_label_free_metric(label_free_metric)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.records = JsonLines(self.run_dir / "metrics.jsonl")
+        self.probe = (probe or ProbeSchedule()).check()
 
     def checkpoint_path(self, stage: str, which: str) -> Path:
         """Path of a stage's `last` or `selected` checkpoint."""
@@ -145,6 +148,10 @@ class Trainer:
             train = self._train_epoch(stage, epoch, method, data.train, schedule, gen, augment)
             t_train = time.time() - t0
             metrics = evaluate_all(method, data, stage)
+            if self.probe.due(epoch):  # analysis only: selection never reads these keys
+                t_probe = time.time()
+                metrics |= self.probe.measure(method, data, stage, epoch)
+                metrics[f"{stage}/time/probe_s"] = time.time() - t_probe
             state["elapsed_s"] += time.time() - t0
             record = {"stage": stage, "epoch": epoch, **train, **metrics, f"{stage}/time/train_s": t_train}
             record[f"{stage}/time/epoch_s"] = time.time() - t0

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from denetdm import phases as ph
+from denetdm.analysis.probes import ProbeSchedule
 from denetdm.checkpoint import load_checkpoint
 from denetdm.checks import number, positive_int
 from denetdm.cli import instantiate_checked
@@ -103,6 +104,7 @@ class Plan:
     schedules: dict[str, Schedule]
     protocol: Protocol
     objective_key: str
+    probe: ProbeSchedule
 
     @property
     def phases(self) -> dict[str, Mapping]:
@@ -196,7 +198,19 @@ def plan(cfg: DictConfig, run_dir: Path) -> Plan:
             f"selection={proto.name} needs a validation split with the training bias ratio: "
             "set dataset.biased_val_size (e.g. 1000)"
         )
-    return Plan(cfg, Path(run_dir), stages, device, config, schedules, proto, _objective_key(cfg, proto))
+    probe = _probe(cfg)
+    return Plan(cfg, Path(run_dir), stages, device, config, schedules, proto, _objective_key(cfg, proto), probe)
+
+
+def _probe(cfg: DictConfig) -> ProbeSchedule:
+    """`probe.*`: when the Trainer fits linear probes (off by default)."""
+    node = cfg.get("probe") or {}
+    probe = ProbeSchedule(node.get("every", 0), node.get("split", "val"), node.get("steps", 100), int(cfg.seed))
+    probe.check()
+    splits = [s for s in EVAL_SPLITS if s != "val_biased" or cfg.dataset.get("biased_val_size")]
+    if probe.split not in splits:
+        raise ConfigError(f"probe.split must be one of the evaluation splits {splits}, got {probe.split!r}")
+    return probe
 
 
 def _finished(p: Plan) -> dict | None:
@@ -323,7 +337,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         run_dir=str(p.run_dir), run_config=p.config
     )
     progress = None if cfg.progress == "auto" else cfg.progress
-    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric)
+    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe)
     results = _describe(p)
     with logger:
         results.update(StageRunner(p, data, channels_last, optimizer, trainer).run())

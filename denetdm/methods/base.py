@@ -80,3 +80,7 @@ class Method(nn.Module):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every readout head, by head name (the names the metrics are recorded under)."""
         raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Penultimate features by head name, for linear probes (`probe.every`); none by default."""
+        return {}

@@ -37,6 +37,10 @@ class DeNetDMStage1(Method):
         with self.autocast(x):
             return self.model.experts(x)
 
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        deep, shallow = self.model.features(x)
+        return {"shallow": shallow, "deep": deep}
+
 
 class DeNetDMStage2(Method):
     """Stage 2: a target model in a product of experts with the frozen deep expert, distilled from the
@@ -126,3 +130,6 @@ class DeNetDMStage2(Method):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):
             return {"target": self.target(x)}
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"target": self.target.features(x)}

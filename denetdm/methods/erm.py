@@ -47,3 +47,6 @@ class ERM(Method):
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):
             return {"target": self.model(x)}
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"target": self.model.extractor(x)}

@@ -1,0 +1,77 @@
+"""Linear probes and effective rank (denetdm.analysis.probes)."""
+
+import pytest
+import torch
+
+from denetdm.analysis.probes import class_mean_rank, effective_rank, probe_accuracy
+from denetdm.errors import ConfigError
+from denetdm.pipeline import train
+from denetdm.tracking import JsonLines
+
+from conftest import TINY, compose_cfg
+
+
+def _separable(n: int = 600, d: int = 20, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.randn(classes, d, generator=gen) * 5
+    return centres[y] + torch.randn(n, d, generator=gen) * 0.5, y
+
+
+def test_probe_decodes_separable_features_and_not_shuffled_labels():
+    x, y = _separable()
+    assert probe_accuracy(x, y, 4) > 0.98
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    assert abs(probe_accuracy(x, shuffled, 4) - 0.25) < 0.1  # chance: nothing to decode
+
+
+def test_probe_is_deterministic_and_seeded():
+    x, y = _separable()
+    noisy = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(5)) * 6
+    assert probe_accuracy(noisy, y, 4, seed=3) == probe_accuracy(noisy, y, 4, seed=3)
+    with pytest.raises(ConfigError, match="at least 4 samples"):
+        probe_accuracy(x[:3], y[:3], 4)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_effective_rank_of_a_rank_k_matrix_is_about_k(k):
+    gen = torch.Generator().manual_seed(k)
+    q, _ = torch.linalg.qr(torch.randn(200, k, generator=gen, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(50, k, generator=gen, dtype=torch.float64))
+    equal = (q - q.mean(0)) @ r.T  # k equal singular values (up to the centring)
+    assert effective_rank(equal) == pytest.approx(k, rel=0.05)
+    lowrank = torch.randn(200, k, generator=gen) @ torch.randn(k, 50, generator=gen)
+    assert 0.5 * k <= effective_rank(lowrank) <= k + 1e-6  # unequal singular values: at most k
+    assert effective_rank(torch.zeros(10, 5)) == 0.0
+
+
+def test_class_mean_rank_counts_the_directions_that_separate_the_values():
+    x, y = _separable(classes=4)
+    assert 2.0 < class_mean_rank(x, y, 4) <= 3.0 + 1e-6  # 4 centred means span at most 3 directions
+    flat = torch.zeros(len(y), 20)
+    flat[:, 0] = y.float()  # the values lie on one line
+    assert class_mean_rank(flat, y, 4) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_probes_every_k_epochs_are_recorded_deterministic_and_do_not_change_training(tmp_path):
+    args = [*TINY, "stage1.epochs=4", "stage2.epochs=1"]
+    plain = train(compose_cfg(args), tmp_path / "plain")
+    probed = [train(compose_cfg([*args, "probe.every=2"]), tmp_path / f"p{i}") for i in range(2)]
+    records = [list(JsonLines(tmp_path / f"p{i}" / "metrics.jsonl").read()) for i in range(2)]
+    stage1 = [r for r in records[0] if r["stage"] == "stage1"]
+    keys = {f"stage1/{h}/probe/{a}" for h in ("shallow", "deep") for a in ("y", "b")}
+    assert [bool(keys <= set(r)) for r in stage1] == [False, True, False, True]  # epochs 2 and 4
+    assert all(0.0 <= stage1[1][k] <= 1.0 for k in keys)
+
+    def untimed(r: dict) -> dict:
+        return {k: v for k, v in r.items() if "/time/" not in k}
+
+    assert [untimed(r) for r in records[0]] == [untimed(r) for r in records[1]]  # same config, same numbers
+    assert probed[0]["test/acc_unbiased"] == plain["test/acc_unbiased"]  # probes never touch training
+
+
+def test_bad_probe_values_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="probe.every"):
+        train(compose_cfg([*TINY, "probe.every=-1"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="probe.split"):
+        train(compose_cfg([*TINY, "probe.split=val_biased"]), tmp_path / "b")

@@ -1,4 +1,5 @@
-"""PNG plots of a sweep: shallow x deep heatmaps, the optimisation history, and stage-1 curves per epoch."""
+"""PNG plots of a sweep: shallow x deep heatmaps, the optimisation history, stage-1 curves and linear-probe
+decodability per epoch."""
 
 import statistics
 from pathlib import Path
@@ -131,6 +132,47 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
     return _save(fig, path)
 
 
+def _probe_series(runs: list, stage: str, head: str, attr: str) -> tuple[list[int], np.ndarray] | None:
+    """Epochs and (runs x epochs) probe accuracies (%) of one head and attribute, over the epochs all runs share."""
+    key = f"{stage}/{head}/probe/{attr}"
+    per_run = [{e["epoch"]: 100 * e[key] for e in r.epochs() if e.get("stage") == stage and finite(e.get(key))}
+               for r in runs]  # fmt: skip
+    epochs = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
+    return (epochs, np.array([[d[e] for e in epochs] for d in per_run])) if epochs else None
+
+
+def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | None:
+    """Linear decodability of the class (core) and the bias from each expert's features per epoch
+    (`probe.every`): the mean over runs of one depth pair, with a band from the lowest to the highest run."""
+    heads = ("shallow", "deep") if stage == "stage1" else ("target",)
+    by_pair: dict[tuple[int, int], list] = {}
+    for r in coll.runs:
+        if _probe_series([r], stage, heads[0], "y"):
+            by_pair.setdefault(r.pair, []).append(r)
+    if not by_pair:
+        return None
+    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), sharey=True, squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        for i, (pair, runs) in enumerate(sorted(by_pair.items())):
+            for attr, style, name in (("y", "-", "core (class)"), ("b", "--", "bias")):
+                series = _probe_series(runs, stage, head, attr)
+                if series is None:
+                    continue
+                xs, ys = series
+                colour = plt.get_cmap("tab10")(i % 10)
+                label = f"{name}, shallow {pair[0]} / deep {pair[1]} (n={len(runs)})"
+                ax.plot(xs, ys.mean(0), style, color=colour, marker="o", ms=3, label=label)
+                if len(runs) > 1:
+                    ax.fill_between(xs, ys.min(0), ys.max(0), color=colour, alpha=0.15)
+        ax.set_title(f"{stage}: {head} expert" if stage == "stage1" else f"{stage}: {head}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("linear probe accuracy, held out (%)")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:
     """Write every plot that the runs have data for; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,5 +180,6 @@ def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:
         heatmap(coll, out_dir / "depth_heatmap.png"),
         history(coll, sweep_dir, out_dir / "history.png"),
         stage1_curves(coll, out_dir / "stage1_curves.png"),
+        probe_curves(coll, out_dir / "probes_stage1.png"),
     ]
     return [p for p in made if p is not None]

@@ -75,3 +75,17 @@ def test_bad_probe_values_are_one_clear_error(tmp_path):
         train(compose_cfg([*TINY, "probe.every=-1"]), tmp_path / "a")
     with pytest.raises(ConfigError, match="probe.split"):
         train(compose_cfg([*TINY, "probe.split=val_biased"]), tmp_path / "b")
+
+
+def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
+    from denetdm.plots import probe_curves
+    from denetdm.runs import collect
+
+    for seed in (0, 1):
+        train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=2", "probe.every=1", f"seed={seed}"]),
+              tmp_path / "sweep" / str(seed))  # fmt: skip
+    assert probe_curves(collect([tmp_path / "sweep" / "0"]), tmp_path / "one.png") is not None  # a single run
+    out = probe_curves(collect([tmp_path / "sweep"]), tmp_path / "two.png")  # mean and band over the seeds
+    assert out is not None and out.stat().st_size > 10_000
+    train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=1"]), tmp_path / "plain")
+    assert probe_curves(collect([tmp_path / "plain"]), tmp_path / "none.png") is None  # no probes, no figure

@@ -70,6 +70,9 @@ class NullLogger:
     def summary(self, results: dict) -> None:
         """Final results."""
 
+    def image(self, key: str, path: Path) -> None:
+        """A picture the run made (a PNG file)."""
+
 
 class WandbLogger(NullLogger):
     """One W&B run per job, offline unless WANDB_MODE says otherwise, always finished."""
@@ -138,6 +141,12 @@ class WandbLogger(NullLogger):
             for k, v in results.items():
                 if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
                     self.run.summary[k] = v
+
+    def image(self, key: str, path: Path) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Image(str(path))})
 
 
 def log_sweep_summary(

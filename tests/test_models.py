@@ -24,7 +24,7 @@ def test_every_backbone_maps_images_to_num_features(name):
     assert out.shape == (4, model.num_features)
 
 
-@pytest.mark.parametrize("depth", [2, 3, 5, 8])
+@pytest.mark.parametrize("depth", [1, 2, 3, 5, 8])
 def test_mlp_depth_counts_linear_layers_with_the_head(depth):
     model = TwoExpertModel(create_backbone("mlp", SHAPE, depth=depth), create_backbone("mlp", SHAPE, depth=2), 10)
     linears = [m for m in model.deep.modules() if isinstance(m, nn.Linear)]
@@ -33,7 +33,9 @@ def test_mlp_depth_counts_linear_layers_with_the_head(depth):
 
 def test_bad_depth_is_a_config_error():
     with pytest.raises(ConfigError, match="depth"):
-        create_backbone("mlp", SHAPE, depth=1)
+        create_backbone("mlp", SHAPE, depth=0)
+    linear = create_backbone("mlp", SHAPE, depth=1)  # the head alone: a linear model on the pixels
+    assert linear.num_features == 3 * 32 * 32 and not any(isinstance(m, nn.Linear) for m in linear.modules())
     with pytest.raises(ConfigError, match="unknown backbone"):
         create_backbone("nope", SHAPE)
 

@@ -89,3 +89,38 @@ def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
     assert out is not None and out.stat().st_size > 10_000
     train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=1"]), tmp_path / "plain")
     assert probe_curves(collect([tmp_path / "plain"]), tmp_path / "none.png") is None  # no probes, no figure
+
+
+def test_depth_analysis_runs_end_to_end_on_tiny_data(tmp_path):
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from denetdm.analysis.depth import analyse
+    from denetdm.cli import CONF
+
+    overrides = ["dataset=synthetic", "dataset.train_size=300", "dataset.test_size=100", "dataset.val_size=100",
+                 "analysis.depths=[1,2,3]", "analysis.seeds=2", "analysis.epochs=1", "analysis.steps=20",
+                 "logger=none"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="depth", overrides=overrides)
+    result = analyse(cfg, tmp_path / "d")
+    saved = json.loads((tmp_path / "d" / "depth.json").read_text())
+    assert saved["depths"] == [1, 2, 3] and len(saved["rows"]) == 3 * 2 * 2  # depths x seeds x (init, trained)
+    assert (tmp_path / "d" / "depth.png").stat().st_size > 10_000
+    one = saved["rows"][0]
+    assert 0 <= one["probe_y"] <= 1 and 0 <= one["probe_b"] <= 1 and one["rank"] >= one["rank_y"] > 0
+    assert saved["summary"]["trained"]["probe_y"]["2"][2] == 2  # n per cell
+    assert result["rows"] == saved["rows"]
+    # depth 1 is the linear model on the pixels: nothing to train below the head, same features before and after
+    d1 = [r for r in saved["rows"] if r["depth"] == 1 and r["seed"] == 0]
+    assert d1[0]["rank"] == d1[1]["rank"]
+
+
+def test_depth_analysis_bad_values_are_one_error_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "denetdm.analysis.depth", "dataset=synthetic", "analysis.depths=[a]",
+                           "logger=none", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: analysis.depths")

@@ -30,16 +30,16 @@ class MLP(nn.Sequential):
         for i in range(depth - 1):
             layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU()]
         super().__init__(*layers)
-        self.num_features = width
+        self.num_features = width if depth > 1 else in_features  # depth 1: the head alone, a linear model
 
 
 @register_backbone("mlp")
 def mlp(input_shape: tuple[int, ...], depth: int = 5, width: int = 100, input_scale: float = 1.0) -> nn.Module:
     """MLP extractor whose `depth` counts Linear layers including the shared head (paper: deep 5, shallow 3);
     `input_scale` multiplies its input first (1/255: the LfF reference's quirk, docs/protocols.md §8)."""
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 2:
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ConfigError(
-            f"mlp depth counts Linear layers including the head and must be an integer >= 2, got {depth!r}"
+            f"mlp depth counts Linear layers including the head and must be an integer >= 1, got {depth!r}"
         )
     if not isinstance(width, int) or width < 1:
         raise ConfigError(f"mlp width must be a positive integer, got {width!r}")

@@ -299,7 +299,17 @@ class StageRunner:
         final = self.p.config["method"]["final"]
         if final["phase"] in run:
             self.results.update(final_results(self.results, final["phase"], final["head"]))
+        self.results.update(separation(self.results))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
+
+
+def separation(results: dict, phase: str = "stage1") -> dict:
+    """How far a phase's shallow and deep heads split (validation conflicting accuracy, shallow minus deep):
+    `<phase>/separation` where both heads were measured, else nothing."""
+    shallow, deep = (results.get(f"{phase}/{h}/val/acc_conflicting") for h in ("shallow", "deep"))
+    if isinstance(shallow, float) and isinstance(deep, float):
+        return {f"{phase}/separation": shallow - deep}
+    return {}
 
 
 def _describe(p: Plan) -> dict:

@@ -58,10 +58,13 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
         for i, s in enumerate(shallows):
             for j, d in enumerate(deeps):
-                if d <= s:  # not a legal pair
+                if d < s or (d == s and not counts[i, j]):  # not a legal pair (equal: only a control run)
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="white"))
                 elif counts[i, j]:
-                    ax.text(j, i, f"{grid[i, j]:.1f}\n(n={counts[i, j]})", ha="center", va="center", fontsize=8,
+                    if d == s:  # the control without a depth gap (search.allow_equal): hatched, marked "="
+                        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0))
+                    text = ("= " if d == s else "") + f"{grid[i, j]:.1f}\n(n={counts[i, j]})"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="white" if grid[i, j] < np.nanmean(grid) else "black")  # fmt: skip
         ax.set_xticks(range(len(deeps)), deeps)
         ax.set_yticks(range(len(shallows)), shallows)
@@ -69,7 +72,8 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
         ax.set_ylabel("shallow depth")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
-    fig.suptitle("mean over runs per depth pair (grey: not run; white: deep <= shallow)", fontsize=9)
+    fig.suptitle("mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth "
+                 "control)", fontsize=9)  # fmt: skip
     return _save(fig, path)
 
 
@@ -132,6 +136,29 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
     return _save(fig, path)
 
 
+def separation_plot(coll: Collection, path: Path) -> Path | None:
+    """Stage-1 separation (shallow minus deep validation conflicting accuracy) against the depth gap, a point per
+    run, equal-depth controls marked; None without such runs."""
+    pts = [(r.pair[1] - r.pair[0], 100 * r.results["stage1/separation"]) for r in coll.runs
+           if len(r.depths) == 2 and finite(r.results.get("stage1/separation"))]  # fmt: skip
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    gaps = sorted({g for g, _ in pts})
+    means = [statistics.fmean(v for g2, v in pts if g2 == g) for g in gaps]
+    ax.plot(gaps, means, "-", color="grey", alpha=0.6, label="mean per gap")
+    ax.scatter([g for g, _ in pts if g != 0], [v for g, v in pts if g != 0], s=18, label="runs")
+    if any(g == 0 for g, _ in pts):
+        ax.scatter([0 for g, _ in pts if g == 0], [v for g, v in pts if g == 0], s=40, marker="x", color="red",
+                   label="equal depth (control)")  # fmt: skip
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("depth gap (deep - shallow)")
+    ax.set_ylabel("stage-1 separation: shallow - deep\nval conflicting acc. (points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def _probe_series(runs: list, stage: str, head: str, attr: str) -> tuple[list[int], np.ndarray] | None:
     """Epochs and (runs x epochs) probe accuracies (%) of one head and attribute, over the epochs all runs share."""
     key = f"{stage}/{head}/probe/{attr}"
@@ -181,5 +208,6 @@ def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:
         history(coll, sweep_dir, out_dir / "history.png"),
         stage1_curves(coll, out_dir / "stage1_curves.png"),
         probe_curves(coll, out_dir / "probes_stage1.png"),
+        separation_plot(coll, out_dir / "separation.png"),
     ]
     return [p for p in made if p is not None]

@@ -134,6 +134,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                 log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
             else:
                 value, error = _value(returns[trial.number])
+                row |= _trial_facts(returns[trial.number], trial.params)
                 row["job"] = self.job_idx
                 self.job_idx += 1
             state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
@@ -172,6 +173,23 @@ def _params_override(params: dict) -> str:
     return (
         "trial.params={" + ",".join(f"{k}:{v!r}" if isinstance(v, str) else f"{k}:{v}" for k, v in params.items()) + "}"
     )
+
+
+def _trial_facts(ret: Any, params: dict) -> dict:
+    """What trials.jsonl adds to a launched trial: its stage-1 separation (results.json) and whether it is
+    an equal-depth control."""
+    facts: dict = {}
+    if params.get("model.shallow.depth") is not None and params.get("model.shallow.depth") == params.get(
+        "model.deep.depth"
+    ):
+        facts["equal_depth"] = True
+    try:
+        results = json.loads((Path(ret.hydra_cfg.hydra.runtime.output_dir) / "results.json").read_text())
+        if "stage1/separation" in results:
+            facts["separation"] = results["stage1/separation"]
+    except Exception:  # a failed job has no results: its error is recorded instead
+        pass
+    return facts
 
 
 def _value(ret: Any) -> tuple[float | None, str | None]:

@@ -17,6 +17,8 @@ from denetdm.selection import PROTOCOLS, SYNONYMS
 
 PUBLISHED = Path(__file__).with_name("published.yaml")  # the paper's Tables 1 and 2 (docs/protocols.md §7)
 
+EQUAL_DEPTH_MARK = " [equal depth]"  # the control without a depth gap (search.allow_equal)
+
 
 @dataclass
 class Cell:
@@ -51,11 +53,13 @@ class Table:
     names: dict[str, str] = field(default_factory=dict)  # row label -> method name (conf/method/<name>.yaml)
 
     def row_label(self, row: tuple[str, tuple[int, ...]]) -> str:
-        """The method's label, with its depths where the table holds several for it."""
+        """The method's label, with its depths where the table holds several for it; an equal-depth pair (the
+        control without a depth gap) is marked."""
         label, depths = row
+        mark = EQUAL_DEPTH_MARK if len(depths) == 2 and depths[0] == depths[1] else ""
         if sum(r[0] == label for r in self.rows) < 2:
-            return label
-        return f"{label} ({', '.join(map(str, depths))})"
+            return label + mark
+        return f"{label} ({', '.join(map(str, depths))}){mark}"
 
     def col_label(self, col: tuple[str, str, str, float]) -> str:
         """Dataset, severity and ratio, and the protocol where the table holds several."""
@@ -222,11 +226,12 @@ FORMATS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
 def runs_table(coll: Collection) -> tuple[list[str], list[list]]:
     """One row per run (trial, params, objective, key metrics): the W&B table of a sweep."""
     keys = ["val/acc_unbiased", "test/acc_unbiased", "test/acc_conflicting", "stage1/shallow/val/acc_conflicting"]
-    keys.append("stage1/deep/val/acc_conflicting")
-    columns = ["run", "trial", "seed", "shallow", "deep", "params", *keys]
+    keys += ["stage1/deep/val/acc_conflicting", "stage1/separation"]
+    columns = ["run", "trial", "seed", "shallow", "deep", "equal_depth", "params", *keys]
     rows = []
     for run in coll.runs:
         params = json.dumps((run.config.get("trial") or {}).get("params") or {}, sort_keys=True)
         vals = [run.results.get(k) for k in keys]
-        rows.append([coll.rel(run.path), run.trial, run.results.get("seed"), *run.pair, params, *vals])
+        equal = run.pair[0] == run.pair[1]
+        rows.append([coll.rel(run.path), run.trial, run.results.get("seed"), *run.pair, equal, params, *vals])
     return columns, rows

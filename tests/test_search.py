@@ -46,3 +46,49 @@ def test_a_search_range_without_a_deeper_choice_is_a_clear_error():
     trial = optuna.create_study().ask()
     with pytest.raises(ConfigError, match="search.deep"):
         depth_gap_space(cfg, trial)
+
+
+def _sampled_pairs(overrides: list[str], n: int = 40) -> set[tuple[int, int]]:
+    cfg = compose_cfg(["hparams_search=depth_gap", *overrides])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    pairs = set()
+    for _ in range(n):
+        trial = study.ask()
+        depth_gap_space(cfg, trial)
+        pairs.add((trial.params["model.shallow.depth"], trial.params["model.deep.depth"]))
+        study.tell(trial, 0.0)
+    return pairs
+
+
+def test_equal_depths_are_sampled_only_when_allowed():
+    ranges = ["search.shallow.low=2", "search.shallow.high=4", "search.deep.low=2", "search.deep.high=4"]
+    assert all(d > s for s, d in _sampled_pairs(ranges))
+    allowed = _sampled_pairs([*ranges, "search.allow_equal=true"])
+    assert all(d >= s for s, d in allowed) and any(d == s for s, d in allowed)
+    assert (4, 4) in allowed  # the top shallow depth is legal once an equal deep depth is
+    with pytest.raises(ConfigError, match="search.allow_equal"):
+        _sampled_pairs([*ranges, "search.allow_equal=maybe"], n=1)
+
+
+def test_equal_depth_runs_are_marked_in_tables_and_plots(tmp_path):
+    from denetdm.pipeline import train
+    from denetdm.plots import heatmap, separation_plot
+    from denetdm.runs import collect
+    from denetdm.tables import EQUAL_DEPTH_MARK, build_table, runs_table
+
+    from conftest import TINY
+
+    for s, d in ((2, 2), (2, 4)):
+        args = [*TINY, "backbone_depth=mlp", f"model.shallow.depth={s}", f"model.deep.depth={d}", "stage=stage1"]
+        results = train(compose_cfg([*args, "stage1.epochs=1"]), tmp_path / f"{s}-{d}")
+        sep = results["stage1/shallow/val/acc_conflicting"] - results["stage1/deep/val/acc_conflicting"]
+        assert results["stage1/separation"] == pytest.approx(sep)
+    coll = collect([tmp_path])
+    table = build_table(coll, "stage1/shallow/test/acc_conflicting", ["val"])
+    assert sorted(table.row_label(r) for r in table.rows) == sorted(
+        ["DeNetDM (2, 2)" + EQUAL_DEPTH_MARK, "DeNetDM (2, 4)"]
+    )
+    columns, rows = runs_table(coll)
+    assert sorted(r[columns.index("equal_depth")] for r in rows) == [False, True]
+    assert heatmap(coll, tmp_path / "h.png") is not None and separation_plot(coll, tmp_path / "s.png") is not None

@@ -181,14 +181,14 @@ def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | 
     fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 4), sharey=True, squeeze=False)
     for ax, head in zip(axes[0], heads):
         for i, (pair, runs) in enumerate(sorted(by_pair.items())):
-            for attr, style, name in (("y", "-", "core (class)"), ("b", "--", "bias")):
+            for attr, style, name in (("y", "-o", "core (class)"), ("b", "--s", "bias")):
                 series = _probe_series(runs, stage, head, attr)
                 if series is None:
                     continue
                 xs, ys = series
                 colour = plt.get_cmap("tab10")(i % 10)
                 label = f"{name}, shallow {pair[0]} / deep {pair[1]} (n={len(runs)})"
-                ax.plot(xs, ys.mean(0), style, color=colour, marker="o", ms=3, label=label)
+                ax.plot(xs, ys.mean(0), style, color=colour, ms=3, label=label)
                 if len(runs) > 1:
                     ax.fill_between(xs, ys.min(0), ys.max(0), color=colour, alpha=0.15)
         ax.set_title(f"{stage}: {head} expert" if stage == "stage1" else f"{stage}: {head}")
@@ -196,7 +196,7 @@ def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | 
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("linear probe accuracy, held out (%)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, handlelength=3.5)
     return _save(fig, path)
 
 

@@ -128,21 +128,21 @@ def plot(result: dict, path: Path) -> Path:
               (axes[2], (("rank_y", "class means"), ("rank_b", "bias-value means")),
                "effective rank of an attribute's means", 1))  # fmt: skip
     for ax, measures, ylabel, scale in panels:
-        for phase, style in (("init", "--"), ("trained", "-")):
+        for phase, style in (("init", "--s"), ("trained", "-o")):
             for i, (m, name) in enumerate(measures):
                 s = result["summary"][phase][m]
                 xs = [int(d) for d in s]
                 mean = [scale * v[0] for v in s.values()]
                 std = [scale * v[1] for v in s.values()]
                 colour = plt.get_cmap("tab10")(i)
-                ax.plot(xs, mean, style, marker="o", ms=3, color=colour, label=f"{name}, {phase}")
+                ax.plot(xs, mean, style, ms=3, color=colour, label=f"{name}, {phase}")
                 ax.fill_between(xs, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
                                 color=colour, alpha=0.12)  # fmt: skip
         ax.set_xlabel(f"depth ({result['family']})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, handlelength=3.5)
     n = result["analysis"]["seeds"]
     fig.suptitle(f"{result['dataset']}: {result['family']} by depth, at init and after "
                  f"{result['analysis']['epochs']} ERM epochs (mean +- std over {n} seeds)", fontsize=10)  # fmt: skip

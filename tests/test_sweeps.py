@@ -53,8 +53,8 @@ def _trials(sweep_dir):
     return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
 
 
-# with seed 0, TPE samples shallow depth 1 (an illegal MLP depth) in trial 4 of this space, and (2, 3) in the others
-BAD_DEPTHS = ["hparams_search=depth_gap", "search.shallow.low=1", "search.shallow.high=2", "search.deep.low=3",
+# with seed 0, TPE samples shallow depth 0 (an illegal MLP depth) in trial 4 of this space, and (1, 3) in the others
+BAD_DEPTHS = ["hparams_search=depth_gap", "search.shallow.low=0", "search.shallow.high=1", "search.deep.low=3",
               "search.deep.high=3", "hydra.sweeper.n_trials=6"]  # fmt: skip
 
 
@@ -65,7 +65,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     trials = _trials(sweep)
     assert [t["number"] for t in trials] == list(range(6))
     failed = [t for t in trials if t["state"] == "FAIL"]
-    assert failed and all(t["params"]["model.shallow.depth"] == 1 for t in failed)
+    assert failed and all(t["params"]["model.shallow.depth"] == 0 for t in failed)
     assert all("mlp depth" in t["error"] for t in failed)
     for t in failed:  # each failed trial's error is in its own log
         assert "trial failed: mlp depth" in (sweep / str(t["job"]) / "run.log").read_text()
@@ -92,7 +92,7 @@ def test_too_many_failures_stop_the_sweep_with_one_line_and_keep_the_finished_tr
 
 def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *TINY, "model.shallow.depth=1,3", "stage1.epochs=1", "stage2.epochs=1",
+    proc = run_cli(["-m", *TINY, "model.shallow.depth=0,3", "stage1.epochs=1", "stage2.epochs=1",
                     f"hydra.sweep.dir={sweep}"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (sweep / "1" / "results.json").exists() and not (sweep / "0" / "results.json").exists()

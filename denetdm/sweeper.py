@@ -6,6 +6,12 @@ of `n_jobs` trials, so with `n_jobs=1` the first failing trial ended the sweep; 
 more than `floor(max_failure_rate * n_trials)` trials have failed. Each job gets its trial number, study and
 sampled values in its config (`trial.*`); every trial is a line of `trials.jsonl`; a repeat of a finished
 trial is answered from the study; several workers can open one study at once.
+
+Resumable: the study lives in `<sweep dir>/study.db` unless `storage` says otherwise, and every trial carries
+its sweep directory and job number as user attributes. Running the same command again continues the study
+until this sweep directory has `n_trials` COMPLETE (or PRUNED) trials; trials a killed sweep left RUNNING are
+marked FAIL (with the reason) and their values tried again in their own run directories, which resume from
+their last finished epoch. trials.jsonl and optimization_results.yaml are rewritten from the study.
 """
 
 import functools
@@ -18,15 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
+from denetdm.atomic import atomic_write
 from denetdm.errors import DenetdmError
-from denetdm.tracking import JsonLines
+from denetdm.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
+_FINISHED = (_COMPLETE, optuna.trial.TrialState.PRUNED)  # what n_trials counts
 
 
 def create_or_load_study(study_name: str | None, storage: str | None, sampler: Any, direction: str) -> optuna.Study:
@@ -77,34 +86,85 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         return {k: v for k, v in dists.items() if k not in fixed}, fixed
 
     def sweep(self, arguments: list[str]) -> None:
-        """Ask, launch and tell in batches of n_jobs until n_trials ran or too many failed."""
+        """Ask, launch and tell in batches of n_jobs until this sweep directory has n_trials finished trials
+        or too many failed."""
         directions = self._get_directions()
         if len(directions) != 1:
             sys.exit("error: denetdm sweeps optimise one objective; set hydra.sweeper.direction=maximize")
         dists, fixed = self._search_space(arguments)
-        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0])
-        log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        record = JsonLines(sweep_dir / "trials.jsonl")
+        self.storage = self.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0])
+        self.sweep_key = str(sweep_dir.resolve())
+        log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
+        self.retries, self.retried = self._recover(study)
+        jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
+        self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
-        failed = done = 0
-        while done < self.n_trials:
-            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - done))]
-            overrides = self._trial_overrides(study, trials, dists, fixed)
-            rows = self._run_batch(study, trials, overrides)
-            for row in rows:
-                record.append(row)
-            failed += sum(row["state"] == "FAIL" for row in rows)
-            done += len(trials)
-            self._check_failures(study, sweep_dir, failed, done, record.path)
+        while (left := self.n_trials - self._count(study, _FINISHED)) > 0:
+            trials = [study.ask() for _ in range(min(self.n_jobs, left))]
+            for t in trials:
+                t.set_user_attr("sweep_dir", self.sweep_key)
+                fixed_params = t.system_attrs.get("fixed_params")  # an enqueued retry of an interrupted trial
+                if fixed_params is not None and _key(fixed_params) in self.retried:
+                    t.set_user_attr("retry_of", self.retried.pop(_key(fixed_params)))
+            self._run_batch(study, trials, self._trial_overrides(study, trials, dists, fixed))
+            write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+            self._check_failures(study, sweep_dir)
+        write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
         self._save_best(study, sweep_dir)
+
+    def _reseed(self, index: int) -> None:
+        """Seed the sampler for the index-th fresh trial of this sweep directory from the sampler seed, so a
+        resumed sweep draws what an uninterrupted one would (optuna 2.10's samplers keep their generator in
+        `_rng`; a sampler without one, or an unseeded sweep, is left as it is)."""
+        seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
+        if seed is None:
+            return
+        for i, sampler in enumerate((self.sampler, getattr(self.sampler, "_random_sampler", None))):
+            if sampler is not None and hasattr(sampler, "_rng"):
+                sampler._rng = np.random.RandomState(derive_seed(seed, f"trial-{index}-{i}") % 2**32)
+
+    def _own(self, study: optuna.Study) -> list:
+        """This sweep directory's trials (other workers of a shared study have theirs)."""
+        return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep_dir") == self.sweep_key]
+
+    def _count(self, study: optuna.Study, states: tuple) -> int:
+        return sum(t.state in states and not t.user_attrs.get("interrupted") for t in self._own(study))
+
+    def _recover(self, study: optuna.Study) -> tuple[dict[str, int], dict[str, int]]:
+        """Trials a killed sweep of this directory left RUNNING: marked FAIL with the reason, their values queued
+        again; returns {values: the job (run directory) to resume them in}, {values: the trial they retry}."""
+        retries, retried = {}, {}
+        for t in self._own(study):
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            storage = study._storage  # optuna 2.10 has no public way to end another process's trial
+            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_user_attr(t._trial_id, "error", "left RUNNING by an interrupted sweep; tried again")
+            storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
+            if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
+                storage.set_trial_user_attr(t._trial_id, "not_drawn", True)
+                continue
+            study.enqueue_trial(t.params)
+            retried[_key(t.params)] = t.number
+            if "job" in t.user_attrs:
+                retries[_key(t.params)] = t.user_attrs["job"]
+            log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
+        return retries, retried
 
     def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
         """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
         try:
-            configured = self._configure_trials(trials, dists, fixed)
+            configured = []
+            for t in trials:  # one at a time, the sampler seeded for each fresh trial
+                if "retry_of" not in t.user_attrs:  # the how-many-th fresh trial of this directory it is
+                    fresh = [o for o in self._own(study) if o.number <= t.number and not {"retry_of", "not_drawn"}
+                             & set(o.user_attrs)]  # fmt: skip
+                    self._reseed(len(fresh) - 1)
+                configured += self._configure_trials([t], dists, fixed)
         except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
             for t in trials:  # not left RUNNING in a shared study
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
@@ -115,44 +175,58 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
             for t, o in zip(trials, configured)
         ]
 
-    def _run_batch(self, study: optuna.Study, trials: list, overrides: list[tuple]) -> list[dict]:
-        """Launch the trials that are not repeats, tell the study every result; the trials.jsonl rows."""
+    def _launch(self, todo: list[tuple]) -> dict[int, Any]:
+        """Launch the trials; a retried one in its old run directory (its job number), the rest in new ones."""
+        returns: dict[int, Any] = {}
+        fresh = [(t, o) for t, o in todo if _key(t.params) not in self.retries]
+        for t, o in todo:
+            if (job := self.retries.pop(_key(t.params), None)) is not None:
+                t.set_user_attr("job", job)
+                returns[t.number] = self.launcher.launch([o], job)[0]
+        for i, (t, _) in enumerate(fresh):  # before launching: a kill leaves the trial's run directory known
+            t.set_user_attr("job", self.job_idx + i)
+        if fresh:
+            for t, ret in zip([t for t, _ in fresh], self.launcher.launch([o for _, o in fresh], self.job_idx)):
+                returns[t.number] = ret
+            self.job_idx += len(fresh)
+        return returns
+
+    def _run_batch(self, study: optuna.Study, trials: list, overrides: list[tuple]) -> None:
+        """Launch the trials that are not repeats and tell the study every result, with its facts as user
+        attributes (error, repeat_of, separation, equal_depth)."""
         # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from the
         # study: the same config gives the same numbers, so training it again would only cost time
         known: dict[str, optuna.trial.FrozenTrial] = {}
         for t in study.get_trials(deepcopy=False, states=(_COMPLETE,)):
             known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
         repeats = {t.number: known.get(_key(t.params)) for t in trials}
-        todo = [(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None]
-        launched = self.launcher.launch([o for _, o in todo], self.job_idx) if todo else []
-        returns = dict(zip([t.number for t, _ in todo], launched))
-        rows = []
+        returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
         for trial in trials:
-            row = {"number": trial.number, "study": study.study_name, "params": trial.params}
             if (twin := repeats[trial.number]) is not None:
-                value, error, row["repeat_of"] = twin.value, None, twin.number
+                value, error = twin.value, None
+                trial.set_user_attr("repeat_of", twin.number)
                 log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
             else:
                 value, error = _value(returns[trial.number])
-                row |= _trial_facts(returns[trial.number], trial.params)
-                row["job"] = self.job_idx
-                self.job_idx += 1
+                for k, v in _trial_facts(returns[trial.number], trial.params).items():
+                    trial.set_user_attr(k, v)
+            if error is not None:
+                trial.set_user_attr("error", error)
+                log.warning("trial %d failed: %s", trial.number, error)
             state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
             study.tell(trial, value if error is None else None, state=state)
-            if error is not None:
-                log.warning("trial %d failed: %s", trial.number, error)
-            rows.append(row | {"state": state.name, "value": value, "error": error})
-        return rows
 
-    def _check_failures(self, study: optuna.Study, sweep_dir: Path, failed: int, done: int, record: Path) -> None:
+    def _check_failures(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
         limit = math.floor(self.max_failure_rate * self.n_trials)
+        failed = self._count(study, (optuna.trial.TrialState.FAIL,))
         if failed > limit:
             self._save_best(study, sweep_dir)
+            done = len([t for t in self._own(study) if not t.user_attrs.get("interrupted")])
             sys.exit(
                 f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                f"of n_trials={self.n_trials} allows ({limit}); the errors are in {record} and in each "
-                "failed job's run.log"
+                f"of n_trials={self.n_trials} allows ({limit}); the errors are in {sweep_dir / 'trials.jsonl'} "
+                "and in each failed job's run.log"
             )
 
     def _save_best(self, study: optuna.Study, sweep_dir: Path) -> None:
@@ -162,6 +236,19 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         if not summary["n_complete"]:
             sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
         log.info("Best trial %d: value %s, params %s", out["best_trial"], out["best_value"], out["best_params"])
+
+
+def write_trials(trials: list, study_name: str, path: Path) -> None:
+    """trials.jsonl, rewritten from the study: a line per trial of this sweep directory, by number."""
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        row = {"number": t.number, "study": study_name, "params": t.params, "state": t.state.name, "value": t.value}
+        row["error"] = t.user_attrs.get("error")
+        # the facts this loop records (fixed config values, which the plugin also keeps there, have dots)
+        row |= {k: v for k, v in t.user_attrs.items() if k not in ("sweep_dir", "error") and "." not in k}
+        rows.append(row)
+    with atomic_write(path) as f:
+        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def _key(params: dict) -> str:

@@ -1,0 +1,109 @@
+"""Kills and damage, and what a rerun recovers: sweeps that survive a SIGKILL at any moment."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, TINY, run_cli
+
+SWEEP = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=4", *TINY, "stage1.epochs=3", "stage2.epochs=2",
+         "threads=1"]  # fmt: skip
+
+
+def _trials(sweep_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
+
+
+def _sweep(sweep_dir: Path) -> None:
+    proc = run_cli([*SWEEP, f"hydra.sweep.dir={sweep_dir}"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _epochs(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _kill_when(sweep_dir: Path, ready, timeout: float = 300) -> None:
+    """Start the sweep and SIGKILL its whole process group once `ready()` holds."""
+    cmd = [sys.executable, str(ROOT / "run.py"), *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=os.environ.copy())  # fmt: skip
+    t0 = time.time()
+    while proc.poll() is None and not ready() and time.time() - t0 < timeout:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the sweep ended before the kill point"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _complete(rows: list[dict]) -> dict[str, float]:
+    return {json.dumps(r["params"], sort_keys=True): r["value"] for r in rows if r["state"] == "COMPLETE"}
+
+
+# Kill points over a 4-trial sweep: (what is happening, when it is reached)
+KILL_POINTS = {
+    "study created, no trial run": lambda d: (d / "study.db").exists(),
+    "trial 0 in stage 1": lambda d: _epochs(d / "0" / "metrics.jsonl") >= 1,
+    "trial 1 in stage 2": lambda d: _epochs(d / "1" / "metrics.jsonl") >= 4,
+    "between trials 1 and 2": lambda d: (d / "1" / "results.json").exists(),
+    "trial 2 in stage 1": lambda d: _epochs(d / "2" / "metrics.jsonl") >= 2,
+}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    """The same sweep, never killed: its trials and optimization_results.yaml."""
+    sweep = tmp_path_factory.mktemp("whole")
+    _sweep(sweep)
+    return _trials(sweep), yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_a_sweep_killed_at_any_moment_reruns_to_the_uninterrupted_result(point, whole, tmp_path):
+    killed = tmp_path / "killed"
+    _kill_when(killed, lambda: KILL_POINTS[point](killed))
+    _sweep(killed)
+    rows = _trials(killed)
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 4 and len({r["number"] for r in rows}) == len(rows)
+    for lost in [r for r in rows if r.get("interrupted")]:
+        assert lost["state"] == "FAIL" and "interrupted" in lost["error"]
+        if lost.get("not_drawn"):  # killed before its values were drawn: nothing to try again
+            assert lost["params"] == {} and not [r for r in rows if r.get("retry_of") == lost["number"]]
+            continue
+        (retry,) = [r for r in rows if r.get("retry_of") == lost["number"]]
+        assert retry["state"] == "COMPLETE" and retry["params"] == lost["params"]
+        if "job" not in lost:  # killed between asking for the trial and launching it: no run directory yet
+            continue
+        assert retry["job"] == lost["job"]
+        # it resumed in its own run directory: every finished epoch is there once
+        lines = (killed / str(lost["job"]) / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == len({(json.loads(x)["stage"], json.loads(x)["epoch"]) for x in lines}) == 3 + 2
+    if point.startswith("trial"):
+        assert any(r.get("interrupted") for r in rows)
+    # the same trials and numbers as the sweep that was never killed, so the same best value
+    assert _complete(rows) == _complete(whole[0])
+    assert yaml.safe_load((killed / "optimization_results.yaml").read_text())["best_value"] == whole[1]["best_value"]
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sweep_trains_nothing_and_a_larger_n_trials_adds_only_the_missing(tmp_path):
+    sweep = tmp_path / "s"
+    _sweep(sweep)
+    first = _trials(sweep)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.name.isdigit())
+    _sweep(sweep)  # the same command again
+    assert _trials(sweep) == first and sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == jobs
+    proc = run_cli([*SWEEP, "hydra.sweeper.n_trials=6", f"hydra.sweep.dir={sweep}"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _trials(sweep)
+    assert sum(r["state"] == "COMPLETE" for r in rows) == 6 and rows[: len(first)] == first
+    launched = [r["job"] for r in rows if "job" in r]
+    assert len(launched) == len(set(launched))  # every launched trial has its own run directory

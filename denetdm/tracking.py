@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ class WandbLogger(NullLogger):
         job_type: str | None = None,
         name: str | None = None,
         tags: list[str] | None = None,
+        log_checkpoints: bool = False,
     ) -> None:
         self.kwargs = dict(
             project=project,
@@ -103,12 +105,28 @@ class WandbLogger(NullLogger):
         )
         self.run = None
         self.best: dict[str, float] = {}  # best value of each validation curve so far
+        self.log_checkpoints = log_checkpoints
+        # one W&B run per run directory: its id (and the last step logged) are kept there, so a resumed run
+        # continues the same W&B run, its steps going on from where they stopped
+        self.state_path = Path(run_dir) / "wandb_run.json"
+
+    def _state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
 
     def __enter__(self) -> "WandbLogger":
         import wandb
 
+        state = self._state()
+        run_id = state.get("id") or secrets.token_hex(4)  # not a random choice of the experiment
+        self.step = int(state.get("step", -1)) + 1
         try:
-            self.run = wandb.init(**self.kwargs, settings=wandb.Settings(console="off", save_code=False))
+            self.run = wandb.init(
+                **self.kwargs, id=run_id, resume="allow", settings=wandb.Settings(console="off", save_code=False)
+            )
+            write_json(self.state_path, {"id": run_id, "step": self.step - 1})
         except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment
             log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
             self.run = None
@@ -129,7 +147,9 @@ class WandbLogger(NullLogger):
                 self.stages.add(stage)
                 self.run.define_metric(f"{stage}/epoch")
                 self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
-            self.run.log({f"{stage}/epoch": epoch, **data})
+            self.run.log({f"{stage}/epoch": epoch, **data}, step=self.step)
+            write_json(self.state_path, {"id": self.run.id, "step": self.step})
+            self.step += 1
             # the best value of each validation curve so far, explicit in the summary (offline runs get
             # define_metric's summaries only when synced)
             for k, v in data.items():
@@ -141,6 +161,19 @@ class WandbLogger(NullLogger):
             for k, v in results.items():
                 if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
                     self.run.summary[k] = v
+            if self.log_checkpoints:
+                self._log_checkpoints()
+
+    def _log_checkpoints(self) -> None:
+        """The selected checkpoints of every phase as one W&B model artifact (logger.log_checkpoints=true)."""
+        import wandb
+
+        files = sorted((Path(self.kwargs["dir"]) / "checkpoints").glob("*_selected.pt"))
+        if files:
+            artifact = wandb.Artifact(f"checkpoints-{self.run.id}", type="model")
+            for f in files:
+                artifact.add_file(str(f))
+            self.run.log_artifact(artifact)
 
     def image(self, key: str, path: Path) -> None:
         if self.run is not None:

@@ -181,6 +181,33 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])
 
 
+def test_a_resumed_run_continues_the_same_wandb_run_with_later_steps(tmp_path):
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
+    for stage in ("stage=stage1", "stage=full"):  # the second run resumes the first's directory
+        proc = run_cli([*args, stage], tmp_path / "w", env={"WANDB_MODE": "offline"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    files = sorted((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one offline record per process, `wandb sync` merges them into one run
+    first, second = (read_run(f) for f in files)
+    assert (
+        first["run"]["id"] == second["run"]["id"] == json.loads((tmp_path / "w" / "wandb_run.json").read_text())["id"]
+    )
+    steps = [h["_step"] for h in first["history"] + second["history"]]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # never backwards
+    assert {"stage1/epoch"} <= set().union(*first["history"]) and "stage2/epoch" in set().union(*second["history"])
+    assert first["artifacts"] == second["artifacts"] == []  # checkpoints are logged only when asked for
+
+
+def test_selected_checkpoints_as_a_wandb_artifact(tmp_path):
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "logger.log_checkpoints=true"]
+    proc = run_cli(args, tmp_path / "w", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (file,) = (tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = read_run(file)
+    assert logged["artifacts"] == [{"name": f"checkpoints-{logged['run']['id']}", "type": "model",
+                                    "files": ["stage1_selected.pt", "stage2_selected.pt"]}]  # fmt: skip
+
+
 def test_default_command_trains_and_shows_the_effect(tmp_path):
     # `make run` is `python run.py` with the defaults: synthetic shapes, stage 1 then stage 2
     proc = run_cli(["logger=none", "progress=false"], tmp_path / "default")

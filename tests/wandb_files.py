@@ -41,7 +41,7 @@ def read_run(path: Path) -> dict:
     """{'run': {group, job_type, tags, config keys}, 'history': [dict], 'summary': dict} of one run file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out: dict = {"run": {}, "history": [], "summary": {}}
+    out: dict = {"run": {}, "history": [], "summary": {}, "artifacts": []}
     for payload in _payloads(path):
         rec = pb.Record()
         rec.ParseFromString(payload)
@@ -50,9 +50,14 @@ def read_run(path: Path) -> dict:
             r = rec.run
             config = {i.key: json.loads(i.value_json) for i in r.config.update}
             out["run"] = {"group": r.run_group, "job_type": r.job_type, "tags": list(r.tags), "config": config}
+            out["run"]["id"] = r.run_id
             out["run"]["config_keys"] = set(config)
         elif kind == "history":
-            out["history"].append({i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item})
+            row = {i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
+            out["history"].append(row | {"_step": rec.history.step.num})
+        elif kind == "artifact":
+            a = rec.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type, "files": [m.path for m in a.manifest.contents]})
         elif kind == "summary":
             out["summary"].update({i.key: i.value_json for i in rec.summary.update if i.key})
     return out

@@ -37,6 +37,17 @@ def _record_swept_values(cfg: DictConfig, hc) -> None:
         cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
 
 
+def _pruning(cfg: DictConfig, hc) -> dict | None:
+    # a trial of a denetdm_optuna sweep with a pruner reports each epoch to its trial in the study's storage
+    pruner = hc.sweeper.get("pruner")
+    if pruner is None or cfg.trial.number is None:
+        return None
+    from denetdm.pruning import study_storage
+
+    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir)
+    return {"storage": storage, "study": cfg.trial.study, "number": int(cfg.trial.number), "pruner": pruner}
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point: one clear error line for bad input; the objective for sweeps."""
@@ -46,11 +57,16 @@ def main(cfg: DictConfig) -> float:
     if sweeping and cfg.trial.params is None:
         _record_swept_values(cfg, hc)
     try:
-        return objective(train(cfg, run_dir))
+        return objective(train(cfg, run_dir, _pruning(cfg, hc) if sweeping else None))
     except DenetdmError as e:
         if not sweeping:
             sys.exit(f"error: {e}")
-        log.error("trial failed: %s", e)  # into this job's own run.log, where sweep.py finds it
+        log.log(
+            logging.INFO if type(e).__name__ == "TrialPruned" else logging.ERROR,
+            "trial %s: %s",
+            "pruned" if type(e).__name__ == "TrialPruned" else "failed",
+            e,
+        )  # into this job's run.log
         if hc.sweeper.get("records_failures", False):
             raise  # a sweeper that records failed trials itself (denetdm_optuna) gets the error
         return math.nan  # the basic sweeper would stop at the first failed job: go on with the grid

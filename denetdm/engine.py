@@ -115,6 +115,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.records = JsonLines(self.run_dir / "metrics.jsonl")
         self.probe = (probe or ProbeSchedule()).check()
+        self.on_epoch = None  # called with (stage, epoch, record) after each epoch's checkpoint (sweep pruning)
 
     def checkpoint_path(self, stage: str, which: str) -> Path:
         """Path of a stage's `last` or `selected` checkpoint."""
@@ -159,6 +160,8 @@ class Trainer:
             self.logger.log(stage, epoch, record)
             self._select_and_save(stage, method, gen, meta, state, epoch, metrics, schedule)
             self._report(stage, epoch, schedule, record)
+            if self.on_epoch is not None:
+                self.on_epoch(stage, epoch, record)
         if state["best_epoch"] == 0:
             raise CheckpointError(f"{stage}: no epoch was trained; set {stage}.epochs >= 1")
         best = load_checkpoint(self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint")

@@ -327,8 +327,9 @@ def _describe(p: Plan) -> dict:
     }
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Run the configured phases in `run_dir` and return the results dict (also written to results.json)."""
+def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None) -> dict:
+    """Run the configured phases in `run_dir` and return the results dict (also written to results.json).
+    `pruning` ({storage, study, number, pruner}: a sweep trial's) reports each epoch of the final phase."""
     p = plan(cfg, run_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -348,6 +349,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     )
     progress = None if cfg.progress == "auto" else cfg.progress
     trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe)
+    if pruning is not None:
+        from denetdm.pruning import Reporter
+
+        final = p.config["method"]["final"]
+        key = f"{final['phase']}/{final['head']}/{p.objective_key}"
+        trainer.on_epoch = Reporter(**pruning, phase=final["phase"], key=key, run_dir=p.run_dir)
     results = _describe(p)
     with logger:
         results.update(StageRunner(p, data, channels_last, optimizer, trainer).run())

@@ -129,6 +129,12 @@ class Collection:
 
 
 def _why_incomplete(job: Path) -> str:
+    if (job / "pruned.json").exists():  # stopped by the sweeper's pruner: not a failure
+        try:
+            note = json.loads((job / "pruned.json").read_text())
+            return f"pruned after epoch {note['epoch']} of {note['phase']} ({note['key']} = {note['value']:.4f})"
+        except (ValueError, KeyError):
+            return "pruned"
     log = next(iter(sorted(job.glob("*.log"))), None)
     if log is not None:
         for line in reversed(log.read_text(errors="replace").splitlines()):

@@ -31,20 +31,25 @@ from omegaconf import OmegaConf
 
 from denetdm.atomic import atomic_write
 from denetdm.errors import DenetdmError
+from denetdm.pruning import build_pruner, study_storage
 from denetdm.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
 _FINISHED = (_COMPLETE, optuna.trial.TrialState.PRUNED)  # what n_trials counts
+_PRUNED_MARK = "pruned"
 
 
-def create_or_load_study(study_name: str | None, storage: str | None, sampler: Any, direction: str) -> optuna.Study:
+def create_or_load_study(
+    study_name: str | None, storage: str | None, sampler: Any, direction: str, pruner: Any = None
+) -> optuna.Study:
     """optuna.create_study(load_if_exists=True) that survives two workers creating the same study at once."""
     for attempt in range(5):
         try:
             return optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True
-            )
+                study_name=study_name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True,
+                pruner=pruner,
+            )  # fmt: skip
         except Exception as e:  # the loser of the race sees an integrity error from the storage
             if storage is None or attempt == 4:
                 raise
@@ -68,6 +73,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
     """The plugin's sweeper with a sweep-wide failure limit, per-trial records and reused repeats."""
 
     def __init__(self, **kwargs: Any) -> None:
+        try:
+            self.pruner = build_pruner(kwargs.pop("pruner", None))
+        except DenetdmError as e:
+            sys.exit(f"error: {e}")
         rate, n_trials = kwargs.get("max_failure_rate"), kwargs.get("n_trials")
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
             sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
@@ -94,8 +103,8 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         dists, fixed = self._search_space(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = self.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
-        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0])
+        self.storage = study_storage(self.storage, sweep_dir)
+        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0], self.pruner)
         self.sweep_key = str(sweep_dir.resolve())
         log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
         self.retries, self.retried = self._recover(study)
@@ -210,6 +219,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                 value, error = _value(returns[trial.number])
                 for k, v in _trial_facts(returns[trial.number], trial.params).items():
                     trial.set_user_attr(k, v)
+            if error == _PRUNED_MARK:
+                log.info("trial %d was pruned", trial.number)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its value: the last one it reported
+                continue
             if error is not None:
                 trial.set_user_attr("error", error)
                 log.warning("trial %d failed: %s", trial.number, error)
@@ -284,6 +297,8 @@ def _value(ret: Any) -> tuple[float | None, str | None]:
     try:
         value = float(ret.return_value)
     except Exception as e:
+        if type(e).__name__ == "TrialPruned":  # denetdm.pruning.TrialPruned: stopped by the pruner
+            return None, _PRUNED_MARK
         return None, f"{type(e).__name__}: {e}".splitlines()[0]
     if not math.isfinite(value):
         return None, f"the objective is {value}"

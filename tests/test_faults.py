@@ -107,3 +107,25 @@ def test_rerunning_a_finished_sweep_trains_nothing_and_a_larger_n_trials_adds_on
     assert sum(r["state"] == "COMPLETE" for r in rows) == 6 and rows[: len(first)] == first
     launched = [r["job"] for r in rows if "job" in r]
     assert len(launched) == len(set(launched))  # every launched trial has its own run directory
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(tmp_path):
+    sweep = tmp_path / "p"
+    pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.5}"  # prunes every report
+    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner]
+    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], timeout=600)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")  # none COMPLETE, one line
+    rows = _trials(sweep)
+    assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"] and all("error" not in r or not r["error"] for r in rows)
+    job = sweep / str(rows[0]["job"])
+    note = json.loads((job / "pruned.json").read_text())
+    assert note["phase"] == "stage2" and note["epoch"] == 1 and note["key"] == "stage2/target/val/acc_unbiased"
+    assert not (job / "results.json").exists() and (job / "checkpoints" / "stage2_last.pt").exists()
+    assert "trial pruned" in (job / "run.log").read_text()
+    from denetdm.runs import collect
+
+    assert all(reason.startswith("pruned after epoch 1 of stage2") for _, reason in collect([sweep]).incomplete)
+    # a bad pruner is one error line before anything runs
+    proc = run_cli([*args[:-1], "hydra.sweeper.pruner=sometimes", f"hydra.sweep.dir={tmp_path / 'bad'}"])
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.pruner")

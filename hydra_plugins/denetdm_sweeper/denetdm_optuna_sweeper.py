@@ -23,6 +23,9 @@ class DenetdmOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.denetdm_sweeper.denetdm_optuna_sweeper.DenetdmOptunaSweeper"
     n_jobs: int = 1
     max_failure_rate: float = 0.5  # of n_trials, over the whole sweep
+    # null, median or successive_halving (denetdm.pruning.PRUNERS), or a node with _target_: each job reports its
+    # objective's metric per epoch of the final phase, and a pruned trial stops (PRUNED, not a failure)
+    pruner: Any = None
     # Read by run.py in each job: this sweeper records a failed trial itself, so the job re-raises its error
     # instead of returning NaN (what the basic sweeper needs to go on with a grid).
     records_failures: bool = True

@@ -1,0 +1,68 @@
+"""Pruning sweep trials (`hydra.sweeper.pruner`): each epoch of the objective's phase, a job reports the current
+value of the objective's metric to its Optuna trial through the study's storage, and stops after that epoch's
+checkpoint when the pruner says so. The run directory then holds `pruned.json` instead of results.json.
+"""
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from denetdm.errors import ConfigError, DenetdmError
+
+# the named pruners: what `hydra.sweeper.pruner=<name>` builds (a node with `_target_` builds any other)
+PRUNERS = {
+    "median": ("optuna.pruners.MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 2}),
+    "successive_halving": ("optuna.pruners.SuccessiveHalvingPruner", {}),
+}
+
+
+class TrialPruned(DenetdmError):
+    """The sweeper's pruner stopped this trial after an epoch: not a failure."""
+
+
+def build_pruner(spec: Any) -> Any:
+    """An Optuna pruner from `hydra.sweeper.pruner`: null (none), a name of PRUNERS, or a node with `_target_`."""
+    if spec is None:
+        return None
+    if callable(getattr(spec, "prune", None)):  # Hydra already built the node of the sweeper's config
+        return spec
+    from hydra.utils import instantiate
+
+    if isinstance(spec, str):
+        if spec not in PRUNERS:
+            raise ConfigError(f"hydra.sweeper.pruner must be null, {' or '.join(PRUNERS)}, or a node with _target_, "
+                              f"got {spec!r}")  # fmt: skip
+        target, kwargs = PRUNERS[spec]
+        return instantiate({"_target_": target, **kwargs})
+    try:
+        return instantiate(spec)
+    except Exception as e:
+        raise ConfigError(f"hydra.sweeper.pruner could not be built: {e}".splitlines()[0]) from None
+
+
+def study_storage(storage: str | None, sweep_dir: str | Path) -> str:
+    """The study's storage URL: the one given, else `<sweep dir>/study.db` (what makes a sweep resumable)."""
+    return storage or f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
+
+
+class Reporter:
+    """Reports `key` of each epoch of `phase` to trial `number` of the study and raises TrialPruned when told."""
+
+    def __init__(self, storage: str, study: str, number: int, pruner: Any, phase: str, key: str, run_dir: Path):
+        import optuna
+
+        loaded = optuna.load_study(study_name=study, storage=storage, pruner=build_pruner(pruner))
+        trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)  # optuna 2.10
+        self.trial = optuna.trial.Trial(loaded, trial_id)
+        self.phase, self.key, self.run_dir = phase, key, Path(run_dir)
+
+    def __call__(self, stage: str, epoch: int, record: dict) -> None:
+        value = record.get(self.key)
+        if stage != self.phase or not isinstance(value, float) or not math.isfinite(value):
+            return
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            note = {"pruned": True, "phase": stage, "epoch": epoch, "key": self.key, "value": value}
+            (self.run_dir / "pruned.json").write_text(json.dumps(note, indent=1))
+            raise TrialPruned(f"pruned by the sweeper after epoch {epoch} of {stage} ({self.key} = {value:.4f})")

@@ -206,7 +206,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from the
         # study: the same config gives the same numbers, so training it again would only cost time
         known: dict[str, optuna.trial.FrozenTrial] = {}
-        for t in study.get_trials(deepcopy=False, states=(_COMPLETE,)):
+        for t in study.get_trials(deepcopy=False, states=_FINISHED):
             known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
         repeats = {t.number: known.get(_key(t.params)) for t in trials}
         returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
@@ -215,6 +215,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                 value, error = twin.value, None
                 trial.set_user_attr("repeat_of", twin.number)
                 log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
+                if twin.state == optuna.trial.TrialState.PRUNED:  # it would be pruned at the same epoch again
+                    for step, v in sorted(twin.intermediate_values.items()):
+                        trial.report(v, step)
+                    error = _PRUNED_MARK
             else:
                 value, error = _value(returns[trial.number])
                 for k, v in _trial_facts(returns[trial.number], trial.params).items():

@@ -153,9 +153,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
             storage = study._storage  # optuna 2.10 has no public way to end another process's trial
             storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             storage.set_trial_user_attr(t._trial_id, "error", "left RUNNING by an interrupted sweep; tried again")
-            storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)
             if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
                 storage.set_trial_user_attr(t._trial_id, "not_drawn", True)
+            storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)  # attributes first: then it is final
+            if not t.params:
                 continue
             study.enqueue_trial(t.params)
             retried[_key(t.params)] = t.number

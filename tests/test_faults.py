@@ -129,3 +129,20 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(tmp
     # a bad pruner is one error line before anything runs
     proc = run_cli([*args[:-1], "hydra.sweeper.pruner=sometimes", f"hydra.sweep.dir={tmp_path / 'bad'}"])
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.pruner")
+
+
+def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(tmp_path):
+    import optuna
+
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    storage = f"sqlite:///{(sweep / 'study.db').resolve()}"
+    study = optuna.create_study(study_name="depth_gap-synthetic", storage=storage, direction="maximize")
+    lost = study.ask()  # asked, then killed before its depths were sampled: RUNNING without params
+    lost.set_user_attr("sweep_dir", str(sweep.resolve()))
+    proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage1.epochs=1",
+                    "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _trials(sweep)
+    assert rows[0]["number"] == lost.number and rows[0]["state"] == "FAIL" and rows[0]["not_drawn"]
+    assert [r["state"] for r in rows[1:]] == ["COMPLETE", "COMPLETE"] and not any("retry_of" in r for r in rows)

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
 _FINISHED = (_COMPLETE, optuna.trial.TrialState.PRUNED)  # what n_trials counts
 _PRUNED_MARK = "pruned"
+# the user attributes of a trial that trials.jsonl shows (besides number, params, state, value and error)
+TRIAL_FACTS = ("job", "repeat_of", "retry_of", "interrupted", "not_drawn", "separation", "equal_depth")
 
 
 def create_or_load_study(
@@ -226,6 +228,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                     trial.set_user_attr(k, v)
             if error == _PRUNED_MARK:
                 log.info("trial %d was pruned", trial.number)
+                if twin is None:  # the job reported through its own connection: read past optuna 2.10's cache
+                    backend = getattr(study._storage, "_backend", study._storage)
+                    for step, v in sorted(backend.get_trial(trial._trial_id).intermediate_values.items()):
+                        trial.report(v, step)
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its value: the last one it reported
                 continue
             if error is not None:
@@ -262,8 +268,8 @@ def write_trials(trials: list, study_name: str, path: Path) -> None:
     for t in sorted(trials, key=lambda t: t.number):
         row = {"number": t.number, "study": study_name, "params": t.params, "state": t.state.name, "value": t.value}
         row["error"] = t.user_attrs.get("error")
-        # the facts this loop records (fixed config values, which the plugin also keeps there, have dots)
-        row |= {k: v for k, v in t.user_attrs.items() if k not in ("sweep_dir", "error") and "." not in k}
+        # the facts this loop records (the plugin also keeps the command line's fixed values there)
+        row |= {k: v for k, v in t.user_attrs.items() if k in TRIAL_FACTS}
         rows.append(row)
     with atomic_write(path) as f:
         f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

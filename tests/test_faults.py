@@ -118,6 +118,7 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(tmp
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")  # none COMPLETE, one line
     rows = _trials(sweep)
     assert [r["state"] for r in rows] == ["PRUNED", "PRUNED"] and all("error" not in r or not r["error"] for r in rows)
+    assert all(isinstance(r["value"], float) for r in rows)  # the last value the job reported
     job = sweep / str(rows[0]["job"])
     note = json.loads((job / "pruned.json").read_text())
     assert note["phase"] == "stage2" and note["epoch"] == 1 and note["key"] == "stage2/target/val/acc_unbiased"

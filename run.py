@@ -57,7 +57,8 @@ def main(cfg: DictConfig) -> float:
     if sweeping and cfg.trial.params is None:
         _record_swept_values(cfg, hc)
     try:
-        return objective(train(cfg, run_dir, _pruning(cfg, hc) if sweeping else None))
+        slot = int(hc.job.num) if sweeping else None  # several GPUs: one per parallel job, round robin
+        return objective(train(cfg, run_dir, _pruning(cfg, hc) if sweeping else None, slot))
     except DenetdmError as e:
         if not sweeping:
             sys.exit(f"error: {e}")

@@ -38,10 +38,14 @@ log = logging.getLogger("denetdm")
 EVAL_SPLITS = ("val", "test", "val_biased")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` (cuda when visible, else cpu), `cpu` or `cuda[:N]`; one clear error otherwise."""
+def resolve_device(name: str, slot: int | None = None) -> torch.device:
+    """`auto` (cuda when visible, else cpu), `cpu` or `cuda[:N]`; one clear error otherwise. A sweep job (`slot`:
+    its job number) on a machine with several visible GPUs takes GPU `slot % count`, round robin, so the jobs
+    that a parallel launcher runs at once land on different GPUs (CUDA_VISIBLE_DEVICES picks which are seen)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and slot is not None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return torch.device(f"cuda:{slot % torch.cuda.device_count()}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
     try:
@@ -175,11 +179,11 @@ def _objective_key(cfg: DictConfig, proto: Protocol) -> str:
     return str(cfg.objective)
 
 
-def plan(cfg: DictConfig, run_dir: Path) -> Plan:
-    """Check every value before anything is loaded or trained."""
+def plan(cfg: DictConfig, run_dir: Path, slot: int | None = None) -> Plan:
+    """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
     _check_flags(cfg)
     proto = protocol(cfg.selection)
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(str(cfg.device), slot)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
     config["selection"] = proto.name  # `test` and `oracle` are one protocol
@@ -327,10 +331,10 @@ def _describe(p: Plan) -> dict:
     }
 
 
-def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None, slot: int | None = None) -> dict:
     """Run the configured phases in `run_dir` and return the results dict (also written to results.json).
     `pruning` ({storage, study, number, pruner}: a sweep trial's) reports each epoch of the final phase."""
-    p = plan(cfg, run_dir)
+    p = plan(cfg, run_dir, slot)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if p.protocol.name == "oracle":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from denetdm.atomic import atomic_write
+from denetdm.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class WandbLogger(NullLogger):
         )
         self.run = None
         self.best: dict[str, float] = {}  # best value of each validation curve so far
+        if not isinstance(log_checkpoints, bool):
+            raise ConfigError(f"logger.log_checkpoints must be true or false, got {log_checkpoints!r}")
         self.log_checkpoints = log_checkpoints
         # one W&B run per run directory: its id (and the last step logged) are kept there, so a resumed run
         # continues the same W&B run, its steps going on from where they stopped

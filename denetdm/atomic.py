@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename, so readers never see half a file."""
+"""Atomic file writes (a temporary file in the same folder, then a rename, so readers never see half a file) and
+the lock that keeps one process per run directory."""
 
 import os
 import tempfile
@@ -29,3 +30,31 @@ def atomic_save(obj: object, path: str | Path) -> None:
 
     with atomic_write(path, "wb") as f:
         torch.save(obj, f)
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold `<run_dir>/.lock` while a process trains there: a second process stops with one error line. It is an
+    flock, so the kernel drops it when its process dies: a crashed run never leaves it stuck."""
+    import fcntl
+
+    from denetdm.errors import BusyError
+
+    path = Path(run_dir) / ".lock"
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise BusyError(
+                f"{run_dir} is in use by {holder}; wait for it to finish, or give this run another hydra.run.dir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock

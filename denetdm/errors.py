@@ -17,5 +17,9 @@ class CheckpointError(DenetdmError):
     """A checkpoint is missing, damaged or belongs to another run."""
 
 
+class BusyError(DenetdmError):
+    """Another process is training in the same run directory."""
+
+
 class TrainingError(DenetdmError):
     """Training cannot go on (for example a non-finite loss)."""

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from denetdm import phases as ph
 from denetdm.analysis.probes import ProbeSchedule
+from denetdm.atomic import run_lock
 from denetdm.checkpoint import load_checkpoint
 from denetdm.checks import number, positive_int
 from denetdm.cli import instantiate_checked
@@ -345,6 +346,14 @@ def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None, slo
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
     check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in p.phases.values()}))
     p.run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(p.run_dir):
+        results = _run(p, cfg, optimizer, pruning)
+    print(summary_table(results))
+    return results
+
+
+def _run(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None) -> dict:
+    """Load the data, build the logger and the trainer, run the phases, write results.json and `done`."""
     t0 = time.time()
     data, channels_last = _load_data(p)
     t_data = time.time() - t0
@@ -369,5 +378,4 @@ def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None, slo
         logger.summary(results)
     write_json(p.run_dir / "results.json", results)
     (p.run_dir / "done").write_text("")
-    print(summary_table(results))
     return results

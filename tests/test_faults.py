@@ -147,3 +147,31 @@ def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(t
     rows = _trials(sweep)
     assert rows[0]["number"] == lost.number and rows[0]["state"] == "FAIL" and rows[0]["not_drawn"]
     assert [r["state"] for r in rows[1:]] == ["COMPLETE", "COMPLETE"] and not any("retry_of" in r for r in rows)
+
+
+def test_a_second_process_on_a_run_directory_stops_with_one_line_and_a_dead_one_leaves_no_lock(tmp_path):
+    import fcntl
+
+    from denetdm.errors import BusyError
+    from denetdm.pipeline import train
+
+    from conftest import compose_cfg
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "a+") as held:  # another process training there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("process 12345")
+        held.flush()
+        with pytest.raises(BusyError, match="in use by process 12345"):
+            train(compose_cfg(TINY), run)
+        proc = run_cli(TINY, run)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {run} is in use")
+    # a holder killed with SIGKILL: the kernel drops its lock, so the run goes ahead
+    code = f"import fcntl, time; f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); " \
+           "print('locked', flush=True); time.sleep(60)"  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()
+    holder.wait()
+    assert train(compose_cfg(TINY), run)["stages"] == ["stage1", "stage2"]

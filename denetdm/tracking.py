@@ -92,6 +92,7 @@ class WandbLogger(NullLogger):
         name: str | None = None,
         tags: list[str] | None = None,
         log_checkpoints: bool = False,
+        init_timeout: float = 15.0,
     ) -> None:
         self.kwargs = dict(
             project=project,
@@ -108,6 +109,9 @@ class WandbLogger(NullLogger):
         self.best: dict[str, float] = {}  # best value of each validation curve so far
         if not isinstance(log_checkpoints, bool):
             raise ConfigError(f"logger.log_checkpoints must be true or false, got {log_checkpoints!r}")
+        if not isinstance(init_timeout, int | float) or isinstance(init_timeout, bool) or not init_timeout > 0:
+            raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {init_timeout!r}")
+        self.init_timeout = float(init_timeout)
         self.log_checkpoints = log_checkpoints
         # one W&B run per run directory: its id (and the last step logged) are kept there, so a resumed run
         # continues the same W&B run, its steps going on from where they stopped
@@ -127,7 +131,10 @@ class WandbLogger(NullLogger):
         self.step = int(state.get("step", -1)) + 1
         try:
             self.run = wandb.init(
-                **self.kwargs, id=run_id, resume="allow", settings=wandb.Settings(console="off", save_code=False)
+                **self.kwargs,
+                id=run_id,
+                resume="allow",
+                settings=wandb.Settings(console="off", save_code=False, init_timeout=self.init_timeout),
             )
             write_json(self.state_path, {"id": run_id, "step": self.step - 1})
         except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment

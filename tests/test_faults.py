@@ -175,3 +175,15 @@ def test_a_second_process_on_a_run_directory_stops_with_one_line_and_a_dead_one_
     holder.kill()
     holder.wait()
     assert train(compose_cfg(TINY), run)["stages"] == ["stage1", "stage2"]
+
+
+@pytest.mark.slow
+def test_wandb_online_with_an_unreachable_server_costs_one_warning_not_a_hang(tmp_path):
+    env = {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40}
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "logger.init_timeout=5"]
+    t0 = time.time()
+    proc = run_cli(args, tmp_path / "r", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - t0 < 60  # W&B's own wait would be 90 s
+    assert (tmp_path / "r" / "results.json").exists()  # training went on, files written
+    assert (proc.stdout + proc.stderr).count("W&B logging is off for this run") == 1

@@ -169,13 +169,14 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
 
     def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
         """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
+        # the fresh trials of this directory (not retries, not lost before sampling), in order: a trial's place
+        # among them seeds the sampler for it
+        fresh = [o.number for o in self._own(study) if not {"retry_of", "not_drawn"} & set(o.user_attrs)]
         try:
             configured = []
             for t in trials:  # one at a time, the sampler seeded for each fresh trial
-                if "retry_of" not in t.user_attrs:  # the how-many-th fresh trial of this directory it is
-                    fresh = [o for o in self._own(study) if o.number <= t.number and not {"retry_of", "not_drawn"}
-                             & set(o.user_attrs)]  # fmt: skip
-                    self._reseed(len(fresh) - 1)
+                if t.number in fresh:
+                    self._reseed(sum(n <= t.number for n in fresh) - 1)
                 configured += self._configure_trials([t], dists, fixed)
         except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
             for t in trials:  # not left RUNNING in a shared study

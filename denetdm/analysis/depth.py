@@ -31,8 +31,11 @@ log = logging.getLogger("denetdm.depth")
 MEASURES = ("probe_y", "probe_b", "rank", "rank_y", "rank_b")
 
 
-def _depths(cfg: DictConfig) -> list[int]:
+def _checked_depths(cfg: DictConfig) -> list[int]:
+    """The depths to measure, after checking every analysis.* value (one error line, before data loads)."""
     a = cfg.analysis
+    if a.split not in ("val", "test"):
+        raise ConfigError(f"analysis.split must be val or test, got {a.split!r}")
     if a.family not in ("deep", "shallow", "target"):
         raise ConfigError(f"analysis.family must be deep, shallow or target, got {a.family!r}")
     depths = (
@@ -81,9 +84,7 @@ def _train(method: ERM, data, cfg: DictConfig, seed: int) -> None:
 
 def run_analysis(cfg: DictConfig) -> dict:
     """Every (depth, seed): the measures at initialisation and after training; with means and stds."""
-    depths = _depths(cfg)
-    if cfg.analysis.split not in ("val", "test"):
-        raise ConfigError(f"analysis.split must be val or test, got {cfg.analysis.split!r}")
+    depths = _checked_depths(cfg)
     torch.set_num_threads(int(cfg.threads or 2))
     data = instantiate_checked(cfg.dataset).load().to(torch.device("cpu"), channels_last=False)  # normalised
     rows = []

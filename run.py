@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from denetdm.cli import check_group_choices, check_launcher, quote_numeric_choices
+from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices
 from denetdm.errors import DenetdmError
 from denetdm.pipeline import train
 from denetdm.report import objective
@@ -79,7 +79,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    if problem := check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]):
+    args = sys.argv[1:]
+    if problem := check_group_choices(args) or check_launcher(args) or check_overrides(args):
         sys.exit(problem)
     sys.argv[1:] = quote_numeric_choices(sys.argv[1:])
     main()

@@ -77,3 +77,53 @@ def instantiate_checked(node, **kwargs):
             raise cause from None
         target = node.get("_target_", "?") if hasattr(node, "get") else "?"
         raise ConfigError(f"cannot build {target}: {cause or e}".replace("\n", " ")) from None
+
+
+def _first_line(e: Exception) -> str:
+    return " ".join(str(e).split("\n")[0].split())
+
+
+def _parse_problem(overrides: list[str], conf: Path) -> str | None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            (parsed,) = parser.parse_overrides([override])
+        except HydraException as e:
+            quoting = "quote a value with spaces or brackets: key='a b'"
+            return f"error: cannot read the override {override!r}: {_first_line(e)} ({quoting})"
+        group = parsed.key_or_group
+        if (conf / group).is_dir() and not parsed.is_delete() and not isinstance(parsed.value(), str):
+            options = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
+            return f"error: {group} takes one name, got {override.split('=', 1)[-1]!r}; choose one of: {options}"
+    return None
+
+
+def _compose_problem(overrides: list[str], conf: Path) -> str | None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=quote_numeric_choices(overrides, conf))
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # Hydra's and OmegaConf's composition errors, as one line
+        text = str(e)
+        if "Could not override" in text or "not in struct" in text:
+            key = re.search(r"'([^']+)'", text)
+            return (f"error: the config has no key {key[1] if key else text!r}: check its spelling "
+                    "(python run.py --cfg job lists every key), or add a new key with +key=value")  # fmt: skip
+        where = re.search(r"full_key: (\S+)", text)
+        return f"error: {where[1] + ': ' if where else ''}{_first_line(e) or type(e).__name__}; fix that value"
+    return None
+
+
+def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
+    """One error line for an override Hydra cannot read, a key the config does not have, or a value that does
+    not resolve (Hydra would print several lines); None when the command line composes. Command lines with Hydra
+    flags (`-m` sweeps, `--cfg job`) are left to Hydra: a sweep's jobs are composed one by one later."""
+    if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
+        return None
+    return _parse_problem(args, conf) or _compose_problem(args, conf)

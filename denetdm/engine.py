@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from denetdm.analysis.probes import ProbeSchedule
-from denetdm.checkpoint import atomic_save, load_checkpoint
+from denetdm.checkpoint import load_checkpoint, save_checkpoint
 from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
@@ -236,11 +236,13 @@ class Trainer:
         if score > state["best_score"]:
             state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
             ckpt = {"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}
-            atomic_save(ckpt, self.checkpoint_path(stage, "selected"))
+            save_checkpoint(ckpt, self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint")
         state["epoch"] = epoch
         optimizer = method.optimizer.state_dict() if method.optimizer is not None else None
         ckpt = {"kind": stage, "meta": meta, "method": method.state_dict(), "optimizer": optimizer}
-        atomic_save({**ckpt, "generator": gen.get_state(), **state}, self.checkpoint_path(stage, "last"))
+        save_checkpoint(
+            {**ckpt, "generator": gen.get_state(), **state}, self.checkpoint_path(stage, "last"), f"{stage} checkpoint"
+        )
 
     def _report(self, stage: str, epoch: int, schedule: Schedule, record: dict) -> None:
         head, metric = schedule.select.split("/")

@@ -29,10 +29,10 @@ import optuna
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
-from denetdm.atomic import atomic_write
 from denetdm.errors import DenetdmError
 from denetdm.pruning import build_pruner, study_storage
 from denetdm.seeding import derive_seed
+from denetdm.tracking import JsonLines
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -272,8 +272,7 @@ def write_trials(trials: list, study_name: str, path: Path) -> None:
         # the facts this loop records (the plugin also keeps the command line's fixed values there)
         row |= {k: v for k, v in t.user_attrs.items() if k in TRIAL_FACTS}
         rows.append(row)
-    with atomic_write(path) as f:
-        f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    JsonLines(path).write_all(rows)
 
 
 def _key(params: dict) -> str:

@@ -4,7 +4,9 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,38 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
+_CRC_TAIL = re.compile(r'(, )?"crc32": "([0-9a-f]{8})"\}$')
+
+
+def _crc(text: str) -> str:
+    return f"{zlib.crc32(text.encode()):08x}"
+
+
+def json_line(record: dict) -> str:
+    """A record as one JSON line ending in a `crc32` of the rest of the line: a flipped digit is found, not believed."""
+    text = json.dumps(record, sort_keys=True)
+    return f'{text[:-1]}{", " if record else ""}"crc32": "{_crc(text)}"}}\n'
+
+
+def parse_line(line: str, strict: bool = False) -> dict | None:
+    """The record of a JSON line, or None when it is damaged. Lines without a checksum (files written before it
+    existed) are taken as they are unless `strict` (their file has checksummed lines, so this one lost its own)."""
+    line = line.rstrip("\n")
+    if m := _CRC_TAIL.search(line):
+        body = line[: m.start()] + "}"
+        if _crc(body) != m[2]:
+            return None
+    elif strict:
+        return None
+    else:
+        body = line
+    try:
+        record = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class JsonLines:
     """An append-only file of JSON records, one a line (metrics.jsonl per run, trials.jsonl per sweep)."""
 
@@ -31,27 +65,46 @@ class JsonLines:
         """Append one record and flush it to disk."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json_line(record))
             f.flush()
             os.fsync(f.fileno())
 
-    def read(self) -> list[dict]:
-        """All complete records (a line cut by a crash is ignored)."""
+    def write_all(self, records: list[dict]) -> None:
+        """Replace the file with `records` (atomically)."""
+        with atomic_write(self.path) as f:
+            f.writelines(json_line(r) for r in records)
+
+    def _lines(self) -> list[tuple[str, dict | None]]:
+        """(raw line, record or None if damaged); a last line cut by a crash (no newline) is left out."""
         if not self.path.exists():
             return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        text = self.path.read_text(errors="replace")
+        lines = text.split("\n")[:-1]  # the piece after the last newline is empty, or a torn write
+        strict = any(_CRC_TAIL.search(line) for line in lines)
+        return [(line, parse_line(line, strict)) for line in lines if line.strip()]
+
+    def read(self) -> list[dict]:
+        """All intact records; damaged lines are skipped with one warning naming them."""
+        lines = self._lines()
+        if bad := [i + 1 for i, (_, r) in enumerate(lines) if r is None]:
+            log.warning(
+                "%s: line %s damaged (not JSON, or its crc32 does not match); skipped",
+                self.path,
+                ", ".join(map(str, bad)),
+            )
+        return [r for _, r in lines if r is not None]
 
     def truncate(self, stage: str, after_epoch: int) -> None:
-        """Drop the records of `stage` past `after_epoch` (written after the checkpoint we resume from)."""
-        keep = [r for r in self.read() if not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch)]
+        """Drop the records of `stage` past `after_epoch` (written after the checkpoint we resume from); damaged
+        lines stay as they are, for a person to look at."""
+        keep = []
+        for line, r in self._lines():
+            if r is None:
+                keep.append(line + "\n")
+            elif not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch):
+                keep.append(json_line(r))
         with atomic_write(self.path) as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+            f.writelines(keep)
 
 
 class NullLogger:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from denetdm.tracking import parse_line
+
 from conftest import ROOT, TINY, read_results, run_cli
 from wandb_files import read_run
 
@@ -37,7 +39,7 @@ RESULT_KEYS = [
 def numbers(run_dir: Path) -> list[dict]:
     """metrics.jsonl without wall-clock entries."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(x).items() if "/time/" not in k} for x in lines]
+    return [{k: v for k, v in parse_line(x).items() if "/time/" not in k} for x in lines]
 
 
 @pytest.fixture(scope="module")

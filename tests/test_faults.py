@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from denetdm.tracking import parse_line
+
 from conftest import ROOT, TINY, run_cli
 
 SWEEP = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=4", *TINY, "stage1.epochs=3", "stage2.epochs=2",
@@ -18,7 +20,7 @@ SWEEP = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=4", *TINY, "s
 
 
 def _trials(sweep_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
+    return [parse_line(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
 
 
 def _sweep(sweep_dir: Path) -> None:
@@ -187,3 +189,239 @@ def test_wandb_online_with_an_unreachable_server_costs_one_warning_not_a_hang(tm
     assert time.time() - t0 < 60  # W&B's own wait would be 90 s
     assert (tmp_path / "r" / "results.json").exists()  # training went on, files written
     assert (proc.stdout + proc.stderr).count("W&B logging is off for this run") == 1
+
+
+# --- one run killed at the moments a sweep's kill points do not reach, then run again -------------------------------
+
+RUN = [*TINY, "stage1.epochs=3", "stage2.epochs=3", "threads=1"]
+
+
+def _run_with_fault(fault: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "tests" / "faultinject.py"), fault, str(ROOT / "run.py"), *RUN,
+           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    env = {**os.environ, "DENETDM_CACHE": str(cache)}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _numbers(run_dir: Path) -> tuple[list[dict], dict]:
+    """metrics.jsonl and results.json without wall-clock entries."""
+    lines = [parse_line(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((run_dir / "results.json").read_text())
+    drop = lambda d: {k: v for k, v in d.items() if "time" not in k and k != "config"}  # noqa: E731 (its cache_dir)
+    return [drop(x) for x in lines], drop(results)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    """The run never interrupted, with a cache of its own."""
+    root = tmp_path_factory.mktemp("plain")
+    proc = run_cli(RUN, root / "run", env={"DENETDM_CACHE": str(root / "cache")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return _numbers(root / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "kill-after-generating",  # the dataset generated, its cache file not yet written
+        "kill-mid-write:synthetic-",  # half of the cache file written
+        "kill-mid-write:stage1_last.pt:2",  # half of epoch 2's checkpoint written
+        "kill-mid-write:stage2_selected.pt",  # half of stage 2's first selected checkpoint written
+        "kill-at-stage:stage2",  # between the stages
+        "kill-after-epoch:stage2:2",  # during stage 2
+    ],
+)
+def test_a_run_killed_at_any_moment_reruns_to_the_uninterrupted_numbers(fault, plain, tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _run_with_fault(fault, run_dir, cache)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
+    rerun = run_cli(RUN, run_dir, env={"DENETDM_CACHE": str(cache)})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "damaged" not in rerun.stdout + rerun.stderr  # a half-written file is never where a reader looks
+    assert _numbers(run_dir) == plain
+    assert len(list(cache.glob("synthetic-*.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_no_space_during_a_checkpoint_write_is_one_line_and_the_rerun_continues(plain, tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _run_with_fault("enospc:stage1_last.pt:2", run_dir, cache)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: could not write the stage1 checkpoint") and "No space left on device" in line
+    assert "run the same command again" in line
+    from denetdm.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / "stage1_last.pt")["epoch"] == 1  # the previous one, intact
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
+    rerun = run_cli(RUN, run_dir, env={"DENETDM_CACHE": str(cache)})
+    assert rerun.returncode == 0 and "resuming after epoch 1" in rerun.stdout, rerun.stderr[-2000:]
+    assert _numbers(run_dir) == plain
+
+
+# --- damaged files: found, said in one line or regenerated, nothing else lost ---------------------------------------
+
+
+def _flip(path: Path, at: float, bit: int = 4) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def _cut(path: Path, at: float) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * at)])
+
+
+def test_every_single_bit_flip_of_a_checkpoint_is_found_or_harmless(tmp_path):
+    import torch
+
+    from denetdm.checkpoint import load_checkpoint, save_checkpoint
+    from denetdm.errors import CheckpointError
+
+    net = torch.nn.Linear(20, 3)
+    ckpt = {"kind": "stage1", "epoch": 2, "method": net.state_dict(), "optimizer": {"lr": 0.1, "state": {}}}
+    path = tmp_path / "c.pt"
+    save_checkpoint(ckpt, path)
+    good = path.read_bytes()
+    silent = []
+    for pos in range(0, len(good), 3):  # a flip every third byte, across headers, pickle and tensor data
+        path.write_bytes(good[:pos] + bytes([good[pos] ^ 0x08]) + good[pos + 1 :])
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as e:
+            assert "damaged" in str(e)
+            continue
+        same = loaded.keys() == ckpt.keys() and all(
+            torch.equal(loaded["method"][k], v) for k, v in net.state_dict().items()
+        )
+        if not (
+            same
+            and {k: loaded[k] for k in ("kind", "epoch", "optimizer")}
+            == {k: ckpt[k] for k in ("kind", "epoch", "optimizer")}
+        ):
+            silent.append(pos)
+    assert silent == []  # torch itself would have loaded most of these changed values without a word
+    for at in (0.1, 0.5, 0.99):  # truncated
+        path.write_bytes(good[: int(len(good) * at)])
+        with pytest.raises(CheckpointError, match="damaged"):
+            load_checkpoint(path)
+
+
+def test_every_single_bit_flip_of_a_jsonl_line_is_found_or_harmless(tmp_path, caplog):
+    from denetdm.tracking import JsonLines
+
+    records = [{"stage": "stage1", "epoch": e, "stage1/val/acc": 0.1234 * e, "note": "x"} for e in (1, 2, 3)]
+    path = tmp_path / "metrics.jsonl"
+    JsonLines(path).write_all(records)
+    good = path.read_bytes()
+    second = good.index(b"\n") + 1  # the second line
+    for pos in range(second, good.index(b"\n", second)):
+        for bit in range(7):
+            path.write_bytes(good[:pos] + bytes([good[pos] ^ (1 << bit)]) + good[pos + 1 :])
+            got = JsonLines(path).read()
+            assert got in (records, [records[0], records[2]]), (pos, bit)
+    caplog.clear()
+    path.write_bytes(good[:second] + good[second + 10 :])  # a line cut short in the middle of the file
+    assert JsonLines(path).read() == [records[0], records[2]]
+    assert "line 2 damaged" in caplog.text
+    path.write_bytes(good[:-7])  # the last line torn by a crash: left out without a warning (the rerun rewrites it)
+    caplog.clear()
+    assert JsonLines(path).read() == records[:2] and "damaged" not in caplog.text
+
+
+def _tiny(run_dir: Path, *extra: str) -> dict:
+    from denetdm.pipeline import train
+
+    from conftest import compose_cfg
+
+    return train(compose_cfg([*TINY, *extra]), run_dir)
+
+
+def _plain_numbers(run_dir: Path) -> list[dict]:
+    return [
+        {k: v for k, v in parse_line(x).items() if "/time/" not in k}
+        for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_a_damaged_cache_file_is_regenerated_with_one_warning(damage, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("DENETDM_CACHE", str(tmp_path / "cache"))
+    _tiny(tmp_path / "a")
+    (cache_file,) = (tmp_path / "cache").glob("synthetic-*.pt")
+    _flip(cache_file, 0.6) if damage == "flip" else _cut(cache_file, 0.6)
+    caplog.clear()
+    _tiny(tmp_path / "b")
+    warned = [r for r in caplog.records if str(cache_file) in r.getMessage()]
+    assert len(warned) == 1 and "regenerating" in warned[0].getMessage()
+    assert _plain_numbers(tmp_path / "b") == _plain_numbers(tmp_path / "a")
+    caplog.clear()
+    _tiny(tmp_path / "c")  # the regenerated file is good again
+    assert str(cache_file) not in caplog.text
+
+
+class _Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_else(damage, tmp_path, monkeypatch):
+    from denetdm.engine import Trainer
+    from denetdm.errors import CheckpointError
+
+    _tiny(tmp_path / "plain", "stage1.epochs=3")
+    run = tmp_path / "run"
+    report = Trainer._report
+
+    def die_after_epoch_2(self, stage, epoch, *args):
+        report(self, stage, epoch, *args)
+        if (stage, epoch) == ("stage1", 2):
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "_report", die_after_epoch_2)
+    with pytest.raises(_Killed):
+        _tiny(run, "stage1.epochs=3")
+    monkeypatch.undo()
+    last = run / "checkpoints" / "stage1_last.pt"
+    _flip(last, 0.7) if damage == "flip" else _cut(last, 0.7)
+    before = {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]}
+    with pytest.raises(CheckpointError, match="stage1 checkpoint .* is damaged.*delete it to retrain that stage"):
+        _tiny(run, "stage1.epochs=3")
+    assert {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]} == before
+    last.unlink()  # as the error says
+    _tiny(run, "stage1.epochs=3")
+    assert _plain_numbers(run) == _plain_numbers(tmp_path / "plain")
+
+
+def test_a_damaged_metrics_line_is_named_and_kept_and_the_rest_read(tmp_path, caplog):
+    from denetdm.runs import collect
+
+    _tiny(tmp_path / "r")
+    path = tmp_path / "r" / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    i = lines[1].index('"stage1/train/loss": ') + len('"stage1/train/loss": ') + 2
+    lines[1] = lines[1][:i] + str((int(lines[1][i]) + 1) % 10) + lines[1][i + 1 :]  # one digit changed: still JSON
+    path.write_text("".join(lines))
+    caplog.clear()
+    (run,) = collect([tmp_path]).runs
+    assert [(r["stage"], r["epoch"]) for r in run.epochs()] == [("stage1", 1), ("stage2", 1), ("stage2", 2)]
+    assert f"{path}: line 2 damaged" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_damaged_trials_line_is_skipped_with_a_warning_and_the_sweep_command_rewrites_it(tmp_path, caplog):
+    from denetdm.runs import trial_records
+
+    sweep = tmp_path / "s"
+    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=3", *TINY, "stage1.epochs=1", "stage2.epochs=1",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    assert run_cli(args).returncode == 0
+    good = (sweep / "trials.jsonl").read_text()
+    _flip(sweep / "trials.jsonl", 0.5)
+    caplog.clear()
+    assert [r["number"] for r in trial_records(sweep)] in ([0, 2], [1, 2], [0, 1])  # one row lost, not believed
+    assert "trials.jsonl: line" in caplog.text
+    proc = run_cli(args)  # the same command: nothing trains, trials.jsonl is rewritten from study.db
+    assert proc.returncode == 0 and (sweep / "trials.jsonl").read_text() == good

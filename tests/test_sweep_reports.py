@@ -14,6 +14,7 @@ import pytest
 
 from denetdm.runs import Collection, Run, upgrade_record
 from denetdm.tables import build_table, to_markdown
+from denetdm.tracking import parse_line
 from sweep import main as sweep_main
 
 from conftest import ROOT
@@ -83,7 +84,7 @@ def test_unknown_metric_and_missing_directory_are_one_line_errors(tmp_path):
 
 def test_best_reads_optimization_results_and_finds_the_run(capsys):
     out = _sweep(["best", str(SWEEPS / "depth_gap")], capsys)
-    trials = [json.loads(line) for line in (SWEEPS / "depth_gap" / "trials.jsonl").read_text().splitlines()]
+    trials = [parse_line(line) for line in (SWEEPS / "depth_gap" / "trials.jsonl").read_text().splitlines()]
     top = max(trials, key=lambda t: t["value"])
     assert f"best value (val/acc_unbiased): {top['value']:.4f}" in out
     assert f"best_trial: {top['number']}" in out
@@ -132,7 +133,7 @@ def test_wandb_summary_run_offline(tmp_path):
     (path,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     logged = read_run(path)
     assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "sweep-summary"
-    trials = [json.loads(line) for line in (sweep / "trials.jsonl").read_text().splitlines()]
+    trials = [parse_line(line) for line in (sweep / "trials.jsonl").read_text().splitlines()]
     kinds = {k.split("/")[0]: h[k] for h in logged["history"] for k in h if k.endswith("/_type")}
     assert {"trials", "depth_heatmap", "history", "stage1_curves"} <= set(kinds)
     (table,) = path.parent.glob("files/media/table/trials_*.table.json")

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from denetdm.cli import LAUNCHER_PLUGINS, check_launcher, missing_plugin
+from denetdm.tracking import parse_line
 
 from conftest import ROOT, TINY, run_cli
 from wandb_files import read_run
@@ -50,7 +51,7 @@ def test_seeds_sweep_runs_each_combination(tmp_path):
 
 
 def _trials(sweep_dir):
-    return [json.loads(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
+    return [parse_line(line) for line in (sweep_dir / "trials.jsonl").read_text().splitlines()]
 
 
 # with seed 0, TPE samples shallow depth 0 (an illegal MLP depth) in some trials of this space (the second is one),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from denetdm.atomic import atomic_save
+from denetdm.atomic import atomic_save, tree_digest
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,7 @@ def cache_key(params: dict) -> str:
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().data if t.dtype != torch.uint8 else t.numpy().data)
-    return h.hexdigest()
+    return tree_digest(tensors)
 
 
 def cached(

@@ -27,7 +27,7 @@ def register_backbone(name: str, convolutional: bool = False) -> Callable:
 
 def is_convolutional(name: str) -> bool:
     """Whether the registered backbone `name` is convolutional (wants channels-last inputs)."""
-    return name in _CONVOLUTIONAL
+    return isinstance(name, str) and name in _CONVOLUTIONAL
 
 
 def list_backbones() -> list[str]:
@@ -37,7 +37,7 @@ def list_backbones() -> list[str]:
 
 def create_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
     """Build a registered feature extractor; it maps (N, *input_shape) to (N, num_features)."""
-    if name not in _BACKBONES:
+    if not isinstance(name, str) or name not in _BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
     try:
         model = _BACKBONES[name](tuple(input_shape), **kwargs)

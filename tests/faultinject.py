@@ -1,0 +1,107 @@
+"""Run run.py with one fault armed, for tests: `python tests/faultinject.py FAULT run.py ARGS...`.
+
+FAULT is one of
+  kill-mid-write:<name>[:<n>]  SIGKILL after writing half of the n-th file (default the first) named <name>*
+  enospc:<name>[:<n>]          the n-th write of a file named <name>* fails with "No space left on device"
+  kill-at-stage:<stage>        SIGKILL as <stage> begins (between the stages)
+  kill-after-epoch:<stage>:<n> SIGKILL once epoch n of <stage> is checkpointed
+  kill-after-generating        SIGKILL once the dataset is generated, before its cache file is written
+The hooks wrap denetdm's own functions from outside; nothing in the package knows about them.
+"""
+
+import errno
+import io
+import os
+import runpy
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _on_write(name: str, nth: int, fail) -> None:
+    """Call `fail(real_file, data)` instead of the n-th atomic write of a file whose name starts with `name`."""
+    import denetdm.atomic as atomic
+
+    original, seen = atomic.atomic_write, [0]
+
+    @contextmanager
+    def write(path, mode="w"):
+        with original(path, mode) as f:
+            if not Path(path).name.startswith(name):
+                yield f
+                return
+            seen[0] += 1
+            if seen[0] != nth:
+                yield f
+                return
+            buf = io.BytesIO() if "b" in mode else io.StringIO()
+            yield buf
+            fail(f, buf.getvalue())
+
+    atomic.atomic_write = write
+
+
+def _half_then_die(f, data) -> None:
+    f.write(data[: len(data) // 2])
+    f.flush()
+    os.fsync(f.fileno())
+    _die()
+
+
+def _no_space(f, data) -> None:
+    f.write(data[: len(data) // 3])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _wrap_method(cls, name: str, before=None, after=None) -> None:
+    original = getattr(cls, name)
+
+    def wrapped(self, *args, **kwargs):
+        if before:
+            before(*args)
+        out = original(self, *args, **kwargs)
+        if after:
+            after(*args)
+        return out
+
+    setattr(cls, name, wrapped)
+
+
+def arm(fault: str) -> None:
+    """Install the hook `fault` describes."""
+    kind, _, rest = fault.partition(":")
+    parts = rest.split(":") if rest else []
+    if kind in ("kill-mid-write", "enospc"):
+        nth = int(parts[1]) if len(parts) > 1 else 1
+        _on_write(parts[0], nth, _half_then_die if kind == "kill-mid-write" else _no_space)
+    elif kind == "kill-at-stage":
+        from denetdm.engine import Trainer
+
+        _wrap_method(Trainer, "fit", before=lambda stage, *a: stage == parts[0] and _die())
+    elif kind == "kill-after-epoch":
+        from denetdm.engine import Trainer
+
+        stage, epoch = parts[0], int(parts[1])
+        _wrap_method(Trainer, "_report", after=lambda s, e, *a: (s, e) == (stage, epoch) and _die())
+    elif kind == "kill-after-generating":
+        import denetdm.data.base as base
+
+        original = base.cached
+        base.cached = lambda cache_dir, prefix, params, build: original(
+            cache_dir, prefix, params, lambda: (build(), _die())[0]
+        )
+    else:
+        sys.exit(f"faultinject: unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    fault, script, *args = sys.argv[1:]
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    arm(fault)
+    sys.argv = [script, *args]
+    runpy.run_path(script, run_name="__main__")

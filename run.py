@@ -10,31 +10,16 @@ import sys
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices
+from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices, record_swept_values
 from denetdm.errors import DenetdmError
 from denetdm.pipeline import train
 from denetdm.report import objective
 
 log = logging.getLogger("denetdm")
-
-
-def _scalar(text: str):
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _record_swept_values(cfg: DictConfig, hc) -> None:
-    # the basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params
-    chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
-    with open_dict(cfg):
-        cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
 
 
 def _pruning(cfg: DictConfig, hc) -> dict | None:
@@ -55,7 +40,7 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     sweeping = hc.mode == RunMode.MULTIRUN
     if sweeping and cfg.trial.params is None:
-        _record_swept_values(cfg, hc)
+        record_swept_values(cfg, hc)
     try:
         slot = int(hc.job.num) if sweeping else None  # several GPUs: one per parallel job, round robin
         return objective(train(cfg, run_dir, _pruning(cfg, hc) if sweeping else None, slot))

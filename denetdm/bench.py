@@ -146,11 +146,16 @@ def main() -> None:
     ap.add_argument("--cifar-steps", type=int, default=8, help="timed stage-1 steps of the CIFAR comparison")
     ap.add_argument("--skip-mnist", action="store_true")
     ap.add_argument("--methods", nargs="*", help="methods to time (default: every conf/method/*.yaml)")
+    ap.add_argument("--stack-sizes", type=int, nargs="*", default=[1, 4, 16], help="K runs per stack to time")
+    ap.add_argument("--stack-steps", type=int, default=20, help="timed steps per stack size")
+    ap.add_argument("--skip-stacked", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = os.environ.get("DENETDM_CACHE", os.path.expanduser("~/.cache/denetdm"))
     if not args.skip_mnist:
         bench_mnist(cache, args)
+    if not args.skip_stacked:
+        bench_stacked(cache, args)
     bench_cifar(cache, args.device, args.cifar_steps)
 
 
@@ -190,6 +195,67 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
             timed = timed[1:] or timed  # the first epoch is a warm-up
             rows.append((phase, sum(r[f"{phase}/time/epoch_s"] for r in timed) / len(timed), paper.epochs))
     return rows
+
+
+def _stacked_step_s(data, config: dict, k: int, vectorize: bool | None, device: str, steps: int) -> list[float]:
+    """Seconds per step of K DeNetDM members (stage 1, stage 2): one Stack, or (None) K plain methods."""
+    from denetdm.stacked import Stack
+
+    adam = functools.partial(torch.optim.Adam, fused=True)
+    out, previous = [], [None] * k
+    for phase, node in ph.phases(config["method"]).items():
+        source, batch = config[node["schedule"]], config[node["schedule"]]["batch_size"]
+        ctx = context(data, config["model"], adam, source["lr"], source["weight_decay"])
+        members = []
+        for m in range(k):
+            torch.manual_seed(m)
+            members.append(ph.build(phase, node, ctx, previous[m]).to(device))
+            members[-1].prepare(data.train, augmented=False)
+            members[-1].train()
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, len(data.train), (steps + 2, k, batch), generator=g).to(device)
+        x, y = data.train.x[idx], data.train.y[idx]  # (steps, K, B, ...)
+        stack = Stack(members, vectorize) if vectorize is not None else None
+        t0 = 0.0
+        for i in range(steps + 2):
+            if i == 2:  # two warm-up steps
+                _sync(device)
+                t0 = time.perf_counter()
+            if stack is not None:
+                stack.update(x[i], y[i], idx[i])
+            else:
+                for m, member in enumerate(members):
+                    member.update(x[i, m], y[i, m], idx[i, m])
+        _sync(device)
+        out.append((time.perf_counter() - t0) / steps)
+        previous = members
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_stacked(cache: str, args: argparse.Namespace) -> None:
+    """DeNetDM runs per hour on Colored MNIST's paper schedule: K runs one after another or stacked."""
+    _, data = _data(cache)
+    data = data.to(args.device)
+    config = _method_config("denetdm")
+    n = len(data.train)
+    sched = [(config[s]["epochs"], -(-n // config[s]["batch_size"])) for s in ("stage1", "stage2")]
+    print(f"\nDeNetDM, Colored MNIST paper schedule ({sched[0][0]} + {sched[1][0]} epochs), training steps only, "
+          f"on {args.device}: runs per hour")  # fmt: skip
+    print(f"{'K':>4}  {'how':<32}{'stage-1 ms/step':>16}{'stage-2 ms/step':>16}{'runs/hour':>11}")
+    for k in args.stack_sizes:
+        for how, vec in (("one after another (plain steps)", None), ("stack, members in turn", False),
+                         ("stack, vmapped", True)):  # fmt: skip
+            if k == 1 and vec is not None:
+                continue
+            s1, s2 = _stacked_step_s(data, config, k, vec, args.device, args.stack_steps)
+            hours = (sched[0][0] * sched[0][1] * s1 + sched[1][0] * sched[1][1] * s2) / 3600
+            print(f"{k:>4}  {how:<32}{s1 * 1e3:>16.2f}{s2 * 1e3:>16.2f}{k / hours:>11.1f}")
+    print("captured (CUDA-graph) steps: not implemented yet (issue 13)")
 
 
 def bench_mnist(cache: str, args: argparse.Namespace) -> None:

@@ -127,3 +127,21 @@ def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
         return None
     return _parse_problem(args, conf) or _compose_problem(args, conf)
+
+
+def _scalar(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def record_swept_values(cfg, hc) -> None:
+    """The basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params."""
+    from omegaconf import open_dict
+
+    chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
+    with open_dict(cfg):
+        cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}

@@ -95,6 +95,24 @@ class StageResult:
     elapsed_s: float
 
 
+@dataclass
+class Fit:
+    """One stage's training in progress: what `Trainer.begin` restored and `end_epoch` updates."""
+
+    stage: str
+    method: Method
+    data: BiasedData
+    schedule: Schedule
+    meta: dict
+    augment: Augment | None
+    gen: torch.Generator
+    state: dict
+
+    def epochs(self) -> range:
+        """The epochs still to train."""
+        return range(self.state["epoch"] + 1, self.schedule.epochs + 1)
+
+
 class Trainer:
     """Runs stages in a run directory: metrics.jsonl, checkpoints/<stage>_{last,selected}.pt."""
 
@@ -134,6 +152,22 @@ class Trainer:
         """Train `method` by `schedule`, evaluating every epoch and keeping the checkpoint chosen by the
         selection rule. `meta` is stored in every checkpoint (model specs, config fingerprint); its "config"
         entry must match on resume."""
+        return self.fit_from(self.begin(stage, method, data, schedule, meta, resume, augment))
+
+    def fit_from(self, fit: "Fit") -> StageResult:
+        """The epochs left of a begun stage, one method at a time."""
+        for epoch in fit.epochs():
+            t0 = time.time()
+            split = fit.data.train
+            train = self._train_epoch(fit.stage, epoch, fit.method, split, fit.schedule, fit.gen, fit.augment)
+            self.end_epoch(fit, epoch, train, t0)
+        return self.finish(fit)
+
+    def begin(
+        self, stage: str, method: Method, data: BiasedData, schedule: Schedule, meta: dict, resume: bool = True,
+        augment: Augment | None = None,
+    ) -> "Fit":  # fmt: skip
+        """Check the schedule and restore the stage's loop state (the start of `fit`; a stack calls it per member)."""
         schedule.check(stage)
         if schedule.drop_last and len(data.train) < schedule.batch_size:
             raise ConfigError(
@@ -144,29 +178,34 @@ class Trainer:
         state = self._restore(stage, method, gen, meta, resume)
         if state["epoch"] < schedule.epochs:
             method.prepare(data.train, augmented=augment is not None)
-        for epoch in range(state["epoch"] + 1, schedule.epochs + 1):
-            t0 = time.time()
-            train = self._train_epoch(stage, epoch, method, data.train, schedule, gen, augment)
-            t_train = time.time() - t0
-            metrics = evaluate_all(method, data, stage)
-            if self.probe.due(epoch):  # analysis only: selection never reads these keys
-                t_probe = time.time()
-                metrics |= self.probe.measure(method, data, stage, epoch)
-                metrics[f"{stage}/time/probe_s"] = time.time() - t_probe
-            state["elapsed_s"] += time.time() - t0
-            record = {"stage": stage, "epoch": epoch, **train, **metrics, f"{stage}/time/train_s": t_train}
-            record[f"{stage}/time/epoch_s"] = time.time() - t0
-            self.records.append(record)
-            self.logger.log(stage, epoch, record)
-            self._select_and_save(stage, method, gen, meta, state, epoch, metrics, schedule)
-            self._report(stage, epoch, schedule, record)
-            if self.on_epoch is not None:
-                self.on_epoch(stage, epoch, record)
-        if state["best_epoch"] == 0:
-            raise CheckpointError(f"{stage}: no epoch was trained; set {stage}.epochs >= 1")
-        best = load_checkpoint(self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint")
-        method.load_state_dict(best["method"])
-        return StageResult(state["best_epoch"], state["best_metrics"], state["elapsed_s"])
+        return Fit(stage, method, data, schedule, meta, augment, gen, state)
+
+    def end_epoch(self, fit: "Fit", epoch: int, train: dict[str, float], t0: float) -> None:
+        """Evaluate, record, select and checkpoint an epoch whose training began at `t0`."""
+        stage, method, data = fit.stage, fit.method, fit.data
+        t_train = time.time() - t0
+        metrics = evaluate_all(method, data, stage)
+        if self.probe.due(epoch):  # analysis only: selection never reads these keys
+            t_probe = time.time()
+            metrics |= self.probe.measure(method, data, stage, epoch)
+            metrics[f"{stage}/time/probe_s"] = time.time() - t_probe
+        fit.state["elapsed_s"] += time.time() - t0
+        record = {"stage": stage, "epoch": epoch, **train, **metrics, f"{stage}/time/train_s": t_train}
+        record[f"{stage}/time/epoch_s"] = time.time() - t0
+        self.records.append(record)
+        self.logger.log(stage, epoch, record)
+        self._select_and_save(stage, method, fit.gen, fit.meta, fit.state, epoch, metrics, fit.schedule)
+        self._report(stage, epoch, fit.schedule, record)
+        if self.on_epoch is not None:
+            self.on_epoch(stage, epoch, record)
+
+    def finish(self, fit: "Fit") -> StageResult:
+        """Load the selected checkpoint into the method; the stage's result."""
+        if fit.state["best_epoch"] == 0:
+            raise CheckpointError(f"{fit.stage}: no epoch was trained; set {fit.stage}.epochs >= 1")
+        best = load_checkpoint(self.checkpoint_path(fit.stage, "selected"), f"{fit.stage} selected checkpoint")
+        fit.method.load_state_dict(best["method"])
+        return StageResult(fit.state["best_epoch"], fit.state["best_metrics"], fit.state["elapsed_s"])
 
     def _restore(self, stage: str, method: Method, gen: torch.Generator, meta: dict, resume: bool) -> dict:
         """The loop state after the last saved epoch (method, optimizer and batch order restored), or a fresh one."""
@@ -210,6 +249,10 @@ class Trainer:
             for k, v in method.update(x, y, idx).items():
                 sums[k] = sums[k] + v if k in sums else v
             n += 1
+        return self.train_means(stage, epoch, sums, n)
+
+    def train_means(self, stage: str, epoch: int, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """`<stage>/train/<loss>` from losses summed over `n` batches on the device (read once per epoch)."""
         train = {f"{stage}/train/{k}": v.item() / n for k, v in sums.items()}
         if not all(math.isfinite(v) for v in train.values()):
             saved = self.checkpoint_path(stage, "last")

@@ -7,6 +7,7 @@ The loop over phases has no method-specific branch: conf/method/<name>.yaml says
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from denetdm.checkpoint import load_checkpoint
 from denetdm.checks import number, positive_int
 from denetdm.cli import instantiate_checked
 from denetdm.data.splits import BiasedData
-from denetdm.engine import Schedule, Trainer, evaluate_all, metric_key
+from denetdm.engine import Fit, Schedule, StageResult, Trainer, evaluate_all, metric_key
 from denetdm.errors import ConfigError
 from denetdm.fingerprint import fingerprint
 from denetdm.methods import BuildContext, Method
@@ -121,13 +122,19 @@ class Plan:
         return fingerprint(self.config, stage)
 
 
+MAX_THREADS = 1024  # torch would start them all
+
+
 def _check_flags(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     for key in ("amp", "resume"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
-    positive_int("threads", cfg.threads, allow_none=True)
+    if positive_int("threads", cfg.threads, allow_none=True) and cfg.threads > MAX_THREADS:
+        raise ConfigError(
+            f"threads must be at most {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {cfg.threads}"
+        )
     if cfg.progress not in ("auto", True, False):
         raise ConfigError(f"progress must be auto, true or false, got {cfg.progress!r}")
     check_label_free_metric(cfg.selection_metric)
@@ -265,17 +272,30 @@ class StageRunner:
         meta = {"input_shape": shape, "num_classes": classes, "model": self.specs, "method": self.p.config["method"]}
         return meta | {"config": self.p.fingerprint(phase)}
 
-    def fit(self, phase: str, previous: Method | None) -> Method:
-        """Build the phase after `previous` and train it (or resume it); its selected checkpoint is loaded."""
-        schedule, source = self.p.schedules[phase], self.p.phases[phase]["schedule"]
-        node = self.p.cfg[source]
+    def build(self, phase: str, previous: Method | None) -> Method:
+        """The phase after `previous`, freshly initialised from the run's seed, on the run's device."""
+        node = self.p.cfg[self.p.phases[phase]["schedule"]]
         ctx = context(self.data, self.specs, self.optimizer, node.lr, node.weight_decay)
         torch.manual_seed(derive_seed(self.p.cfg.seed, f"{phase}-init"))
         method = ph.build(phase, self.p.phases[phase], ctx, previous).to(self.p.device, memory_format=self.fmt)
         method.amp = self.p.cfg.amp
-        r = self.trainer.fit(phase, method, self.data, schedule, self.meta(phase), self.p.cfg.resume, self.data.augment)
+        return method
+
+    def begin(self, phase: str, method: Method) -> Fit:
+        """The trainer's loop state for `phase` (resumed where a checkpoint is)."""
+        schedule, meta = self.p.schedules[phase], self.meta(phase)
+        return self.trainer.begin(phase, method, self.data, schedule, meta, self.p.cfg.resume, self.data.augment)
+
+    def record(self, phase: str, r: StageResult) -> None:
+        """A trained phase's entries of results.json."""
         self.results.update(r.metrics)
         self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
+
+    def fit(self, phase: str, previous: Method | None) -> Method:
+        """Build the phase after `previous` and train it (or resume it); its selected checkpoint is loaded."""
+        method = self.build(phase, previous)
+        fit = self.begin(phase, method)
+        self.record(phase, self.trainer.fit_from(fit))
         return method
 
     def load(self, phase: str) -> Method:
@@ -295,14 +315,22 @@ class StageRunner:
         """The configured phases in order; returns their results.json entries."""
         if "eval" in self.p.stages:
             self.results.update(evaluate_checkpoint(self.p.cfg.stage.ckpt, self.data))
-        names, run = list(self.p.phases), [s for s in self.p.stages if s != "eval"]
+        names, run = list(self.p.phases), self.trained()
         previous = None
         if run and run[0] != names[0]:
             previous = self.load(names[names.index(run[0]) - 1])
         for phase in run:
             previous = self.fit(phase, previous)
+        return self.collect()
+
+    def trained(self) -> list[str]:
+        """The phases this run trains."""
+        return [s for s in self.p.stages if s != "eval"]
+
+    def collect(self) -> dict:
+        """The results.json entries of the phases run: the final model's, the separation, the times."""
         final = self.p.config["method"]["final"]
-        if final["phase"] in run:
+        if final["phase"] in self.trained():
             self.results.update(final_results(self.results, final["phase"], final["head"]))
         self.results.update(separation(self.results))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
@@ -336,26 +364,32 @@ def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None, slo
     """Run the configured phases in `run_dir` and return the results dict (also written to results.json).
     `pruning` ({storage, study, number, pruner}: a sweep trial's) reports each epoch of the final phase."""
     p = plan(cfg, run_dir, slot)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if p.protocol.name == "oracle":
-        log.warning("selection=oracle: checkpoints are chosen on the TEST set (the reference code's protocol)")
     if (done := _finished(p)) is not None:
         print(summary_table(done))
         return done
-    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
-    check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in p.phases.values()}))
-    p.run_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = prepare_run(p, cfg)
     with run_lock(p.run_dir):
         results = _run(p, cfg, optimizer, pruning)
     print(summary_table(results))
     return results
 
 
-def _run(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None) -> dict:
-    """Load the data, build the logger and the trainer, run the phases, write results.json and `done`."""
+def prepare_run(p: Plan, cfg: DictConfig):
+    """Threads, the oracle warning, the checked optimizer factory and the run directory, before any data."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if p.protocol.name == "oracle":
+        log.warning("selection=oracle: checkpoints are chosen on the TEST set (the reference code's protocol)")
+    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
+    check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in p.phases.values()}))
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    return optimizer
+
+
+def setup(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None, data=None) -> tuple[StageRunner, float]:
+    """Load the data (unless given), build the logger, the trainer and the stage runner; the data time."""
     t0 = time.time()
-    data, channels_last = _load_data(p)
+    data, channels_last = data or _load_data(p)
     t_data = time.time() - t0
     logger = instantiate_checked(cfg.logger, _partial_=True, _convert_="all")(
         run_dir=str(p.run_dir), run_config=p.config
@@ -368,14 +402,25 @@ def _run(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None) -> dict:
         final = p.config["method"]["final"]
         key = f"{final['phase']}/{final['head']}/{p.objective_key}"
         trainer.on_epoch = Reporter(**pruning, phase=final["phase"], key=key, run_dir=p.run_dir)
-    results = _describe(p)
-    with logger:
-        results.update(StageRunner(p, data, channels_last, optimizer, trainer).run())
-        results["time/data_s"] = t_data
-        results["time/total_s"] = sum(v for k, v in results.items() if k.startswith("time/"))
-        results["objective"] = results.get(p.objective_key, float("nan"))
-        results |= {"stages": p.stages, "dataset": {"name": data.name, **data.info}, "config": p.config}
-        logger.summary(results)
+    return StageRunner(p, data, channels_last, optimizer, trainer), t_data
+
+
+def conclude(runner: StageRunner, phase_results: dict, t_data: float) -> dict:
+    """results.json from the phases' entries (logged as the W&B summary), then the `done` marker."""
+    p, data = runner.p, runner.data
+    results = _describe(p) | phase_results
+    results["time/data_s"] = t_data
+    results["time/total_s"] = sum(v for k, v in results.items() if k.startswith("time/"))
+    results["objective"] = results.get(p.objective_key, float("nan"))
+    results |= {"stages": p.stages, "dataset": {"name": data.name, **data.info}, "config": p.config}
+    runner.trainer.logger.summary(results)
     write_json(p.run_dir / "results.json", results)
     (p.run_dir / "done").write_text("")
     return results
+
+
+def _run(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None) -> dict:
+    """Load the data, build the logger and the trainer, run the phases, write results.json and `done`."""
+    runner, t_data = setup(p, cfg, optimizer, pruning)
+    with runner.trainer.logger:
+        return conclude(runner, runner.run(), t_data)

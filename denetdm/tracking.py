@@ -187,7 +187,10 @@ class WandbLogger(NullLogger):
                 **self.kwargs,
                 id=run_id,
                 resume="allow",
-                settings=wandb.Settings(console="off", save_code=False, init_timeout=self.init_timeout),
+                # create_new: the members of a stack (launcher=stacked) each hold a run in one process
+                settings=wandb.Settings(
+                    console="off", save_code=False, init_timeout=self.init_timeout, reinit="create_new"
+                ),
             )
             write_json(self.state_path, {"id": run_id, "step": self.step - 1})
         except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment

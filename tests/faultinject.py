@@ -82,7 +82,7 @@ def arm(fault: str) -> None:
     elif kind == "kill-at-stage":
         from denetdm.engine import Trainer
 
-        _wrap_method(Trainer, "fit", before=lambda stage, *a: stage == parts[0] and _die())
+        _wrap_method(Trainer, "begin", before=lambda stage, *a: stage == parts[0] and _die())
     elif kind == "kill-after-epoch":
         from denetdm.engine import Trainer
 

@@ -62,14 +62,14 @@ def render(value: object) -> str:
 
 @pytest.fixture
 def one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
-    fit = Trainer.fit
+    begin = Trainer.begin
 
     def capped(self, stage, method, data, schedule, *args, **kwargs):
         if isinstance(schedule.epochs, int) and schedule.epochs > 1:
             schedule = dataclasses.replace(schedule, epochs=1)
-        return fit(self, stage, method, data, schedule, *args, **kwargs)
+        return begin(self, stage, method, data, schedule, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "fit", capped)
+    monkeypatch.setattr(Trainer, "begin", capped)
 
 
 @pytest.mark.slow

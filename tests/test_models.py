@@ -122,7 +122,7 @@ def test_frozen_deep_expert_batchnorm_eval_by_default_train_as_the_reference(fro
     method = _bn_stage2(frozen_bn)
     deep, shallow = _bn_stats(method.stage1.deep), _bn_stats(method.stage1.shallow)
     method.prepare(Split(torch.rand(16, *SHAPE), torch.arange(16) % 10, torch.arange(16) % 10), augmented=False)
-    assert (method._frozen is None) == (frozen_bn == "train")  # batch statistics: nothing can be cached
+    assert (method.frozen_deep is None) == (frozen_bn == "train")  # batch statistics: nothing can be cached
     method.train()
     assert method.stage1.deep.training == (frozen_bn == "train") and not method.stage1.shallow.training
     method.update(torch.rand(16, *SHAPE), torch.arange(16) % 10, torch.arange(16))

@@ -8,7 +8,9 @@ import math
 
 import torch
 
+from denetdm.checks import positive_int
 from denetdm.data.colored import ColoredDataset
+from denetdm.errors import ConfigError
 from denetdm.seeding import generator
 
 
@@ -67,12 +69,24 @@ def render_shapes(labels: torch.Tensor, gen: torch.Generator, size: int = 28, ch
     return out.view(n, size, size)
 
 
+MAX_SIZE = 1_000_000  # 28x28 RGB images: about 2.4 GB as uint8, far more as float on the device
+
+
+def _size(key: str, value: object) -> int:
+    if positive_int(key, value) > MAX_SIZE:
+        raise ConfigError(
+            f"{key} must be at most {MAX_SIZE:,} (the synthetic images are generated in memory), got {value}"
+        )
+    return value
+
+
 class SyntheticShapes(ColoredDataset):
     """Coloured procedural shapes: shape = target, colour = bias; generated in seconds."""
 
     def __init__(self, train_size: int = 11000, test_size: int = 2000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_size, self.test_size = int(train_size), int(test_size)
+        self.train_size, self.test_size = (_size(f"dataset.{k}", v) for k, v in (("train_size", train_size),
+                                                                                 ("test_size", test_size)))  # fmt: skip
 
     def source_params(self) -> dict:
         return {"shapes": "v3", "train_size": self.train_size, "test_size": self.test_size}

@@ -73,9 +73,25 @@ class Method(nn.Module):
     def prepare(self, train: Split, augmented: bool) -> None:
         """Called once before training on `train` (e.g. to precompute outputs of frozen parts)."""
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch's scalar losses, `loss` the one optimised, without a step. A method whose step is this
+        (no per-sample state changed in place) can train stacked with others (`launcher=stacked`)."""
+        raise NotImplementedError
+
     def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns detached scalar losses (tensors, so the loop never syncs)."""
-        raise NotImplementedError
+        losses = self.loss(x, y, idx)
+        self.step(losses["loss"])
+        return {k: v.detach() for k, v in losses.items()}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`loss`: what torch.func.functional_call runs for a stack of members."""
+        return self.loss(x, y, idx)
+
+    @classmethod
+    def stackable(cls) -> bool:
+        """Whether a step is `loss` plus the optimiser's step, so members can be vmapped over."""
+        return cls.loss is not Method.loss and cls.update is Method.update
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every readout head, by head name (the names the metrics are recorded under)."""

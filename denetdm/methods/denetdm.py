@@ -27,11 +27,9 @@ class DeNetDMStage1(Method):
         model = TwoExpertModel(ctx.backbone("deep"), ctx.backbone("shallow"), ctx.num_classes)
         return cls(model, ctx.optimizer, lr=ctx.lr, weight_decay=ctx.weight_decay)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):
-            loss = F.cross_entropy(self.model(x), y)
-        self.step(loss)
-        return {"loss": loss.detach()}
+            return {"loss": F.cross_entropy(self.model(x), y)}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):
@@ -62,9 +60,12 @@ class DeNetDMStage2(Method):
         super().__init__()
         self.stage1 = stage1.requires_grad_(False).eval()
         self.target = target
-        self.poe_weight, self.dist_weight, self.temperature = poe_weight, dist_weight, temperature
+        # buffers, not attributes, so each member of a stack has its own (not in the state dict: config values)
+        for name, value in (("poe_weight", poe_weight), ("dist_weight", dist_weight), ("temperature", temperature)):
+            self.register_buffer(name, torch.tensor(float(value)), persistent=False)
         self.frozen_bn = frozen_bn
-        self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_buffer("frozen_deep", None, persistent=False)  # the frozen experts' outputs (prepare)
+        self.register_buffer("frozen_teacher", None, persistent=False)
         if optimizer is not None:  # only the target extractor and its head are optimised
             self.optimizer = optimizer(target.parameters(), lr=lr, weight_decay=weight_decay)
 
@@ -107,14 +108,14 @@ class DeNetDMStage2(Method):
     def prepare(self, train: Split, augmented: bool) -> None:
         # Without augmentation, the frozen experts see the same inputs every epoch: compute their outputs
         # once instead of once per epoch (this is most of the stage-2 cost on Colored MNIST).
-        self._frozen = None
+        self.frozen_deep = self.frozen_teacher = None
         if not augmented and self.frozen_bn == "eval":  # batch statistics make them depend on the batch
             outs = [self._frozen_outputs(x) for x, _, _ in train.batches(4096)]
-            self._frozen = (torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
+            self.frozen_deep, self.frozen_teacher = (torch.cat([o[i] for o in outs]) for i in (0, 1))
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self._frozen is not None:
-            deep, teacher = self._frozen[0][idx], self._frozen[1][idx]
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.frozen_deep is not None:
+            deep, teacher = self.frozen_deep[idx], self.frozen_teacher[idx]
         else:
             deep, teacher = self._frozen_outputs(x)
         with self.autocast(x):
@@ -124,8 +125,7 @@ class DeNetDMStage2(Method):
             student = F.log_softmax(self.target.head(feat).float() / t, dim=1)
             dist = -(F.softmax(teacher / t, dim=1) * student).sum() / len(y) * t * t
             loss = self.poe_weight * poe + self.dist_weight * dist
-        self.step(loss)
-        return {"loss": loss.detach(), "loss_poe": poe.detach(), "loss_dist": dist.detach()}
+        return {"loss": loss, "loss_poe": poe, "loss_dist": dist}
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):

@@ -1,0 +1,231 @@
+"""Many runs as one model: members that differ only in seeds or stage-2 loss weights train as a stack.
+
+A stack holds the members' parameters and buffers stacked along a new first axis (torch.func.stack_module_state)
+and takes every step for all of them at once: vmap over `functional_call` of one member's `Method.loss`, one
+backward pass of the summed losses (each member's gradient is its own loss's), one optimiser step over the
+stacked tensors (Adam, AdamW and SGD work element by element, so each member keeps its own moments). Each member
+keeps its own data order, data, run directory, checkpoints, metrics and selection: after every epoch the stack
+is copied back into the members' own modules and optimisers, and each member's Trainer evaluates, records and
+checkpoints it exactly as in a plain run. On a GPU this turns K launch-bound steps into one.
+"""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from denetdm.engine import Fit, StageResult, Trainer
+from denetdm.fingerprint import setting
+from denetdm.methods.base import Method
+
+# What members of one stack may differ in (everything else of their fingerprints must be equal)
+STACKED_APART = ("stage2.poe_weight", "stage2.dist_weight", "stage2.temperature")
+
+
+def stack_key(config: Mapping) -> str:
+    """Runs with equal keys can train as one stack: their configs differ at most in the seeds and STACKED_APART."""
+    stages = (config.get("stage") or {}).get("stages") or ["stage2"]
+    fp = setting(config, [s for s in stages if s != "eval"] or ["stage2"])
+    for dotted in STACKED_APART:
+        parent, leaf = dotted.split(".")
+        if isinstance(fp.get(parent), dict):
+            fp[parent].pop(leaf, None)
+    for node in ((fp.get("method") or {}).get("phases") or {}).values():  # the phases read them from stage2
+        for dotted in STACKED_APART:
+            node.pop(dotted.split(".")[1], None) if isinstance(node, dict) else None
+    fp["stage"] = config.get("stage")
+    return json.dumps(fp, sort_keys=True, default=str)
+
+
+class Stack:
+    """The members' methods of one phase as stacked tensors, stepped together."""
+
+    def __init__(self, members: Sequence[Method], vectorize: bool) -> None:
+        self.members, self.vectorize = list(members), vectorize
+        self.template = members[0]  # its structure is called with the stacked tensors swapped in
+        self.params, self.buffers = stack_module_state(self.members)
+        if not vectorize:  # each member's slice keeps its own layout (channels-last convolutions)
+            self.params = {n: _like_members(t, members, n, True) for n, t in self.params.items()}
+            self.buffers = {n: _like_members(t, members, n, False) for n, t in self.buffers.items()}
+        self.names = {id(p): n for n, p in members[0].named_parameters()}
+        opt = members[0].optimizer
+        self.optimizer = type(opt)(self._trainable(), **opt.defaults)
+        self._pull_optimizer_state()
+        self._vmapped = vmap(self._member_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
+
+    def _loss(self, params, buffers, x, y, idx) -> dict[str, torch.Tensor]:
+        if self.vectorize:
+            return self._vmapped(params, buffers, x, y, idx)
+        # one member after another on its own slice of the stacked tensors: the kernels of a plain run, so the
+        # numbers are a plain run's bit for bit (vmap's batched kernels sum in another order)
+        out = [
+            self._member_loss({n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()},
+                              x[k], y[k], idx[k])
+            for k in range(len(self.members))
+        ]  # fmt: skip
+        return {key: torch.stack([o[key] for o in out]) for key in out[0]}
+
+    def _trainable(self) -> list[torch.Tensor]:
+        # the stacked tensors in the order of the first member's optimiser (its checkpoints index state by it)
+        return [self.params[self.names[id(p)]] for p in self.members[0].optimizer.param_groups[0]["params"]]
+
+    def _member_loss(self, params, buffers, x, y, idx) -> dict[str, torch.Tensor]:
+        return functional_call(self.template, (params, buffers), (x, y, idx), strict=True)
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step of every member on its own batch (inputs stacked along dim 0); losses per member, (K,)."""
+        losses = self._loss(self.params, self.buffers, x, y, idx)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["loss"].sum().backward()
+        self.optimizer.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    @torch.no_grad()
+    def push(self) -> None:
+        """Copy the stack into each member's own parameters, buffers and optimiser state."""
+        for k, member in enumerate(self.members):
+            for name, t in member.named_parameters():
+                t.copy_(self.params[name][k])
+            for name, t in member.named_buffers():
+                if name in self.buffers:
+                    t.copy_(self.buffers[name][k])
+            opt = member.optimizer
+            for p, stacked in zip(opt.param_groups[0]["params"], self._trainable(), strict=True):
+                state = self.optimizer.state.get(stacked)
+                if state:
+                    opt.state[p] = {key: _member_part(v, k, len(self.members)) for key, v in state.items()}
+
+    @torch.no_grad()
+    def _pull_optimizer_state(self) -> None:
+        """Resumed members bring their optimiser state (all at the same epoch, so the same step count)."""
+        opts = [m.optimizer for m in self.members]
+        for i, stacked in enumerate(self._trainable()):
+            states = [o.state.get(o.param_groups[0]["params"][i]) for o in opts]
+            if all(states):
+                self.optimizer.state[stacked] = {
+                    key: torch.stack([s[key] for s in states]) if states[0][key].dim() else states[0][key].clone()
+                    for key in states[0]
+                }
+
+
+def _like_members(stacked: torch.Tensor, members: Sequence[Method], name: str, param: bool) -> torch.Tensor:
+    """`stacked` with each member's slice laid out like that member's own tensor."""
+    own = dict(members[0].named_parameters() if param else members[0].named_buffers())[name]
+    if own.dim() < 2 or own.is_contiguous():
+        return stacked
+    out = torch.empty((len(members), *own.shape), dtype=own.dtype, device=own.device)
+    out = out.as_strided(out.shape, (own.numel(), *own.stride()))
+    out.copy_(stacked.detach())
+    return out.requires_grad_(stacked.requires_grad) if param else out
+
+
+def _member_part(value: object, k: int, size: int) -> object:
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
+        return value[k].clone()
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult]:
+    """Train one phase of every member together, each recorded and checkpointed by its own trainer."""
+    stack = Stack([f.method for f in fits], vectorize)
+    first = fits[0]
+    for epoch in first.epochs():
+        t0 = time.time()
+        for f in fits:
+            f.method.train()
+        sums: dict[str, torch.Tensor] = {}
+        n = 0
+        for batch in zip(*(_batches(t, f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
+            x, y, idx = (_stack_like(parts) for parts in zip(*batch, strict=True))
+            for key, v in stack.update(x, y, idx).items():
+                sums[key] = sums[key] + v if key in sums else v
+            n += 1
+        stack.push()
+        for k, (t, f) in enumerate(zip(trainers, fits, strict=True)):
+            train = t.train_means(f.stage, epoch, {key: v[k] for key, v in sums.items()}, n)
+            t.end_epoch(f, epoch, train, t0)
+    return [t.finish(f) for t, f in zip(trainers, fits, strict=True)]
+
+
+def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, keeping each part's own layout in its slice (channels-last images stay channels-last)."""
+    first = parts[0]
+    if first.is_contiguous():
+        return torch.stack(parts)
+    out = torch.empty_strided((len(parts), *first.shape), (first.numel(), *first.stride()), dtype=first.dtype,
+                              device=first.device)  # fmt: skip
+    for k, part in enumerate(parts):
+        out[k].copy_(part)
+    return out
+
+
+def _batches(trainer: Trainer, fit: Fit, epoch: int):
+    for x, y, idx in trainer._batches(fit.stage, epoch, fit.data.train, fit.schedule, fit.gen):
+        yield (fit.augment(x, fit.gen) if fit.augment is not None else x), y, idx
+
+
+def train_stack(cfgs: Sequence, run_dirs: Sequence, vectorize: bool | None = None) -> list[dict]:
+    """Train runs that share a stack key as one stack, each into its own run directory; their results. Runs
+    already finished are read back; a stack whose members cannot step together trains them one by one.
+    `vectorize`: vmap the members (None: on CUDA, where it pays; on a CPU they step one after another)."""
+    from contextlib import ExitStack
+
+    from denetdm.atomic import run_lock
+    from denetdm.pipeline import _finished, plan, prepare_run, setup
+
+    plans = [plan(cfg, d) for cfg, d in zip(cfgs, run_dirs, strict=True)]
+    results: list[dict | None] = [_finished(p) for p in plans]
+    todo = [i for i, r in enumerate(results) if r is None]
+    with ExitStack() as held:
+        runners, times, shared = {}, {}, {}
+        for i in todo:
+            optimizer = prepare_run(plans[i], cfgs[i])
+            held.enter_context(run_lock(plans[i].run_dir))
+            key = json.dumps(plans[i].config["dataset"], sort_keys=True, default=str)
+            runners[i], times[i] = setup(plans[i], cfgs[i], optimizer, None, data=shared.get(key))
+            shared[key] = (runners[i].data, runners[i].fmt == torch.channels_last)
+            held.enter_context(runners[i].trainer.logger)
+            _note(plans[i].run_dir, [plans[j].run_dir for j in todo], todo.index(i))
+        live = [runners[i] for i in todo]
+        if not live:
+            phase_results = []
+        elif all(r.trained()[:1] == list(r.p.phases)[:1] and "eval" not in r.p.stages for r in live):
+            _train_phases(live, live[0].p.device.type == "cuda" if vectorize is None else vectorize)
+            phase_results = [r.collect() for r in live]
+        else:  # a later stage from a checkpoint, or an evaluation: each the plain way
+            phase_results = [r.run() for r in live]
+        for i, res in zip(todo, phase_results, strict=True):
+            results[i] = _conclude(runners[i], res, times[i])
+    return results
+
+
+def _train_phases(runners: list, vectorize: bool) -> None:
+    previous = [None] * len(runners)
+    for phase in runners[0].trained() if runners else []:
+        methods = [r.build(phase, prev) for r, prev in zip(runners, previous, strict=True)]
+        fits = [r.begin(phase, m) for r, m in zip(runners, methods, strict=True)]
+        together = len(fits) > 1 and type(methods[0]).stackable() and methods[0].optimizer is not None
+        together = together and len({f.state["epoch"] for f in fits}) == 1  # a kill can leave members apart
+        trainers = [r.trainer for r in runners]
+        done = fit_stacked(trainers, fits, vectorize) if together else [t.fit_from(f) for t, f in zip(trainers, fits)]
+        for r, res in zip(runners, done, strict=True):
+            r.record(phase, res)
+        previous = methods
+
+
+def _conclude(runner, phase_results: dict, t_data: float) -> dict:
+    from denetdm.pipeline import conclude
+    from denetdm.report import summary_table
+
+    results = conclude(runner, phase_results, t_data)
+    print(summary_table(results))
+    return results
+
+
+def _note(run_dir, members: list, k: int) -> None:
+    """stack.json: the stack a run trained in (its members' run directories and its place)."""
+    from denetdm.tracking import write_json
+
+    write_json(run_dir / "stack.json", {"members": [str(m) for m in members], "member": k})

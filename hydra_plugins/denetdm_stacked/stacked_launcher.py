@@ -1,0 +1,143 @@
+"""`launcher=stacked`: the jobs of a multirun batch that can train as one stacked model do (denetdm.stacked).
+
+Jobs are grouped by `denetdm.stacked.stack_key` (equal configs but for seeds and stage-2 loss weights); a group
+of several trains as one stack, a job alone runs as the basic launcher would run it. Each member still gets its
+own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B run), plus `stack.json`.
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StackedLauncherConf:
+    _target_: str = "hydra_plugins.denetdm_stacked.stacked_launcher.StackedLauncher"
+    max_members: int = 16  # the most runs in one stack (memory: each member keeps its data and optimiser)
+    vectorize: str = "auto"  # vmap the members: auto (on CUDA), true, false (one after another: a plain run's bits)
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="denetdm")
+
+
+class StackedLauncher(Launcher):
+    """Runs a batch of jobs, stacking those that can train together."""
+
+    def __init__(self, max_members: int = 16, vectorize: str = "auto") -> None:
+        self.max_members, self.vectorize = int(max_members), vectorize
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from denetdm.stacked import stack_key
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        jobs, groups = [], {}
+        for i, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + i
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = cfg.hydra.job.num = idx
+            jobs.append(cfg)
+            groups.setdefault(_key(cfg, stack_key), []).append(i)
+        returns: list[JobReturn | None] = [None] * len(jobs)
+        for members in groups.values():
+            for start in range(0, len(members), self.max_members):
+                part = members[start : start + self.max_members]
+                outs = self._stack([jobs[i] for i in part]) if len(part) > 1 else [self._plain(jobs[part[0]])]
+                for i, ret in zip(part, outs, strict=True):
+                    returns[i] = ret
+        return returns
+
+    def _run_job(self, task_function: TaskFunction, cfg: DictConfig) -> JobReturn:
+        return run_job(
+            hydra_context=self.hydra_context, task_function=task_function, config=cfg,
+            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+        )  # fmt: skip
+
+    def _plain(self, cfg: DictConfig) -> JobReturn:
+        ret = self._run_job(self.task_function, cfg)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def _stack(self, cfgs: list[DictConfig]) -> list[JobReturn]:
+        """Set each member's run directory up as Hydra does, then train them all as one stack."""
+        from denetdm.cli import record_swept_values
+
+        members = []
+
+        def collect(cfg: DictConfig) -> None:
+            hc = HydraConfig.get()
+            if cfg.trial.params is None:
+                record_swept_values(cfg, hc)
+            members.append((cfg, Path(hc.runtime.output_dir), hc.sweeper.get("records_failures", False)))
+
+        rets = [self._run_job(collect, c) for c in cfgs]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        log.info("training jobs %s as one stack", ", ".join(str(c.hydra.job.num) for c in cfgs))
+        with _logs_into([d for _, d, _ in members]):
+            values = _train(members, self.vectorize)
+        for ret, value in zip(rets, values, strict=True):
+            if isinstance(value, BaseException):
+                ret.status, ret._return_value = JobStatus.FAILED, value
+            else:
+                ret.status, ret._return_value = JobStatus.COMPLETED, value
+        return rets
+
+
+def _key(cfg: DictConfig, stack_key) -> str:
+    job = OmegaConf.to_container(cfg, resolve=False)
+    job.pop("hydra", None)
+    job = OmegaConf.to_container(OmegaConf.create(job), resolve=True)
+    return stack_key(job)
+
+
+def _train(members: list, vectorize: str) -> list:
+    """The members' objectives (an exception for each where the stack failed and the sweeper records failures)."""
+    from denetdm.errors import DenetdmError
+    from denetdm.report import objective
+    from denetdm.stacked import train_stack
+
+    flag = {"auto": None, "true": True, "false": False}.get(str(vectorize).lower())
+    try:
+        results = train_stack([c for c, _, _ in members], [d for _, d, _ in members], vectorize=flag)
+        return [objective(r) for r in results]
+    except DenetdmError as e:
+        log.error("stack failed: %s", e)
+        return [e if records else math.nan for _, _, records in members]
+
+
+@contextmanager
+def _logs_into(run_dirs: list[Path]):
+    """The stack's log lines go to every member's run.log too."""
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(d / "run.log") for d in run_dirs]
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    for h in handlers:
+        h.setFormatter(fmt)
+        root.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()

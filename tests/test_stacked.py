@@ -1,0 +1,152 @@
+"""Many runs as one stacked model: each member's numbers are its plain run's; a killed stack resumes; the launcher."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from denetdm.engine import Trainer
+from denetdm.pipeline import evaluate_checkpoint, train
+from denetdm.stacked import stack_key, train_stack
+from denetdm.tracking import parse_line
+
+from conftest import TINY, compose_cfg, run_cli
+
+CNN = ["backbone_depth=cnn3_resnet20", "+model.shallow.padding=2"]  # a 3-layer CNN fits 28x28 images with padding
+
+
+def _records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in parse_line(x).items() if "/time/" not in k} for x in lines]
+
+
+def _results(run_dir: Path) -> dict:
+    res = json.loads((run_dir / "results.json").read_text())
+    return {k: v for k, v in res.items() if not k.startswith("time/") and k != "config"}
+
+
+def _plain_and_stacked(tmp_path: Path, per_member: list[list[str]], vectorize: bool = False):
+    cfgs = [compose_cfg([*TINY, *extra]) for extra in per_member]
+    for k, cfg in enumerate(cfgs):
+        train(cfg, tmp_path / f"plain{k}")
+    train_stack(cfgs, [tmp_path / f"stack{k}" for k in range(len(cfgs))], vectorize=vectorize)
+    return [(tmp_path / f"plain{k}", tmp_path / f"stack{k}") for k in range(len(cfgs))]
+
+
+def _max_difference(a: list[dict], b: list[dict]) -> float:
+    assert [(r["stage"], r["epoch"]) for r in a] == [(r["stage"], r["epoch"]) for r in b]
+    return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x if isinstance(x[k], float))
+
+
+def test_the_stack_key_ignores_seeds_and_stage2_loss_weights_only():
+    from omegaconf import OmegaConf
+
+    def key(*extra):
+        return stack_key(OmegaConf.to_container(compose_cfg([*TINY, *extra]), resolve=True))
+
+    assert key("seed=0") == key("seed=3") == key("seed=1", "stage2.poe_weight=0.2", "stage2.temperature=4")
+    assert key("seed=0") != key("stage1.lr=0.01") and key("seed=0") != key("method=erm")
+    assert key("seed=0") != key("stage=stage1")
+
+
+@pytest.mark.parametrize(
+    "family,method",
+    [
+        ("mlp", "denetdm"),
+        ("mlp", "erm"),
+        pytest.param("cnn", "denetdm", marks=pytest.mark.slow),
+        pytest.param("cnn", "erm", marks=pytest.mark.slow),
+    ],
+)
+def test_a_stack_of_3_gives_each_member_the_numbers_of_its_plain_run(family, method, tmp_path):
+    extra = [f"method={method}", *(CNN if family == "cnn" else [])]
+    for plain, stacked in _plain_and_stacked(tmp_path, [[f"seed={s}", *extra] for s in range(3)]):
+        # every evaluation metric bit for bit; the epochs' mean training losses within float32 rounding, grown a
+        # little in the CNN's stage 2 (a one-ulp difference in the target head's bias gradient: README)
+        assert _max_difference(_records(plain), _records(stacked)) < (1e-5 if family == "mlp" else 2e-4)
+        metrics = [{k: v for k, v in r.items() if "/train/" not in k} for r in _records(plain)]
+        assert metrics == [{k: v for k, v in r.items() if "/train/" not in k} for r in _records(stacked)]
+        assert _results(plain).keys() == _results(stacked).keys()
+        assert sorted(p.name for p in (stacked / "checkpoints").iterdir()) == sorted(
+            p.name for p in (plain / "checkpoints").iterdir()
+        )
+        assert json.loads((stacked / "stack.json").read_text())["members"][0].endswith("stack0")
+
+
+def test_members_may_differ_in_the_stage2_loss_weights(tmp_path):
+    per_member = [["stage2.poe_weight=1.0"], ["stage2.poe_weight=0.3", "stage2.dist_weight=0.5"],
+                  ["stage2.temperature=4", "seed=2"]]  # fmt: skip
+    for plain, stacked in _plain_and_stacked(tmp_path, per_member):
+        assert _max_difference(_records(plain), _records(stacked)) < 1e-5
+    data = compose_cfg(TINY)
+    from denetdm.pipeline import _load_data, plan
+
+    (loaded, _) = _load_data(plan(data, tmp_path / "x"))
+    got = evaluate_checkpoint(str(tmp_path / "stack1" / "checkpoints" / "stage2_selected.pt"), loaded)
+    want = evaluate_checkpoint(str(tmp_path / "plain1" / "checkpoints" / "stage2_selected.pt"), loaded)
+    got.pop("checkpoint"), want.pop("checkpoint")
+    assert got == want  # its checkpoints are ordinary ones: stage=eval reads them
+
+
+def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
+    # vmap's batched kernels sum in another order: ulp-sized differences, which Adam can grow (README)
+    for plain, stacked in _plain_and_stacked(tmp_path, [[f"seed={s}"] for s in range(3)], vectorize=True):
+        a, b = _records(plain), _records(stacked)
+        keep = lambda r: {k: v for k, v in r.items() if "/train/" in k or k in ("stage", "epoch")}  # noqa: E731
+        losses = [keep(r) for r in a], [keep(r) for r in b]
+        assert _max_difference(*losses) < 1e-4 and _max_difference(a, b) < 0.02
+
+
+def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numbers(tmp_path):
+    for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
+        assert _records(plain) == _records(stacked)
+
+
+class _Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("kill_at", [("stage1", 2, 1), ("stage2", 1, 2)])  # (phase, epoch, member reporting)
+def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, tmp_path, monkeypatch):
+    cfgs = [compose_cfg([*TINY, "stage1.epochs=3", f"seed={s}"]) for s in range(3)]
+    whole = [tmp_path / f"whole{k}" for k in range(3)]
+    train_stack(cfgs, whole)
+    runs = [tmp_path / f"killed{k}" for k in range(3)]
+    report, seen = Trainer._report, []
+
+    def dying(self, stage, epoch, *args):
+        report(self, stage, epoch, *args)
+        seen.append(self.run_dir)
+        if (stage, epoch) == kill_at[:2] and self.run_dir == runs[kill_at[2]]:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "_report", dying)
+    with pytest.raises(_Killed):
+        train_stack(cfgs, runs)
+    monkeypatch.undo()
+    assert not any((r / "results.json").exists() for r in runs)
+    train_stack(cfgs, runs)
+    evals = lambda d: [{k: v for k, v in r.items() if "/train/" not in k} for r in _records(d)]  # noqa: E731
+    for a, b in zip(whole, runs, strict=True):
+        # members the kill left at different epochs finish that phase one by one (a plain run's arithmetic)
+        assert evals(a) == evals(b) and _max_difference(_records(a), _records(b)) < 1e-5
+        assert {k: v for k, v in _results(a).items() if "/train/" not in k} == {
+            k: v for k, v in _results(b).items() if "/train/" not in k
+        }
+
+
+@pytest.mark.slow
+def test_launcher_stacked_gives_each_job_a_run_directory_with_its_plain_numbers(tmp_path):
+    args = ["-m", "seed=0,1,2", *TINY]
+    assert run_cli([*args, f"hydra.sweep.dir={tmp_path / 'plain'}"]).returncode == 0
+    proc = run_cli([*args, "launcher=stacked", f"hydra.sweep.dir={tmp_path / 'stacked'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "as one stack" in proc.stdout + proc.stderr
+    for job in ("0", "1", "2"):
+        plain, stacked = tmp_path / "plain" / job, tmp_path / "stacked" / job
+        assert _records(plain) == _records(stacked) or _max_difference(_records(plain), _records(stacked)) < 1e-5
+        assert (stacked / ".hydra" / "overrides.yaml").exists() and (stacked / "stack.json").exists()
+        assert json.loads((stacked / "results.json").read_text())["config"]["trial"]["params"]["seed"] == int(job)
+    # the same command again: every member is finished, nothing trains
+    again = run_cli([*args, "launcher=stacked", f"hydra.sweep.dir={tmp_path / 'stacked'}"])
+    assert again.returncode == 0 and again.stdout.count("already finished") == 3

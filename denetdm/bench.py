@@ -197,9 +197,9 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
     return rows
 
 
-def _stacked_step_s(data, config: dict, k: int, vectorize: bool | None, device: str, steps: int) -> list[float]:
-    """Seconds per step of K DeNetDM members (stage 1, stage 2): one Stack, or (None) K plain methods."""
-    from denetdm.stacked import Stack
+def _stacked_step_s(data, config: dict, k: int, vectorize: bool, device: str, steps: int) -> list[float]:
+    """Seconds per step of K DeNetDM members (stage 1, stage 2): vmapped as one Stack, or stepped in turn."""
+    from denetdm.stacked import Lockstep, Stack
 
     adam = functools.partial(torch.optim.Adam, fused=True)
     out, previous = [], [None] * k
@@ -215,17 +215,13 @@ def _stacked_step_s(data, config: dict, k: int, vectorize: bool | None, device: 
         g = torch.Generator().manual_seed(0)
         idx = torch.randint(0, len(data.train), (steps + 2, k, batch), generator=g).to(device)
         x, y = data.train.x[idx], data.train.y[idx]  # (steps, K, B, ...)
-        stack = Stack(members, vectorize) if vectorize is not None else None
+        stack = Stack(members) if vectorize else Lockstep(members)
         t0 = 0.0
         for i in range(steps + 2):
             if i == 2:  # two warm-up steps
                 _sync(device)
                 t0 = time.perf_counter()
-            if stack is not None:
-                stack.update(x[i], y[i], idx[i])
-            else:
-                for m, member in enumerate(members):
-                    member.update(x[i, m], y[i, m], idx[i, m])
+            stack.update([(x[i, m], y[i, m], idx[i, m]) for m in range(k)])
         _sync(device)
         out.append((time.perf_counter() - t0) / steps)
         previous = members
@@ -248,9 +244,8 @@ def bench_stacked(cache: str, args: argparse.Namespace) -> None:
           f"on {args.device}: runs per hour")  # fmt: skip
     print(f"{'K':>4}  {'how':<32}{'stage-1 ms/step':>16}{'stage-2 ms/step':>16}{'runs/hour':>11}")
     for k in args.stack_sizes:
-        for how, vec in (("one after another (plain steps)", None), ("stack, members in turn", False),
-                         ("stack, vmapped", True)):  # fmt: skip
-            if k == 1 and vec is not None:
+        for how, vec in (("plain steps, members in turn", False), ("stacked, vmapped", True)):
+            if k == 1 and vec:
                 continue
             s1, s2 = _stacked_step_s(data, config, k, vec, args.device, args.stack_steps)
             hours = (sched[0][0] * sched[0][1] * s1 + sched[1][0] * sched[1][1] * s2) / 3600

@@ -1,15 +1,20 @@
-"""Many runs as one model: members that differ only in seeds or stage-2 loss weights train as a stack.
+"""Many runs as one: members that differ only in seeds, stage-2 loss weights or learning rates train together.
 
-A stack holds the members' parameters and buffers stacked along a new first axis (torch.func.stack_module_state)
-and takes every step for all of them at once: vmap over `functional_call` of one member's `Method.loss`, one
-backward pass of the summed losses (each member's gradient is its own loss's), one optimiser step over the
-stacked tensors (Adam, AdamW and SGD work element by element, so each member keeps its own moments). Each member
-keeps its own data order, data, run directory, checkpoints, metrics and selection: after every epoch the stack
-is copied back into the members' own modules and optimisers, and each member's Trainer evaluates, records and
-checkpoints it exactly as in a plain run. On a GPU this turns K launch-bound steps into one.
+Members step in lockstep, each with its own data order, data, run directory, checkpoints, metrics and selection:
+each member's Trainer evaluates, records and checkpoints it exactly as in a plain run. How a step is taken:
+- vmapped (`Stack`, the default on CUDA): the members' parameters and buffers stacked along a new first axis
+  (torch.func.stack_module_state), every step one vmap over `functional_call` of `Method.loss`, one backward pass
+  of the summed losses (each member's gradient is its own loss's) and one optimiser step over the stacked tensors
+  (Adam, AdamW and SGD work element by element, so each member keeps its own moments). On a GPU this turns K
+  launch-bound steps into one. The batched kernels sum in another order than a plain run's: ulp-sized
+  differences, which Adam can grow (README). Members need equal optimiser settings and a method whose step is
+  `loss` plus the optimiser's step; after every epoch the stack is copied back into the members' own modules.
+- in turn (`Lockstep`, the default on a CPU, where vmap gains nothing): each member's own `update`, one after
+  another; a plain run's numbers bit for bit, for any method and setting.
 """
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 
@@ -20,8 +25,11 @@ from denetdm.engine import Fit, StageResult, Trainer
 from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
 
+log = logging.getLogger(__name__)
+
 # What members of one stack may differ in (everything else of their fingerprints must be equal)
-STACKED_APART = ("stage2.poe_weight", "stage2.dist_weight", "stage2.temperature")
+STACKED_APART = ("stage2.poe_weight", "stage2.dist_weight", "stage2.temperature", "stage1.lr", "stage2.lr",
+                 "stage1.weight_decay", "stage2.weight_decay")  # fmt: skip
 
 
 def stack_key(config: Mapping) -> str:
@@ -39,33 +47,42 @@ def stack_key(config: Mapping) -> str:
     return json.dumps(fp, sort_keys=True, default=str)
 
 
+class Lockstep:
+    """Members stepped one after another on their own modules and optimisers: a plain run's arithmetic, bit for
+    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default)."""
+
+    def __init__(self, members: Sequence[Method]) -> None:
+        self.members = list(members)
+
+    def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """One step of every member on its own batch (x, y, idx); losses per member, (K,)."""
+        outs = [m.update(*batch) for m, batch in zip(self.members, batches, strict=True)]
+        return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+
+    def push(self) -> None:
+        """Nothing to copy: the members are their own modules."""
+
+
 class Stack:
     """The members' methods of one phase as stacked tensors, stepped together."""
 
-    def __init__(self, members: Sequence[Method], vectorize: bool) -> None:
-        self.members, self.vectorize = list(members), vectorize
+    def __init__(self, members: Sequence[Method]) -> None:
+        self.members = list(members)
         self.template = members[0]  # its structure is called with the stacked tensors swapped in
         self.params, self.buffers = stack_module_state(self.members)
-        if not vectorize:  # each member's slice keeps its own layout (channels-last convolutions)
-            self.params = {n: _like_members(t, members, n, True) for n, t in self.params.items()}
-            self.buffers = {n: _like_members(t, members, n, False) for n, t in self.buffers.items()}
         self.names = {id(p): n for n, p in members[0].named_parameters()}
         opt = members[0].optimizer
         self.optimizer = type(opt)(self._trainable(), **opt.defaults)
         self._pull_optimizer_state()
-        self._vmapped = vmap(self._member_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        self._loss = vmap(self._member_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
 
-    def _loss(self, params, buffers, x, y, idx) -> dict[str, torch.Tensor]:
-        if self.vectorize:
-            return self._vmapped(params, buffers, x, y, idx)
-        # one member after another on its own slice of the stacked tensors: the kernels of a plain run, so the
-        # numbers are a plain run's bit for bit (vmap's batched kernels sum in another order)
-        out = [
-            self._member_loss({n: t[k] for n, t in params.items()}, {n: t[k] for n, t in buffers.items()},
-                              x[k], y[k], idx[k])
-            for k in range(len(self.members))
-        ]  # fmt: skip
-        return {key: torch.stack([o[key] for o in out]) for key in out[0]}
+    @staticmethod
+    def fits(members: Sequence[Method]) -> bool:
+        """Whether members can be vmapped: a step is loss + optimiser step, with equal optimiser settings."""
+        opts = [m.optimizer for m in members]
+        if not type(members[0]).stackable() or any(o is None for o in opts):
+            return False
+        return all(type(o) is type(opts[0]) and o.defaults == opts[0].defaults for o in opts)
 
     def _trainable(self) -> list[torch.Tensor]:
         # the stacked tensors in the order of the first member's optimiser (its checkpoints index state by it)
@@ -74,8 +91,9 @@ class Stack:
     def _member_loss(self, params, buffers, x, y, idx) -> dict[str, torch.Tensor]:
         return functional_call(self.template, (params, buffers), (x, y, idx), strict=True)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One step of every member on its own batch (inputs stacked along dim 0); losses per member, (K,)."""
+    def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """One step of every member on its own batch (x, y, idx); losses per member, (K,)."""
+        x, y, idx = (_stack_like(parts) for parts in zip(*batches, strict=True))
         losses = self._loss(self.params, self.buffers, x, y, idx)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].sum().backward()
@@ -110,17 +128,6 @@ class Stack:
                 }
 
 
-def _like_members(stacked: torch.Tensor, members: Sequence[Method], name: str, param: bool) -> torch.Tensor:
-    """`stacked` with each member's slice laid out like that member's own tensor."""
-    own = dict(members[0].named_parameters() if param else members[0].named_buffers())[name]
-    if own.dim() < 2 or own.is_contiguous():
-        return stacked
-    out = torch.empty((len(members), *own.shape), dtype=own.dtype, device=own.device)
-    out = out.as_strided(out.shape, (own.numel(), *own.stride()))
-    out.copy_(stacked.detach())
-    return out.requires_grad_(stacked.requires_grad) if param else out
-
-
 def _member_part(value: object, k: int, size: int) -> object:
     if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == size:
         return value[k].clone()
@@ -129,17 +136,18 @@ def _member_part(value: object, k: int, size: int) -> object:
 
 def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult]:
     """Train one phase of every member together, each recorded and checkpointed by its own trainer."""
-    stack = Stack([f.method for f in fits], vectorize)
-    first = fits[0]
-    for epoch in first.epochs():
+    members = [f.method for f in fits]
+    if vectorize and not Stack.fits(members):
+        log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage)
+    stack = Stack(members) if vectorize and Stack.fits(members) else Lockstep(members)
+    for epoch in fits[0].epochs():
         t0 = time.time()
         for f in fits:
             f.method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        for batch in zip(*(_batches(t, f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
-            x, y, idx = (_stack_like(parts) for parts in zip(*batch, strict=True))
-            for key, v in stack.update(x, y, idx).items():
+        for batches in zip(*(_batches(t, f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
+            for key, v in stack.update(batches).items():
                 sums[key] = sums[key] + v if key in sums else v
             n += 1
         stack.push()
@@ -206,8 +214,7 @@ def _train_phases(runners: list, vectorize: bool) -> None:
     for phase in runners[0].trained() if runners else []:
         methods = [r.build(phase, prev) for r, prev in zip(runners, previous, strict=True)]
         fits = [r.begin(phase, m) for r, m in zip(runners, methods, strict=True)]
-        together = len(fits) > 1 and type(methods[0]).stackable() and methods[0].optimizer is not None
-        together = together and len({f.state["epoch"] for f in fits}) == 1  # a kill can leave members apart
+        together = len(fits) > 1 and len({f.state["epoch"] for f in fits}) == 1  # a kill can leave members apart
         trainers = [r.trainer for r in runners]
         done = fit_stacked(trainers, fits, vectorize) if together else [t.fit_from(f) for t, f in zip(trainers, fits)]
         for r, res in zip(runners, done, strict=True):

@@ -142,3 +142,14 @@ def test_launcher_stacked_gives_each_job_a_run_directory_with_its_plain_numbers(
     # the same command again: every member is finished, nothing trains
     again = run_cli([*args, "launcher=stacked", f"hydra.sweep.dir={tmp_path / 'stacked'}"])
     assert again.returncode == 0 and again.stdout.count("already finished") == 3
+
+
+@pytest.mark.slow
+def test_bad_launcher_settings_are_one_error_line(tmp_path):
+    for bad, words in (
+        ("hydra.launcher.vectorize=maybe", "vectorize"),
+        ("hydra.launcher.max_members=0", "max_members"),
+    ):
+        proc = run_cli(["-m", "seed=0,1", *TINY, "launcher=stacked", bad, f"hydra.sweep.dir={tmp_path / words}"])
+        (line,) = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and line.startswith("error: hydra.launcher.") and words in line

@@ -7,6 +7,7 @@ own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B
 
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
+VECTORIZE = {"auto": None, "true": True, "false": False}  # None: vmap on CUDA only
 
 
 @dataclass
@@ -36,7 +38,11 @@ class StackedLauncher(Launcher):
     """Runs a batch of jobs, stacking those that can train together."""
 
     def __init__(self, max_members: int = 16, vectorize: str = "auto") -> None:
-        self.max_members, self.vectorize = int(max_members), vectorize
+        if str(vectorize).lower() not in VECTORIZE:
+            sys.exit(f"error: hydra.launcher.vectorize must be auto, true or false, got {vectorize!r}")
+        if not isinstance(max_members, int) or isinstance(max_members, bool) or max_members < 1:
+            sys.exit(f"error: hydra.launcher.max_members must be a positive integer, got {max_members!r}")
+        self.max_members, self.vectorize = max_members, VECTORIZE[str(vectorize).lower()]
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -111,15 +117,14 @@ def _key(cfg: DictConfig, stack_key) -> str:
     return stack_key(job)
 
 
-def _train(members: list, vectorize: str) -> list:
+def _train(members: list, vectorize: bool | None) -> list:
     """The members' objectives (an exception for each where the stack failed and the sweeper records failures)."""
     from denetdm.errors import DenetdmError
     from denetdm.report import objective
     from denetdm.stacked import train_stack
 
-    flag = {"auto": None, "true": True, "false": False}.get(str(vectorize).lower())
     try:
-        results = train_stack([c for c, _, _ in members], [d for _, d, _ in members], vectorize=flag)
+        results = train_stack([c for c, _, _ in members], [d for _, d, _ in members], vectorize=vectorize)
         return [objective(r) for r in results]
     except DenetdmError as e:
         log.error("stack failed: %s", e)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from denetdm.cli import missing_plugin
 from denetdm.tracking import parse_line
 
 from conftest import ROOT, TINY, run_cli
@@ -111,11 +112,16 @@ def test_rerunning_a_finished_sweep_trains_nothing_and_a_larger_n_trials_adds_on
     assert len(launched) == len(set(launched))  # every launched trial has its own run directory
 
 
+JOBLIB = pytest.mark.skipif(bool(missing_plugin("joblib")), reason="optional hydra-joblib-launcher not installed")
+
+
 @pytest.mark.slow
-def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(tmp_path):
+@pytest.mark.parametrize("launcher", [[], pytest.param(["launcher=joblib"], marks=JOBLIB)])
+def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(launcher, tmp_path):
+    # with launcher=joblib the job runs in another process and reaches its trial through the study's storage
     sweep = tmp_path / "p"
     pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.5}"  # prunes every report
-    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner]
+    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner, *launcher]
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], timeout=600)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")  # none COMPLETE, one line
     rows = _trials(sweep)
@@ -130,7 +136,9 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(tmp
 
     assert all(reason.startswith("pruned after epoch 1 of stage2") for _, reason in collect([sweep]).incomplete)
     # a bad pruner is one error line before anything runs
-    proc = run_cli([*args[:-1], "hydra.sweeper.pruner=sometimes", f"hydra.sweep.dir={tmp_path / 'bad'}"])
+    proc = run_cli(
+        [*(a for a in args if a != pruner), "hydra.sweeper.pruner=sometimes", f"hydra.sweep.dir={tmp_path / 'bad'}"]
+    )
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.pruner")
 
 

@@ -197,9 +197,13 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
     return rows
 
 
-def _stacked_step_s(data, config: dict, k: int, vectorize: bool, device: str, steps: int) -> list[float]:
-    """Seconds per step of K DeNetDM members (stage 1, stage 2): vmapped as one Stack, or stepped in turn."""
-    from denetdm.stacked import Lockstep, Stack
+def _stacked_step_s(
+    data, config: dict, k: int, vectorize: bool, device: str, steps: int, captured: bool = False
+) -> list[float]:
+    """Seconds per step of K DeNetDM members (stage 1, stage 2): vmapped as one Stack, or stepped in turn; their
+    steps captured as CUDA graphs or not."""
+    from denetdm.captured import CapturedStep, make_capturable
+    from denetdm.stacked import Lockstep, Stack, _CapturedStack
 
     adam = functools.partial(torch.optim.Adam, fused=True)
     out, previous = [], [None] * k
@@ -215,7 +219,12 @@ def _stacked_step_s(data, config: dict, k: int, vectorize: bool, device: str, st
         g = torch.Generator().manual_seed(0)
         idx = torch.randint(0, len(data.train), (steps + 2, k, batch), generator=g).to(device)
         x, y = data.train.x[idx], data.train.y[idx]  # (steps, K, B, ...)
-        stack = Stack(members) if vectorize else Lockstep(members)
+        if captured:
+            make_capturable([m.optimizer for m in members])
+        if vectorize:
+            stack = _CapturedStack(Stack(members)) if captured else Stack(members)
+        else:
+            stack = Lockstep(members, [CapturedStep(m.update) if captured else m.update for m in members])
         t0 = 0.0
         for i in range(steps + 2):
             if i == 2:  # two warm-up steps
@@ -244,13 +253,17 @@ def bench_stacked(cache: str, args: argparse.Namespace) -> None:
           f"on {args.device}: runs per hour")  # fmt: skip
     print(f"{'K':>4}  {'how':<32}{'stage-1 ms/step':>16}{'stage-2 ms/step':>16}{'runs/hour':>11}")
     for k in args.stack_sizes:
-        for how, vec in (("plain steps, members in turn", False), ("stacked, vmapped", True)):
+        hows = [("plain steps, members in turn", False, False), ("stacked, vmapped", True, False)]
+        if args.device.startswith("cuda"):
+            hows += [("captured steps, in turn", False, True), ("captured, vmapped", True, True)]
+        for how, vec, cap in hows:
             if k == 1 and vec:
                 continue
-            s1, s2 = _stacked_step_s(data, config, k, vec, args.device, args.stack_steps)
+            s1, s2 = _stacked_step_s(data, config, k, vec, args.device, args.stack_steps, cap)
             hours = (sched[0][0] * sched[0][1] * s1 + sched[1][0] * sched[1][1] * s2) / 3600
             print(f"{k:>4}  {how:<32}{s1 * 1e3:>16.2f}{s2 * 1e3:>16.2f}{k / hours:>11.1f}")
-    print("captured (CUDA-graph) steps: not implemented yet (issue 13)")
+    if not args.device.startswith("cuda"):
+        print("captured (CUDA-graph) steps: CUDA only (--device cuda)")
 
 
 def bench_mnist(cache: str, args: argparse.Namespace) -> None:

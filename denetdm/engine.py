@@ -107,6 +107,7 @@ class Fit:
     augment: Augment | None
     gen: torch.Generator
     state: dict
+    step: Callable[..., dict] | None = None  # the method's update, or its captured step (captured=true on CUDA)
 
     def epochs(self) -> range:
         """The epochs still to train."""
@@ -124,8 +125,10 @@ class Trainer:
         progress: bool | None = None,
         label_free_metric: str = "acc",
         probe: ProbeSchedule | None = None,
+        captured: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.captured = captured  # CUDA graphs for the training steps of methods on a GPU (denetdm.captured)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.logger = logger or NullLogger()
         self.protocol: Protocol = protocol(selection)
@@ -159,7 +162,8 @@ class Trainer:
         for epoch in fit.epochs():
             t0 = time.time()
             split = fit.data.train
-            train = self._train_epoch(fit.stage, epoch, fit.method, split, fit.schedule, fit.gen, fit.augment)
+            train = self._train_epoch(fit.stage, epoch, fit.method, split, fit.schedule, fit.gen, fit.augment,
+                                      fit.step)  # fmt: skip
             self.end_epoch(fit, epoch, train, t0)
         return self.finish(fit)
 
@@ -178,7 +182,17 @@ class Trainer:
         state = self._restore(stage, method, gen, meta, resume)
         if state["epoch"] < schedule.epochs:
             method.prepare(data.train, augmented=augment is not None)
-        return Fit(stage, method, data, schedule, meta, augment, gen, state)
+        return Fit(stage, method, data, schedule, meta, augment, gen, state, self._step(method))
+
+    def _step(self, method: Method) -> Callable[..., dict]:
+        """The method's update, captured as a CUDA graph where asked for and the method is on a GPU."""
+        on_gpu = any(p.is_cuda for p in method.parameters())
+        if not (self.captured and on_gpu and method.optimizer is not None):
+            return method.update
+        from denetdm.captured import CapturedStep, make_capturable
+
+        make_capturable([method.optimizer])  # after the restore, which brings the checkpoint's settings back
+        return CapturedStep(method.update)
 
     def end_epoch(self, fit: "Fit", epoch: int, train: dict[str, float], t0: float) -> None:
         """Evaluate, record, select and checkpoint an epoch whose training began at `t0`."""
@@ -237,16 +251,17 @@ class Trainer:
 
     def _train_epoch(
         self, stage: str, epoch: int, method: Method, split: Split, schedule: Schedule, gen: torch.Generator,
-        augment: Augment | None,
+        augment: Augment | None, step: Callable[..., dict] | None = None,
     ) -> dict[str, float]:  # fmt: skip
         """One pass over the training split; mean losses as `<stage>/train/<loss>` (read from the device once)."""
         method.train()
+        step = step or method.update
         sums: dict[str, torch.Tensor] = {}
         n = 0
         for x, y, idx in self._batches(stage, epoch, split, schedule, gen):
             if augment is not None:
                 x = augment(x, gen)
-            for k, v in method.update(x, y, idx).items():
+            for k, v in step(x, y, idx).items():
                 sums[k] = sums[k] + v if k in sums else v
             n += 1
         return self.train_means(stage, epoch, sums, n)

@@ -32,7 +32,7 @@ NOT_NUMERIC = (
 )
 # Keys added to the config after runs were recorded, with the value the older code behaved as. A stored config
 # that lacks one gets it (where its parent node is there), so an old run compares by what it did.
-ADDED_LATER = {"stage1.drop_last": False, "stage2.drop_last": False, "stage2.frozen_bn": "eval"}
+ADDED_LATER = {"stage1.drop_last": False, "stage2.drop_last": False, "stage2.frozen_bn": "eval", "captured": False}
 # What stage 1 does not read: left out of its fingerprint, so `stage=stage1` and `stage=full` share stage 1.
 LATER_STAGE_KEYS = ("stage2", "model.target", "stage.stage1_ckpt", "stage.ckpt")
 

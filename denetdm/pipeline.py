@@ -128,7 +128,7 @@ MAX_THREADS = 1024  # torch would start them all
 def _check_flags(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    for key in ("amp", "resume"):
+    for key in ("amp", "resume", "captured"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
     if positive_int("threads", cfg.threads, allow_none=True) and cfg.threads > MAX_THREADS:
@@ -395,7 +395,7 @@ def setup(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None, data=None) 
         run_dir=str(p.run_dir), run_config=p.config
     )
     progress = None if cfg.progress == "auto" else cfg.progress
-    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe)
+    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe, cfg.captured)
     if pruning is not None:
         from denetdm.pruning import Reporter
 

@@ -49,14 +49,16 @@ def stack_key(config: Mapping) -> str:
 
 class Lockstep:
     """Members stepped one after another on their own modules and optimisers: a plain run's arithmetic, bit for
-    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default)."""
+    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default).
+    `steps`: the members' step functions (their updates, or captured steps)."""
 
-    def __init__(self, members: Sequence[Method]) -> None:
+    def __init__(self, members: Sequence[Method], steps: Sequence | None = None) -> None:
         self.members = list(members)
+        self.steps = list(steps) if steps is not None else [m.update for m in self.members]
 
     def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
         """One step of every member on its own batch (x, y, idx); losses per member, (K,)."""
-        outs = [m.update(*batch) for m, batch in zip(self.members, batches, strict=True)]
+        outs = [step(*batch) for step, batch in zip(self.steps, batches, strict=True)]
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
 
     def push(self) -> None:
@@ -139,7 +141,9 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
     members = [f.method for f in fits]
     if vectorize and not Stack.fits(members):
         log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage)
-    stack = Stack(members) if vectorize and Stack.fits(members) else Lockstep(members)
+    stack = Stack(members) if vectorize and Stack.fits(members) else Lockstep(members, [f.step for f in fits])
+    if isinstance(stack, Stack) and trainers[0].captured and stack.params and _on_gpu(stack):
+        stack = _CapturedStack(stack)
     for epoch in fits[0].epochs():
         t0 = time.time()
         for f in fits:
@@ -155,6 +159,29 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
             train = t.train_means(f.stage, epoch, {key: v[k] for key, v in sums.items()}, n)
             t.end_epoch(f, epoch, train, t0)
     return [t.finish(f) for t, f in zip(trainers, fits, strict=True)]
+
+
+def _on_gpu(stack: "Stack") -> bool:
+    return next(iter(stack.params.values())).is_cuda
+
+
+class _CapturedStack:
+    """A vmapped Stack whose step is one CUDA graph (captured=true)."""
+
+    def __init__(self, stack: "Stack") -> None:
+        from denetdm.captured import CapturedStep, make_capturable
+
+        make_capturable([stack.optimizer])
+        self.stack, self.k = stack, len(stack.members)
+        self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
+
+    def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
+        """The stack's step, replayed."""
+        return self.step(*(t for batch in batches for t in batch))
+
+    def push(self) -> None:
+        """The stack's push."""
+        self.stack.push()
 
 
 def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:

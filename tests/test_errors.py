@@ -30,6 +30,7 @@ def _error(overrides: list[str], tmp_path, kind: type[DenetdmError] = DenetdmErr
         ("selection=best", ["selection", "best"]),
         ("device=tpu", ["device", "tpu"]),
         ("amp=maybe", ["amp"]),
+        ("captured=sometimes", ["captured"]),
         ("resume=2", ["resume"]),
         ("threads=0", ["threads"]),
         ("progress=sometimes", ["progress"]),

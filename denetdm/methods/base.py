@@ -62,7 +62,10 @@ class Method(nn.Module):
 
     def autocast(self, x: torch.Tensor) -> torch.autocast:
         """bf16 autocast where asked for and the batch is on CUDA; a no-op elsewhere."""
-        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp and x.is_cuda)
+        on = self.amp and x.is_cuda
+        # a CUDA graph must not hold autocast's cached weight casts (PyTorch's graph notes)
+        cache = not (on and torch.cuda.is_current_stream_capturing())
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=on, cache_enabled=cache)
 
     def step(self, loss: torch.Tensor) -> None:
         """One optimiser step on `loss`."""

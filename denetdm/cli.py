@@ -83,7 +83,7 @@ def _first_line(e: Exception) -> str:
     return " ".join(str(e).split("\n")[0].split())
 
 
-def _parse_problem(overrides: list[str], conf: Path) -> str | None:
+def _parse_problem(overrides: list[str], conf: Path, sweeps: list | None = None) -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -94,6 +94,8 @@ def _parse_problem(overrides: list[str], conf: Path) -> str | None:
         except HydraException as e:
             quoting = "quote a value with spaces or brackets: key='a b'"
             return f"error: cannot read the override {override!r}: {_first_line(e)} ({quoting})"
+        if parsed.is_sweep_override() and sweeps is not None:
+            sweeps.append(override)
         group = parsed.key_or_group
         if (conf / group).is_dir() and not parsed.is_delete() and not isinstance(parsed.value(), str):
             options = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
@@ -126,7 +128,8 @@ def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     flags (`-m` sweeps, `--cfg job`) are left to Hydra: a sweep's jobs are composed one by one later."""
     if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
         return None
-    return _parse_problem(args, conf) or _compose_problem(args, conf)
+    sweeps: list[str] = []  # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs compose later
+    return _parse_problem(args, conf, sweeps) or (None if sweeps else _compose_problem(args, conf))
 
 
 def _scalar(text: str):

@@ -101,3 +101,28 @@ def test_resume_with_another_config_is_refused_and_names_the_key(tmp_path):
 def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
     # torch's Adam accepts lr=nan and trains into a non-finite loss: refuse it up front
     assert "stage1.lr" in _error(["stage1.lr=nan"], tmp_path, ConfigError)
+
+
+@pytest.mark.parametrize(
+    "args,start",
+    [
+        (["stage1.lr=[1,"], "error: cannot read the override 'stage1.lr=[1,'"),
+        (["stage1.nokey=3"], "error: the config has no key 'stage1.nokey'"),
+        (["stage1.lr=${nowhere}"], "error: stage1.lr: Interpolation key 'nowhere' not found"),
+        (["dataset=[synthetic,cmnist]"], "error: dataset takes one name"),
+        (["dataset=null"], "error: dataset takes one name"),
+    ],
+)
+def test_command_lines_hydra_would_report_in_several_lines_are_one_line(args, start):
+    from denetdm.cli import check_overrides
+
+    problem = check_overrides(args)
+    assert problem.startswith(start) and "\n" not in problem, problem
+
+
+def test_good_command_lines_and_sweeps_pass_the_command_line_check():
+    from denetdm.cli import check_overrides
+
+    assert check_overrides(["dataset=cmnist", "severity=4", "stage1.lr=0.01"]) is None
+    assert check_overrides(["hparams_search=seeds", "seed=0,1", "dataset.conflict_pct=1,5"]) is None  # MULTIRUN preset
+    assert check_overrides(["-m", "seed=0,1"]) is None and check_overrides(["--cfg", "job"]) is None

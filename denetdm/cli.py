@@ -109,7 +109,7 @@ def _compose_problem(overrides: list[str], conf: Path) -> str | None:
 
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=quote_numeric_choices(overrides, conf))
+            cfg = compose(config_name="config", overrides=overrides)
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # Hydra's and OmegaConf's composition errors, as one line
         text = str(e)
@@ -128,6 +128,7 @@ def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     flags (`-m` sweeps, `--cfg job`) are left to Hydra: a sweep's jobs are composed one by one later."""
     if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
         return None
+    args = quote_numeric_choices(args, conf)  # severity=4 is the choice '4', as run.py passes it on
     sweeps: list[str] = []  # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs compose later
     return _parse_problem(args, conf, sweeps) or (None if sweeps else _compose_problem(args, conf))
 

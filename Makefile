@@ -1,11 +1,11 @@
-# make install | install-launchers | run | test | test-fast | lint | bench      (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench | gpu-check     (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test test-fast lint format bench clean
+.PHONY: install install-launchers run test test-fast lint format bench gpu-check clean
 
 install: $(STAMP)
 
@@ -41,6 +41,17 @@ format: install
 
 bench: install
 	$(PY) -m denetdm.bench $(ARGS)
+
+# The GPU measurements of issue 13 in one go, for a session that is lent a GPU (about 10 minutes on an H200):
+# the CUDA tests, the bench's CUDA rows, one Colored MNIST paper run with captured steps, 16 stacked seeds.
+GPU_OUT ?= outputs/gpu-check
+gpu-check: install
+	$(PY) -m pytest -q -x tests/test_captured.py
+	$(PY) -m denetdm.bench --device cuda --skip-mnist --cifar-steps 4 --stack-steps 50
+	t=$$(date +%s); $(PY) run.py experiment=paper_cmnist captured=true logger=none progress=false \
+		hydra.run.dir=$(GPU_OUT)/one && echo "$$(( $$(date +%s) - t )) s: one paper run, captured"
+	t=$$(date +%s); $(PY) run.py -m experiment=paper_cmnist 'seed=range(16)' launcher=stacked captured=true \
+		logger=none progress=false hydra.sweep.dir=$(GPU_OUT)/stack16 && echo "$$(( $$(date +%s) - t )) s: 16 stacked seeds"
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -153,3 +153,21 @@ def test_bad_launcher_settings_are_one_error_line(tmp_path):
         proc = run_cli(["-m", "seed=0,1", *TINY, "launcher=stacked", bad, f"hydra.sweep.dir={tmp_path / words}"])
         (line,) = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and line.startswith("error: hydra.launcher.") and words in line
+
+
+@pytest.mark.slow
+def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
+    from wandb_files import read_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
+    runs = [tmp_path / f"m{s}" for s in range(2)]
+    train_stack([compose_cfg([*args, f"seed={s}"]) for s in range(2)], runs)
+    ids = set()
+    for run in runs:
+        (path,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
+        logged = read_run(path)
+        ids.add(json.loads((run / "wandb_run.json").read_text())["id"])
+        mine = [r["stage1/shallow/val/acc"] for r in _records(run) if r["stage"] == "stage1"]
+        assert [float(h["stage1/shallow/val/acc"]) for h in logged["history"] if "stage1/shallow/val/acc" in h] == mine
+    assert len(ids) == 2

@@ -7,12 +7,14 @@ each member's Trainer evaluates, records and checkpoints it exactly as in a plai
   of the summed losses (each member's gradient is its own loss's) and one optimiser step over the stacked tensors
   (Adam, AdamW and SGD work element by element, so each member keeps its own moments). On a GPU this turns K
   launch-bound steps into one. The batched kernels sum in another order than a plain run's: ulp-sized
-  differences, which Adam can grow (README). Members need equal optimiser settings and a method whose step is
-  `loss` plus the optimiser's step; after every epoch the stack is copied back into the members' own modules.
+  differences, which Adam can grow (README). Members need a method whose step is `loss` plus the optimiser's
+  step, and equal optimiser settings but for their learning rates and weight decays (`OwnSettings`); after
+  every epoch the stack is copied back into the members' own modules.
 - in turn (`Lockstep`, the default on a CPU, where vmap gains nothing): each member's own `update`, one after
   another; a plain run's numbers bit for bit, for any method and setting.
 """
 
+import inspect
 import json
 import logging
 import time
@@ -65,6 +67,44 @@ class Lockstep:
         """Nothing to copy: the members are their own modules."""
 
 
+class OwnSettings:
+    """Each member's own learning rate and weight decay around an optimiser stepping with lr 1 and no decay: the
+    decay is added to the gradient (Adam, SGD) or applied to the weights (AdamW), and each member moves lr_k
+    times the unit step (Adam's, AdamW's and SGD's steps are linear in the learning rate)."""
+
+    KINDS = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
+
+    def __init__(self, members: Sequence[Method]) -> None:
+        groups = [m.optimizer.param_groups[0] for m in members]
+        self.lr = torch.tensor([g["lr"] for g in groups], dtype=torch.float64)
+        self.wd = torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float64)
+        opt = members[0].optimizer
+        self.decoupled = bool(opt.defaults.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
+
+    @classmethod
+    def wanted(cls, members: Sequence[Method]) -> "OwnSettings | None":
+        """The members' settings where they differ, else None (the optimiser's own arithmetic, unchanged)."""
+        groups = [m.optimizer.param_groups[0] for m in members if m.optimizer is not None]
+        if len({(g["lr"], g["weight_decay"]) for g in groups}) <= 1:
+            return None
+        return cls(members)
+
+    @torch.no_grad()
+    def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
+        """One step of `optimizer` (lr 1, no decay), scaled and decayed member by member."""
+        shape = lambda p: (len(self.lr),) + (1,) * (p.dim() - 1)  # noqa: E731
+        if not self.decoupled:
+            for p in params:
+                if p.grad is not None:
+                    p.grad.add_(p * self.wd.to(p).view(shape(p)))
+        before = [p.clone() for p in params]
+        optimizer.step()
+        for p, old in zip(params, before, strict=True):
+            lr, wd = self.lr.to(p).view(shape(p)), self.wd.to(p).view(shape(p))
+            base = old * (1 - lr * wd) if self.decoupled else old
+            p.copy_(base + lr * (p - old))
+
+
 class Stack:
     """The members' methods of one phase as stacked tensors, stepped together."""
 
@@ -74,17 +114,24 @@ class Stack:
         self.params, self.buffers = stack_module_state(self.members)
         self.names = {id(p): n for n, p in members[0].named_parameters()}
         opt = members[0].optimizer
-        self.optimizer = type(opt)(self._trainable(), **opt.defaults)
+        self.own = OwnSettings.wanted(members)  # members with their own learning rates or weight decays
+        settings = {**opt.defaults, "lr": 1.0, "weight_decay": 0.0} if self.own else opt.defaults
+        accepted = inspect.signature(type(opt).__init__).parameters  # AdamW keeps a default it does not take
+        self.optimizer = type(opt)(self._trainable(), **{k: v for k, v in settings.items() if k in accepted})
         self._pull_optimizer_state()
         self._loss = vmap(self._member_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
 
     @staticmethod
     def fits(members: Sequence[Method]) -> bool:
-        """Whether members can be vmapped: a step is loss + optimiser step, with equal optimiser settings."""
+        """Whether members can be vmapped: a step is loss + optimiser step, with equal optimiser settings but for
+        the learning rate and weight decay (Adam, AdamW, SGD)."""
         opts = [m.optimizer for m in members]
         if not type(members[0]).stackable() or any(o is None for o in opts):
             return False
-        return all(type(o) is type(opts[0]) and o.defaults == opts[0].defaults for o in opts)
+        same = [{k: v for k, v in o.defaults.items() if k not in ("lr", "weight_decay")} for o in opts]
+        if OwnSettings.wanted(members) and not isinstance(opts[0], OwnSettings.KINDS):
+            return False
+        return all(type(o) is type(opts[0]) and s == same[0] for o, s in zip(opts, same, strict=True))
 
     def _trainable(self) -> list[torch.Tensor]:
         # the stacked tensors in the order of the first member's optimiser (its checkpoints index state by it)
@@ -99,7 +146,10 @@ class Stack:
         losses = self._loss(self.params, self.buffers, x, y, idx)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].sum().backward()
-        self.optimizer.step()
+        if self.own:
+            self.own.step(self.optimizer, self._trainable())
+        else:
+            self.optimizer.step()
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()

@@ -94,6 +94,20 @@ def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
         assert _max_difference(*losses) < 1e-4 and _max_difference(a, b) < 0.02
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_plain_runs(optimizer, tmp_path):
+    per_member = [["stage1.lr=0.001"], ["stage1.lr=0.002", "stage2.lr=0.003", "stage2.weight_decay=0.01"],
+                  ["stage1.weight_decay=0.02", "seed=2"]]  # fmt: skip
+    if optimizer == "sgd":  # the preset's SGD momentum is in its yaml; larger steps suit it
+        per_member = [[*m, "optimizer.momentum=0.9"] for m in per_member]
+    pairs = _plain_and_stacked(tmp_path, [[f"optimizer={optimizer}", *m] for m in per_member], vectorize=True)
+    for plain, stacked in pairs:
+        a, b = _records(plain), _records(stacked)
+        keep = lambda r: {k: v for k, v in r.items() if "/train/" in k or k in ("stage", "epoch")}  # noqa: E731
+        assert _max_difference([keep(r) for r in a], [keep(r) for r in b]) < 1e-4
+        assert _max_difference(a, b) < 0.02
+
+
 def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numbers(tmp_path):
     for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
         assert _records(plain) == _records(stacked)

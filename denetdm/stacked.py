@@ -76,8 +76,9 @@ class OwnSettings:
 
     def __init__(self, members: Sequence[Method]) -> None:
         groups = [m.optimizer.param_groups[0] for m in members]
-        self.lr = torch.tensor([g["lr"] for g in groups], dtype=torch.float64)
-        self.wd = torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float64)
+        device = next(members[0].parameters()).device  # on the device already: no host copy in a captured step
+        self.lr = torch.tensor([g["lr"] for g in groups], dtype=torch.float64, device=device)
+        self.wd = torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float64, device=device)
         opt = members[0].optimizer
         self.decoupled = bool(opt.defaults.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
 

@@ -277,7 +277,9 @@ def train_stack(cfgs: Sequence, run_dirs: Sequence, vectorize: bool | None = Non
         live = [runners[i] for i in todo]
         if not live:
             phase_results = []
-        elif all(r.trained()[:1] == list(r.p.phases)[:1] and "eval" not in r.p.stages for r in live):
+        elif len({tuple(r.trained()) for r in live}) == 1 and all(
+            r.trained()[:1] == list(r.p.phases)[:1] and "eval" not in r.p.stages for r in live
+        ):  # the same phases from the first: in lockstep
             _train_phases(live, live[0].p.device.type == "cuda" if vectorize is None else vectorize)
             phase_results = [r.collect() for r in live]
         else:  # a later stage from a checkpoint, or an evaluation: each the plain way
@@ -292,7 +294,10 @@ def _train_phases(runners: list, vectorize: bool) -> None:
     for phase in runners[0].trained() if runners else []:
         methods = [r.build(phase, prev) for r, prev in zip(runners, previous, strict=True)]
         fits = [r.begin(phase, m) for r, m in zip(runners, methods, strict=True)]
-        together = len(fits) > 1 and len({f.state["epoch"] for f in fits}) == 1  # a kill can leave members apart
+        # in lockstep only where every member has the same epochs and batches left (a kill can leave them apart)
+        shape = {(f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
+                 for f in fits}  # fmt: skip
+        together = len(fits) > 1 and len(shape) == 1
         trainers = [r.trainer for r in runners]
         done = fit_stacked(trainers, fits, vectorize) if together else [t.fit_from(f) for t, f in zip(trainers, fits)]
         for r, res in zip(runners, done, strict=True):

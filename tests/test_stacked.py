@@ -111,6 +111,10 @@ def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_pl
 def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numbers(tmp_path):
     for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
         assert _records(plain) == _records(stacked)
+    # runs that share nothing (another method, other epochs) given to one stack: each the plain way
+    mixed = [["method=erm"], ["stage1.epochs=3", "seed=4"]]
+    for plain, stacked in _plain_and_stacked(tmp_path / "mixed", mixed, vectorize=True):
+        assert _records(plain) == _records(stacked)
 
 
 class _Killed(BaseException):

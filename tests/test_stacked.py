@@ -94,6 +94,7 @@ def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
         assert _max_difference(*losses) < 1e-4 and _max_difference(a, b) < 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_plain_runs(optimizer, tmp_path):
     per_member = [["stage1.lr=0.001"], ["stage1.lr=0.002", "stage2.lr=0.003", "stage2.weight_decay=0.01"],
@@ -108,6 +109,7 @@ def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_pl
         assert _max_difference(a, b) < 0.02
 
 
+@pytest.mark.slow
 def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numbers(tmp_path):
     for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
         assert _records(plain) == _records(stacked)
@@ -121,6 +123,7 @@ class _Killed(BaseException):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [("stage1", 2, 1), ("stage2", 1, 2)])  # (phase, epoch, member reporting)
 def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, tmp_path, monkeypatch):
     cfgs = [compose_cfg([*TINY, "stage1.epochs=3", f"seed={s}"]) for s in range(3)]

@@ -194,11 +194,14 @@ class Trainer:
         make_capturable([method.optimizer])  # after the restore, which brings the checkpoint's settings back
         return CapturedStep(method.update)
 
-    def end_epoch(self, fit: "Fit", epoch: int, train: dict[str, float], t0: float) -> None:
-        """Evaluate, record, select and checkpoint an epoch whose training began at `t0`."""
+    def end_epoch(
+        self, fit: "Fit", epoch: int, train: dict[str, float], t0: float, metrics: dict[str, float] | None = None
+    ) -> None:
+        """Evaluate (unless a stack evaluated its members at once: `metrics`), record, select and checkpoint an
+        epoch whose training began at `t0`."""
         stage, method, data = fit.stage, fit.method, fit.data
         t_train = time.time() - t0
-        metrics = evaluate_all(method, data, stage)
+        metrics = dict(metrics) if metrics is not None else evaluate_all(method, data, stage)
         if self.probe.due(epoch):  # analysis only: selection never reads these keys
             t_probe = time.time()
             metrics |= self.probe.measure(method, data, stage, epoch)

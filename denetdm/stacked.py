@@ -23,9 +23,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from denetdm.engine import Fit, StageResult, Trainer
+from denetdm.engine import Fit, StageResult, Trainer, metric_key
 from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
+from denetdm.metrics import group_metrics
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,29 @@ class Stack:
         return {k: v.detach() for k, v in losses.items()}
 
     @torch.no_grad()
+    def evaluate_all(self, datas: Sequence, stage: str, batch_size: int = 4096) -> list[dict[str, float]]:
+        """`evaluate_all` of every member in one vmapped pass per batch (members' splits of equal sizes)."""
+        self.template.eval()
+        predict = vmap(self._member_predict, in_dims=(0, 0, 0), randomness="different")
+        out: list[dict[str, float]] = [{} for _ in datas]
+        for name in datas[0].splits():
+            splits = [d.splits()[name] for d in datas]
+            preds: dict[str, list[torch.Tensor]] = {}
+            for start in range(0, len(splits[0]), batch_size):
+                x = _stack_like([s.x[start : start + batch_size] for s in splits])
+                for head, logits in predict(self.params, self.buffers, x).items():
+                    preds.setdefault(head, []).append(logits.argmax(-1))
+            for k, (d, split) in enumerate(zip(datas, splits, strict=True)):
+                for head, p in preds.items():
+                    metrics = group_metrics(torch.cat([q[k] for q in p]), split.y, split.b, d.num_classes,
+                                            d.num_biases)  # fmt: skip
+                    out[k] |= {metric_key(stage, head, name, m): v for m, v in metrics.items()}
+        return out
+
+    def _member_predict(self, params, buffers, x) -> dict[str, torch.Tensor]:
+        return functional_call(self.template, (params, buffers), (x,), strict=True)
+
+    @torch.no_grad()
     def push(self) -> None:
         """Copy the stack into each member's own parameters, buffers and optimiser state."""
         for k, member in enumerate(self.members):
@@ -206,9 +230,10 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
                 sums[key] = sums[key] + v if key in sums else v
             n += 1
         stack.push()
+        evals = stack.evaluate_all([f.data for f in fits], fits[0].stage) if hasattr(stack, "evaluate_all") else None
         for k, (t, f) in enumerate(zip(trainers, fits, strict=True)):
             train = t.train_means(f.stage, epoch, {key: v[k] for key, v in sums.items()}, n)
-            t.end_epoch(f, epoch, train, t0)
+            t.end_epoch(f, epoch, train, t0, evals[k] if evals else None)
     return [t.finish(f) for t, f in zip(trainers, fits, strict=True)]
 
 
@@ -233,6 +258,10 @@ class _CapturedStack:
     def push(self) -> None:
         """The stack's push."""
         self.stack.push()
+
+    def evaluate_all(self, datas: Sequence, stage: str) -> list[dict[str, float]]:
+        """The stack's batched evaluation."""
+        return self.stack.evaluate_all(datas, stage)
 
 
 def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:

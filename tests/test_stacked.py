@@ -192,3 +192,20 @@ def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
         mine = [r["stage1/shallow/val/acc"] for r in _records(run) if r["stage"] == "stage1"]
         assert [float(h["stage1/shallow/val/acc"]) for h in logged["history"] if "stage1/shallow/val/acc" in h] == mine
     assert len(ids) == 2
+
+
+def test_a_vmapped_stack_evaluates_its_members_at_once_as_each_would_alone(tmp_path):
+    from denetdm.engine import evaluate_all
+    from denetdm.pipeline import plan, prepare_run, setup
+    from denetdm.stacked import Stack
+
+    runners = []
+    for s in range(3):
+        cfg = compose_cfg([*TINY, f"seed={s}"])
+        p = plan(cfg, tmp_path / str(s))
+        runners.append(setup(p, cfg, prepare_run(p, cfg), None)[0])
+    members = [r.build("stage1", None) for r in runners]
+    got = Stack(members).evaluate_all([r.data for r in runners], "stage1", batch_size=150)
+    for member, runner, mine in zip(members, runners, got, strict=True):
+        alone = evaluate_all(member, runner.data, "stage1")
+        assert mine.keys() == alone.keys() and max(abs(mine[k] - alone[k]) for k in alone) < 1e-2

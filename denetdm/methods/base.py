@@ -87,9 +87,11 @@ class Method(nn.Module):
         self.step(losses["loss"])
         return {k: v.detach() for k, v in losses.items()}
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`loss`: what torch.func.functional_call runs for a stack of members."""
-        return self.loss(x, y, idx)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What torch.func.functional_call runs for a stack of members: `loss` of a batch, or `predict` of x."""
+        return self.predict(x) if y is None else self.loss(x, y, idx)
 
     @classmethod
     def stackable(cls) -> bool:

@@ -43,9 +43,10 @@ def stack_key(config: Mapping) -> str:
         parent, leaf = dotted.split(".")
         if isinstance(fp.get(parent), dict):
             fp[parent].pop(leaf, None)
-    for node in ((fp.get("method") or {}).get("phases") or {}).values():  # the phases read them from stage2
+    phases = (fp.get("method") or {}).get("phases") or {}
+    for node in (n for n in phases.values() if isinstance(n, dict)):  # the phases read them from stage2
         for dotted in STACKED_APART:
-            node.pop(dotted.split(".")[1], None) if isinstance(node, dict) else None
+            node.pop(dotted.split(".")[1], None)
     fp["stage"] = config.get("stage")
     return json.dumps(fp, sort_keys=True, default=str)
 

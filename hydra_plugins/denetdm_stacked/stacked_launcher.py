@@ -1,6 +1,7 @@
 """`launcher=stacked`: the jobs of a multirun batch that can train as one stacked model do (denetdm.stacked).
 
-Jobs are grouped by `denetdm.stacked.stack_key` (equal configs but for seeds and stage-2 loss weights); a group
+Jobs are grouped by `denetdm.stacked.stack_key` (equal configs but for seeds, stage-2 loss weights, learning
+rates and weight decays); a group
 of several trains as one stack, a job alone runs as the basic launcher would run it. Each member still gets its
 own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B run), plus `stack.json`.
 """

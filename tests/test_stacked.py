@@ -170,8 +170,9 @@ def test_bad_launcher_settings_are_one_error_line(tmp_path):
     for bad, words in (
         ("hydra.launcher.vectorize=maybe", "vectorize"),
         ("hydra.launcher.max_members=0", "max_members"),
+        ("hydra.launcher.max_members=abc", "max_members"),
     ):
-        proc = run_cli(["-m", "seed=0,1", *TINY, "launcher=stacked", bad, f"hydra.sweep.dir={tmp_path / words}"])
+        proc = run_cli(["-m", "seed=0,1", *TINY, "launcher=stacked", bad, f"hydra.sweep.dir={tmp_path / 'x'}"])
         (line,) = proc.stderr.strip().splitlines()
         assert proc.returncode == 1 and line.startswith("error: hydra.launcher.") and words in line
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
@@ -28,8 +29,9 @@ VECTORIZE = {"auto": None, "true": True, "false": False}  # None: vmap on CUDA o
 @dataclass
 class StackedLauncherConf:
     _target_: str = "hydra_plugins.denetdm_stacked.stacked_launcher.StackedLauncher"
-    max_members: int = 16  # the most runs in one stack (memory: each member keeps its data and optimiser)
-    vectorize: str = "auto"  # vmap the members: auto (on CUDA), true, false (one after another: a plain run's bits)
+    # untyped, so that a bad value reaches the launcher's own one-line check instead of OmegaConf's report
+    max_members: Any = 16  # the most runs in one stack (memory: each member keeps its data and optimiser)
+    vectorize: Any = "auto"  # vmap the members: auto (on CUDA), true, false (one after another: a plain run's bits)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf, provider="denetdm")

@@ -124,11 +124,14 @@ class _Killed(BaseException):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [("stage1", 2, 1), ("stage2", 1, 2)])  # (phase, epoch, member reporting)
-def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "kill_at,vectorize",
+    [(("stage1", 2, 1), False), (("stage2", 1, 2), False), (("stage2", 1, 2), True)],
+)  # (phase, epoch, member reporting): at stage-1 epoch 2 members 0 and 1 are checkpointed, member 2 is not
+def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize, tmp_path, monkeypatch):
     cfgs = [compose_cfg([*TINY, "stage1.epochs=3", f"seed={s}"]) for s in range(3)]
     whole = [tmp_path / f"whole{k}" for k in range(3)]
-    train_stack(cfgs, whole)
+    train_stack(cfgs, whole, vectorize=vectorize)
     runs = [tmp_path / f"killed{k}" for k in range(3)]
     report, seen = Trainer._report, []
 
@@ -140,10 +143,10 @@ def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, tmp_path, 
 
     monkeypatch.setattr(Trainer, "_report", dying)
     with pytest.raises(_Killed):
-        train_stack(cfgs, runs)
+        train_stack(cfgs, runs, vectorize=vectorize)
     monkeypatch.undo()
     assert not any((r / "results.json").exists() for r in runs)
-    train_stack(cfgs, runs)
+    train_stack(cfgs, runs, vectorize=vectorize)  # a vmapped stack is rebuilt from the members' checkpoints
     for a, b in zip(whole, runs, strict=True):
         assert _records(a) == _records(b) and _results(a) == _results(b)
 

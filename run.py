@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices, record_swept_values
 from denetdm.errors import DenetdmError
 from denetdm.pipeline import train
+from denetdm.pruning import TrialPruned
 from denetdm.report import objective
 
 log = logging.getLogger("denetdm")
@@ -47,12 +48,8 @@ def main(cfg: DictConfig) -> float:
     except DenetdmError as e:
         if not sweeping:
             sys.exit(f"error: {e}")
-        log.log(
-            logging.INFO if type(e).__name__ == "TrialPruned" else logging.ERROR,
-            "trial %s: %s",
-            "pruned" if type(e).__name__ == "TrialPruned" else "failed",
-            e,
-        )  # into this job's run.log
+        pruned = isinstance(e, TrialPruned)
+        log.log(logging.INFO if pruned else logging.ERROR, "trial %s: %s", "pruned" if pruned else "failed", e)
         if hc.sweeper.get("records_failures", False):
             raise  # a sweeper that records failed trials itself (denetdm_optuna) gets the error
         return math.nan  # the basic sweeper would stop at the first failed job: go on with the grid

@@ -19,13 +19,18 @@ def quote_numeric_choices(args: list[str], conf: Path = CONF) -> list[str]:
     return out
 
 
+def _options(conf: Path, group: str) -> list[str]:
+    """The choices of a config group: its conf/<group>/*.yaml names."""
+    return sorted(p.stem for p in (conf / group).glob("*.yaml"))
+
+
 def check_group_choices(args: list[str], conf: Path = CONF) -> str | None:
     """One clear error line for an unknown config-group choice (e.g. `severity=9`), or None if all exist."""
     for arg in args:
         m = re.fullmatch(r"[+~]?(\w+)=([\w.'-]+(?:,[\w.'-]+)*)", arg)
         if not m or not (conf / m[1]).is_dir():
             continue
-        options = sorted(p.stem for p in (conf / m[1]).glob("*.yaml"))
+        options = _options(conf, m[1])
         for choice in m[2].replace("'", "").split(","):
             if choice not in options and choice != "null":
                 return f"error: unknown {m[1]} {choice!r}; choose one of: {', '.join(options)} (conf/{m[1]}/)"
@@ -83,24 +88,25 @@ def _first_line(e: Exception) -> str:
     return " ".join(str(e).split("\n")[0].split())
 
 
-def _parse_problem(overrides: list[str], conf: Path, sweeps: list | None = None) -> str | None:
+def _parse_problem(overrides: list[str], conf: Path) -> tuple[str | None, bool]:
+    """The first override Hydra cannot read or that gives a group anything but one name, as an error line; and
+    whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser = OverridesParser.create()
+    parser, sweep = OverridesParser.create(), False
     for override in overrides:
         try:
             (parsed,) = parser.parse_overrides([override])
         except HydraException as e:
             quoting = "quote a value with spaces or brackets: key='a b'"
-            return f"error: cannot read the override {override!r}: {_first_line(e)} ({quoting})"
-        if parsed.is_sweep_override() and sweeps is not None:
-            sweeps.append(override)
+            return f"error: cannot read the override {override!r}: {_first_line(e)} ({quoting})", False
+        sweep = sweep or parsed.is_sweep_override()
         group = parsed.key_or_group
         if (conf / group).is_dir() and not parsed.is_delete() and not isinstance(parsed.value(), str):
-            options = ", ".join(sorted(p.stem for p in (conf / group).glob("*.yaml")))
-            return f"error: {group} takes one name, got {override.split('=', 1)[-1]!r}; choose one of: {options}"
-    return None
+            options = ", ".join(_options(conf, group))
+            return f"error: {group} takes one name, got {override.split('=', 1)[-1]!r}; choose one of: {options}", sweep
+    return None, sweep
 
 
 def _compose_problem(overrides: list[str], conf: Path) -> str | None:
@@ -129,8 +135,9 @@ def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
         return None
     args = quote_numeric_choices(args, conf)  # severity=4 is the choice '4', as run.py passes it on
-    sweeps: list[str] = []  # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs compose later
-    return _parse_problem(args, conf, sweeps) or (None if sweeps else _compose_problem(args, conf))
+    problem, sweep = _parse_problem(args, conf)
+    # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs are composed later, one by one
+    return problem or (None if sweep else _compose_problem(args, conf))
 
 
 def _scalar(text: str):

@@ -48,17 +48,33 @@ def evaluate(
         for head, logits in method.predict(x).items():
             preds.setdefault(head, []).append(logits.argmax(1))
     method.train(was_training)
-    return {head: group_metrics(torch.cat(p), split.y, split.b, num_classes, num_biases) for head, p in preds.items()}
+    return head_metrics({head: torch.cat(p) for head, p in preds.items()}, split, num_classes, num_biases)
+
+
+def head_metrics(
+    preds: dict[str, torch.Tensor], split: Split, num_classes: int, num_biases: int
+) -> dict[str, dict[str, float]]:
+    """Group metrics of each head's predicted classes on `split`: {head: {metric: value}}."""
+    return {head: group_metrics(p, split.y, split.b, num_classes, num_biases) for head, p in preds.items()}
+
+
+def keyed(stage: str, split_name: str, per_head: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{head: {metric: value}} of one split as `<stage>/<head>/<split>/<metric>` keys."""
+    return {metric_key(stage, h, split_name, m): v for h, metrics in per_head.items() for m, v in metrics.items()}
+
+
+def add_losses(sums: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -> None:
+    """Sum a step's losses into `sums` on the device (read once per epoch)."""
+    for k, v in losses.items():
+        sums[k] = sums[k] + v if k in sums else v
 
 
 def evaluate_all(method: Method, data: BiasedData, stage: str) -> dict[str, float]:
     """`evaluate` on every evaluation split, keyed `<stage>/<head>/<split>/<metric>`."""
-    return {
-        metric_key(stage, head, name, metric): value
-        for name, split in data.splits().items()
-        for head, metrics in evaluate(method, split, data.num_classes, data.num_biases).items()
-        for metric, value in metrics.items()
-    }
+    out: dict[str, float] = {}
+    for name, split in data.splits().items():
+        out |= keyed(stage, name, evaluate(method, split, data.num_classes, data.num_biases))
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,7 +123,7 @@ class Fit:
     augment: Augment | None
     gen: torch.Generator
     state: dict
-    step: Callable[..., dict] | None = None  # the method's update, or its captured step (captured=true on CUDA)
+    step: Callable[..., dict]  # the method's update, or its captured step (captured=true on CUDA)
 
     def epochs(self) -> range:
         """The epochs still to train."""
@@ -161,10 +177,7 @@ class Trainer:
         """The epochs left of a begun stage, one method at a time."""
         for epoch in fit.epochs():
             t0 = time.time()
-            split = fit.data.train
-            train = self._train_epoch(fit.stage, epoch, fit.method, split, fit.schedule, fit.gen, fit.augment,
-                                      fit.step)  # fmt: skip
-            self.end_epoch(fit, epoch, train, t0)
+            self.end_epoch(fit, epoch, self._train_epoch(fit, epoch), t0)
         return self.finish(fit)
 
     def begin(
@@ -243,31 +256,28 @@ class Trainer:
         log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], last_path)
         return state
 
-    def _batches(self, stage: str, epoch: int, split: Split, schedule: Schedule, gen: torch.Generator) -> Iterator:
-        batches = split.batches(schedule.batch_size, gen, drop_last=schedule.drop_last)
-        if not self.progress:
-            return batches
-        from tqdm import tqdm
+    def epoch_batches(self, fit: "Fit", epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
+        """One epoch's training batches (x, y, idx) of a begun stage, in its order, augmented where it augments."""
+        split, schedule = fit.data.train, fit.schedule
+        batches = split.batches(schedule.batch_size, fit.gen, drop_last=schedule.drop_last)
+        if self.progress:
+            from tqdm import tqdm
 
-        total = len(split) // schedule.batch_size if schedule.drop_last else -(-len(split) // schedule.batch_size)
-        return tqdm(batches, total=total, desc=f"{stage} {epoch}/{schedule.epochs}", leave=False)
+            n = len(split)
+            total = n // schedule.batch_size if schedule.drop_last else -(-n // schedule.batch_size)
+            batches = tqdm(batches, total=total, desc=f"{fit.stage} {epoch}/{schedule.epochs}", leave=False)
+        for x, y, idx in batches:
+            yield (fit.augment(x, fit.gen) if fit.augment is not None else x), y, idx
 
-    def _train_epoch(
-        self, stage: str, epoch: int, method: Method, split: Split, schedule: Schedule, gen: torch.Generator,
-        augment: Augment | None, step: Callable[..., dict] | None = None,
-    ) -> dict[str, float]:  # fmt: skip
+    def _train_epoch(self, fit: "Fit", epoch: int) -> dict[str, float]:
         """One pass over the training split; mean losses as `<stage>/train/<loss>` (read from the device once)."""
-        method.train()
-        step = step or method.update
+        fit.method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        for x, y, idx in self._batches(stage, epoch, split, schedule, gen):
-            if augment is not None:
-                x = augment(x, gen)
-            for k, v in step(x, y, idx).items():
-                sums[k] = sums[k] + v if k in sums else v
+        for x, y, idx in self.epoch_batches(fit, epoch):
+            add_losses(sums, fit.step(x, y, idx))
             n += 1
-        return self.train_means(stage, epoch, sums, n)
+        return self.train_means(fit.stage, epoch, sums, n)
 
     def train_means(self, stage: str, epoch: int, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
         """`<stage>/train/<loss>` from losses summed over `n` batches on the device (read once per epoch)."""

@@ -3,12 +3,12 @@ value of the objective's metric to its Optuna trial through the study's storage,
 checkpoint when the pruner says so. The run directory then holds `pruned.json` instead of results.json.
 """
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from denetdm.errors import ConfigError, DenetdmError
+from denetdm.tracking import write_json
 
 # the named pruners: what `hydra.sweeper.pruner=<name>` builds (a node with `_target_` builds any other)
 PRUNERS = {
@@ -64,5 +64,5 @@ class Reporter:
         self.trial.report(value, epoch)
         if self.trial.should_prune():
             note = {"pruned": True, "phase": stage, "epoch": epoch, "key": self.key, "value": value}
-            (self.run_dir / "pruned.json").write_text(json.dumps(note, indent=1))
+            write_json(self.run_dir / "pruned.json", note)
             raise TrialPruned(f"pruned by the sweeper after epoch {epoch} of {stage} ({self.key} = {value:.4f})")

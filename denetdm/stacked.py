@@ -23,10 +23,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from denetdm.engine import Fit, StageResult, Trainer, metric_key
+from denetdm.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
 from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
-from denetdm.metrics import group_metrics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +67,9 @@ class Lockstep:
     def push(self) -> None:
         """Nothing to copy: the members are their own modules."""
 
+    def evaluate_all(self, datas: Sequence, stage: str) -> None:
+        """None: each member's trainer evaluates it, as in a plain run."""
+
 
 class OwnSettings:
     """Each member's own learning rate and weight decay around an optimiser stepping with lr 1 and no decay: the
@@ -84,13 +86,11 @@ class OwnSettings:
         opt = members[0].optimizer
         self.decoupled = bool(opt.defaults.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
 
-    @classmethod
-    def wanted(cls, members: Sequence[Method]) -> "OwnSettings | None":
-        """The members' settings where they differ, else None (the optimiser's own arithmetic, unchanged)."""
+    @staticmethod
+    def needed(members: Sequence[Method]) -> bool:
+        """Whether the members' learning rates or weight decays differ (else the optimiser's own arithmetic)."""
         groups = [m.optimizer.param_groups[0] for m in members if m.optimizer is not None]
-        if len({(g["lr"], g["weight_decay"]) for g in groups}) <= 1:
-            return None
-        return cls(members)
+        return len({(g["lr"], g["weight_decay"]) for g in groups}) > 1
 
     @torch.no_grad()
     def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
@@ -115,14 +115,18 @@ class Stack:
         self.members = list(members)
         self.template = members[0]  # its structure is called with the stacked tensors swapped in
         self.params, self.buffers = stack_module_state(self.members)
-        self.names = {id(p): n for n, p in members[0].named_parameters()}
+        names = {id(p): n for n, p in members[0].named_parameters()}
         opt = members[0].optimizer
-        self.own = OwnSettings.wanted(members)  # members with their own learning rates or weight decays
+        # the stacked tensors in the order of the first member's optimiser (its checkpoints index state by it)
+        self.trainable = [self.params[names[id(p)]] for p in opt.param_groups[0]["params"]]
+        # members with their own learning rates or weight decays
+        self.own = OwnSettings(members) if OwnSettings.needed(members) else None
         settings = {**opt.defaults, "lr": 1.0, "weight_decay": 0.0} if self.own else opt.defaults
         accepted = inspect.signature(type(opt).__init__).parameters  # AdamW keeps a default it does not take
-        self.optimizer = type(opt)(self._trainable(), **{k: v for k, v in settings.items() if k in accepted})
+        self.optimizer = type(opt)(self.trainable, **{k: v for k, v in settings.items() if k in accepted})
         self._pull_optimizer_state()
-        self._loss = vmap(self._member_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        # every member's Method.forward at once: (x, y, idx) -> losses, (x) -> logits by head
+        self._call = vmap(self._member, randomness="different")
 
     @staticmethod
     def fits(members: Sequence[Method]) -> bool:
@@ -132,25 +136,21 @@ class Stack:
         if not type(members[0]).stackable() or any(o is None for o in opts):
             return False
         same = [{k: v for k, v in o.defaults.items() if k not in ("lr", "weight_decay")} for o in opts]
-        if OwnSettings.wanted(members) and not isinstance(opts[0], OwnSettings.KINDS):
+        if OwnSettings.needed(members) and not isinstance(opts[0], OwnSettings.KINDS):
             return False
         return all(type(o) is type(opts[0]) and s == same[0] for o, s in zip(opts, same, strict=True))
 
-    def _trainable(self) -> list[torch.Tensor]:
-        # the stacked tensors in the order of the first member's optimiser (its checkpoints index state by it)
-        return [self.params[self.names[id(p)]] for p in self.members[0].optimizer.param_groups[0]["params"]]
-
-    def _member_loss(self, params, buffers, x, y, idx) -> dict[str, torch.Tensor]:
-        return functional_call(self.template, (params, buffers), (x, y, idx), strict=True)
+    def _member(self, params, buffers, *args) -> dict[str, torch.Tensor]:
+        return functional_call(self.template, (params, buffers), args, strict=True)
 
     def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
         """One step of every member on its own batch (x, y, idx); losses per member, (K,)."""
         x, y, idx = (_stack_like(parts) for parts in zip(*batches, strict=True))
-        losses = self._loss(self.params, self.buffers, x, y, idx)
+        losses = self._call(self.params, self.buffers, x, y, idx)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].sum().backward()
         if self.own:
-            self.own.step(self.optimizer, self._trainable())
+            self.own.step(self.optimizer, self.trainable)
         else:
             self.optimizer.step()
         return {k: v.detach() for k, v in losses.items()}
@@ -159,24 +159,18 @@ class Stack:
     def evaluate_all(self, datas: Sequence, stage: str, batch_size: int = 4096) -> list[dict[str, float]]:
         """`evaluate_all` of every member in one vmapped pass per batch (members' splits of equal sizes)."""
         self.template.eval()
-        predict = vmap(self._member_predict, in_dims=(0, 0, 0), randomness="different")
         out: list[dict[str, float]] = [{} for _ in datas]
         for name in datas[0].splits():
             splits = [d.splits()[name] for d in datas]
             preds: dict[str, list[torch.Tensor]] = {}
             for start in range(0, len(splits[0]), batch_size):
                 x = _stack_like([s.x[start : start + batch_size] for s in splits])
-                for head, logits in predict(self.params, self.buffers, x).items():
+                for head, logits in self._call(self.params, self.buffers, x).items():
                     preds.setdefault(head, []).append(logits.argmax(-1))
             for k, (d, split) in enumerate(zip(datas, splits, strict=True)):
-                for head, p in preds.items():
-                    metrics = group_metrics(torch.cat([q[k] for q in p]), split.y, split.b, d.num_classes,
-                                            d.num_biases)  # fmt: skip
-                    out[k] |= {metric_key(stage, head, name, m): v for m, v in metrics.items()}
+                mine = {head: torch.cat([q[k] for q in p]) for head, p in preds.items()}
+                out[k] |= keyed(stage, name, head_metrics(mine, split, d.num_classes, d.num_biases))
         return out
-
-    def _member_predict(self, params, buffers, x) -> dict[str, torch.Tensor]:
-        return functional_call(self.template, (params, buffers), (x,), strict=True)
 
     @torch.no_grad()
     def push(self) -> None:
@@ -188,7 +182,7 @@ class Stack:
                 if name in self.buffers:
                     t.copy_(self.buffers[name][k])
             opt = member.optimizer
-            for p, stacked in zip(opt.param_groups[0]["params"], self._trainable(), strict=True):
+            for p, stacked in zip(opt.param_groups[0]["params"], self.trainable, strict=True):
                 state = self.optimizer.state.get(stacked)
                 if state:
                     opt.state[p] = {key: _member_part(v, k, len(self.members)) for key, v in state.items()}
@@ -197,7 +191,7 @@ class Stack:
     def _pull_optimizer_state(self) -> None:
         """Resumed members bring their optimiser state (all at the same epoch, so the same step count)."""
         opts = [m.optimizer for m in self.members]
-        for i, stacked in enumerate(self._trainable()):
+        for i, stacked in enumerate(self.trainable):
             states = [o.state.get(o.param_groups[0]["params"][i]) for o in opts]
             if all(states):
                 self.optimizer.state[stacked] = {
@@ -226,12 +220,11 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
             f.method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        for batches in zip(*(_batches(t, f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
-            for key, v in stack.update(batches).items():
-                sums[key] = sums[key] + v if key in sums else v
+        for batches in zip(*(t.epoch_batches(f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
+            add_losses(sums, stack.update(batches))
             n += 1
         stack.push()
-        evals = stack.evaluate_all([f.data for f in fits], fits[0].stage) if hasattr(stack, "evaluate_all") else None
+        evals = stack.evaluate_all([f.data for f in fits], fits[0].stage)
         for k, (t, f) in enumerate(zip(trainers, fits, strict=True)):
             train = t.train_means(f.stage, epoch, {key: v[k] for key, v in sums.items()}, n)
             t.end_epoch(f, epoch, train, t0, evals[k] if evals else None)
@@ -249,7 +242,7 @@ class _CapturedStack:
         from denetdm.captured import CapturedStep, make_capturable
 
         make_capturable([stack.optimizer])
-        self.stack, self.k = stack, len(stack.members)
+        self.stack = stack
         self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
 
     def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
@@ -275,11 +268,6 @@ def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     for k, part in enumerate(parts):
         out[k].copy_(part)
     return out
-
-
-def _batches(trainer: Trainer, fit: Fit, epoch: int):
-    for x, y, idx in trainer._batches(fit.stage, epoch, fit.data.train, fit.schedule, fit.gen):
-        yield (fit.augment(x, fit.gen) if fit.augment is not None else x), y, idx
 
 
 def train_stack(cfgs: Sequence, run_dirs: Sequence, vectorize: bool | None = None) -> list[dict]:

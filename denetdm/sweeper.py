@@ -30,7 +30,7 @@ from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
 from denetdm.errors import DenetdmError
-from denetdm.pruning import build_pruner, study_storage
+from denetdm.pruning import TrialPruned, build_pruner, study_storage
 from denetdm.seeding import derive_seed
 from denetdm.tracking import JsonLines
 
@@ -308,7 +308,7 @@ def _value(ret: Any) -> tuple[float | None, str | None]:
     try:
         value = float(ret.return_value)
     except Exception as e:
-        if type(e).__name__ == "TrialPruned":  # denetdm.pruning.TrialPruned: stopped by the pruner
+        if isinstance(e, TrialPruned):  # stopped by the pruner
             return None, _PRUNED_MARK
         return None, f"{type(e).__name__}: {e}".splitlines()[0]
     if not math.isfinite(value):

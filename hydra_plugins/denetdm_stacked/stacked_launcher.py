@@ -54,8 +54,6 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from denetdm.stacked import stack_key
-
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -67,7 +65,7 @@ class StackedLauncher(Launcher):
             with open_dict(cfg):
                 cfg.hydra.job.id = cfg.hydra.job.num = idx
             jobs.append(cfg)
-            groups.setdefault(_key(cfg, stack_key), []).append(i)
+            groups.setdefault(_key(cfg), []).append(i)
         returns: list[JobReturn | None] = [None] * len(jobs)
         for members in groups.values():
             for start in range(0, len(members), self.max_members):
@@ -98,13 +96,15 @@ class StackedLauncher(Launcher):
             hc = HydraConfig.get()
             if cfg.trial.params is None:
                 record_swept_values(cfg, hc)
-            members.append((cfg, Path(hc.runtime.output_dir), hc.sweeper.get("records_failures", False)))
+            members.append((cfg, Path(hc.runtime.output_dir)))
 
         rets = [self._run_job(collect, c) for c in cfgs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         log.info("training jobs %s as one stack", ", ".join(str(c.hydra.job.num) for c in cfgs))
-        with _logs_into([d for _, d, _ in members]):
-            values = _train(members, self.vectorize)
+        # a sweeper that records failed trials itself (denetdm_optuna) gets each member's error
+        records = bool(self.config.hydra.sweeper.get("records_failures", False))
+        with _logs_into([d for _, d in members]):
+            values = _train(members, self.vectorize, records)
         for ret, value in zip(rets, values, strict=True):
             if isinstance(value, BaseException):
                 ret.status, ret._return_value = JobStatus.FAILED, value
@@ -113,25 +113,27 @@ class StackedLauncher(Launcher):
         return rets
 
 
-def _key(cfg: DictConfig, stack_key) -> str:
+def _key(cfg: DictConfig) -> str:
+    from denetdm.stacked import stack_key
+
     job = OmegaConf.to_container(cfg, resolve=False)
     job.pop("hydra", None)
     job = OmegaConf.to_container(OmegaConf.create(job), resolve=True)
     return stack_key(job)
 
 
-def _train(members: list, vectorize: bool | None) -> list:
+def _train(members: list, vectorize: bool | None, records: bool) -> list:
     """The members' objectives (an exception for each where the stack failed and the sweeper records failures)."""
     from denetdm.errors import DenetdmError
     from denetdm.report import objective
     from denetdm.stacked import train_stack
 
     try:
-        results = train_stack([c for c, _, _ in members], [d for _, d, _ in members], vectorize=vectorize)
+        results = train_stack([c for c, _ in members], [d for _, d in members], vectorize=vectorize)
         return [objective(r) for r in results]
     except DenetdmError as e:
         log.error("stack failed: %s", e)
-        return [e if records else math.nan for _, _, records in members]
+        return [e if records else math.nan for _ in members]
 
 
 @contextmanager

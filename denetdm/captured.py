@@ -11,7 +11,8 @@ in float32 on the device instead of float64 on the host: runs with captured=true
 last bits, and are deterministic among themselves on the same device. A step that cannot be captured (a host
 synchronisation inside a method's update) falls back to eager steps with one warning.
 
-Written for issue 13; not yet run on a GPU (none was lent to the task that wrote it): off by default.
+On by default on CUDA (`captured=auto`). Measured on an H200: a Colored MNIST paper run in 73 s instead of about
+7.5 min with eager steps (README, Speed). A step that gathers its own batch (`gathering`) replays the gather too.
 """
 
 import logging
@@ -84,6 +85,16 @@ class CapturedStep:
         self.graph = graph
         graph.replay()
         return {k: v.clone() for k, v in self.out.items()}
+
+
+def gathering(update: Callable[..., dict[str, torch.Tensor]], split) -> Callable[..., dict[str, torch.Tensor]]:
+    """`update(x, y, idx)` as a step of `idx` alone that gathers its batch from `split` (inside the graph: one
+    index copy per replayed step instead of two gathers and three copies)."""
+
+    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return update(split.x[idx], split.y[idx], idx)
+
+    return step
 
 
 def _shapes(tensors: Sequence[torch.Tensor]) -> list[tuple]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from denetdm.analysis.probes import ProbeSchedule
-from denetdm.checkpoint import load_checkpoint, save_checkpoint
+from denetdm.checkpoint import CheckpointWriter, load_checkpoint
 from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
@@ -124,6 +124,7 @@ class Fit:
     gen: torch.Generator
     state: dict
     step: Callable[..., dict]  # the method's update, or its captured step (captured=true on CUDA)
+    gathers: bool = False  # `step` takes a batch's indices alone and gathers the batch itself (inside its graph)
 
     def epochs(self) -> range:
         """The epochs still to train."""
@@ -151,6 +152,7 @@ class Trainer:
         self.label_free_metric = check_label_free_metric(label_free_metric)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.records = JsonLines(self.run_dir / "metrics.jsonl")
+        self.writer = CheckpointWriter()  # a GPU run's checkpoints are written while the next epoch trains
         self.probe = (probe or ProbeSchedule()).check()
         self.on_epoch = None  # called with (stage, epoch, record) after each epoch's checkpoint (sweep pruning)
 
@@ -195,17 +197,20 @@ class Trainer:
         state = self._restore(stage, method, gen, meta, resume)
         if state["epoch"] < schedule.epochs:
             method.prepare(data.train, augmented=augment is not None)
-        return Fit(stage, method, data, schedule, meta, augment, gen, state, self._step(method))
+        return Fit(stage, method, data, schedule, meta, augment, gen, state, *self._step(method, data, augment))
 
-    def _step(self, method: Method) -> Callable[..., dict]:
-        """The method's update, captured as a CUDA graph where asked for and the method is on a GPU."""
+    def _step(self, method: Method, data: BiasedData, augment: Augment | None) -> tuple[Callable[..., dict], bool]:
+        """The method's update, captured as a CUDA graph where asked for and the method is on a GPU; whether the
+        step gathers its own batch (captured, unaugmented: the gather is replayed with the graph)."""
         on_gpu = any(p.is_cuda for p in method.parameters())
         if not (self.captured and on_gpu and method.optimizer is not None):
-            return method.update
-        from denetdm.captured import CapturedStep, make_capturable
+            return method.update, False
+        from denetdm.captured import CapturedStep, gathering, make_capturable
 
         make_capturable([method.optimizer])  # after the restore, which brings the checkpoint's settings back
-        return CapturedStep(method.update)
+        if augment is not None:  # augmentation draws from the host generator: outside the graph
+            return CapturedStep(method.update), False
+        return CapturedStep(gathering(method.update, data.train)), True
 
     def end_epoch(
         self, fit: "Fit", epoch: int, train: dict[str, float], t0: float, metrics: dict[str, float] | None = None
@@ -233,6 +238,7 @@ class Trainer:
         """Load the selected checkpoint into the method; the stage's result."""
         if fit.state["best_epoch"] == 0:
             raise CheckpointError(f"{fit.stage}: no epoch was trained; set {fit.stage}.epochs >= 1")
+        self.writer.flush()
         best = load_checkpoint(self.checkpoint_path(fit.stage, "selected"), f"{fit.stage} selected checkpoint")
         fit.method.load_state_dict(best["method"])
         return StageResult(fit.state["best_epoch"], fit.state["best_metrics"], fit.state["elapsed_s"])
@@ -259,23 +265,36 @@ class Trainer:
     def epoch_batches(self, fit: "Fit", epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch's training batches (x, y, idx) of a begun stage, in its order, augmented where it augments."""
         split, schedule = fit.data.train, fit.schedule
-        batches = split.batches(schedule.batch_size, fit.gen, drop_last=schedule.drop_last)
-        if self.progress:
-            from tqdm import tqdm
-
-            n = len(split)
-            total = n // schedule.batch_size if schedule.drop_last else -(-n // schedule.batch_size)
-            batches = tqdm(batches, total=total, desc=f"{fit.stage} {epoch}/{schedule.epochs}", leave=False)
+        batches = self._progress(fit, epoch, split.batches(schedule.batch_size, fit.gen, drop_last=schedule.drop_last))
         for x, y, idx in batches:
             yield (fit.augment(x, fit.gen) if fit.augment is not None else x), y, idx
+
+    def step_args(self, fit: "Fit", epoch: int, indices: bool | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """What a step takes for each batch of an epoch: (x, y, idx), or (idx,) for steps that gather their batch
+        (`indices`, by default `fit.gathers`); both draw the same order from the stage's generator."""
+        if not (fit.gathers if indices is None else indices):
+            yield from self.epoch_batches(fit, epoch)
+            return
+        order = fit.data.train.order(fit.schedule.batch_size, fit.gen, fit.schedule.drop_last)
+        yield from ((idx,) for idx in self._progress(fit, epoch, order))
+
+    def _progress(self, fit: "Fit", epoch: int, batches: Iterator) -> Iterator:
+        """`batches` with a progress bar where progress is shown."""
+        if not self.progress:
+            return batches
+        from tqdm import tqdm
+
+        n, schedule = len(fit.data.train), fit.schedule
+        total = n // schedule.batch_size if schedule.drop_last else -(-n // schedule.batch_size)
+        return tqdm(batches, total=total, desc=f"{fit.stage} {epoch}/{schedule.epochs}", leave=False)
 
     def _train_epoch(self, fit: "Fit", epoch: int) -> dict[str, float]:
         """One pass over the training split; mean losses as `<stage>/train/<loss>` (read from the device once)."""
         fit.method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        for x, y, idx in self.epoch_batches(fit, epoch):
-            add_losses(sums, fit.step(x, y, idx))
+        for args in self.step_args(fit, epoch):
+            add_losses(sums, fit.step(*args))
             n += 1
         return self.train_means(fit.stage, epoch, sums, n)
 
@@ -304,16 +323,17 @@ class Trainer:
         if key is not None and key not in metrics:
             raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {stage}.select")
         score = epoch if key is None else metrics[key]
+        background = any(p.is_cuda for p in method.parameters())  # on a CPU the write is the step's own cost
         if score > state["best_score"]:
             state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
             ckpt = {"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}
-            save_checkpoint(ckpt, self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint")
+            path = self.checkpoint_path(stage, "selected")
+            self.writer.save(ckpt, path, f"{stage} selected checkpoint", background)
         state["epoch"] = epoch
         optimizer = method.optimizer.state_dict() if method.optimizer is not None else None
         ckpt = {"kind": stage, "meta": meta, "method": method.state_dict(), "optimizer": optimizer}
-        save_checkpoint(
-            {**ckpt, "generator": gen.get_state(), **state}, self.checkpoint_path(stage, "last"), f"{stage} checkpoint"
-        )
+        ckpt |= {"generator": gen.get_state(), **state}
+        self.writer.save(ckpt, self.checkpoint_path(stage, "last"), f"{stage} checkpoint", background)
 
     def _report(self, stage: str, epoch: int, schedule: Schedule, record: dict) -> None:
         head, metric = schedule.select.split("/")

@@ -128,9 +128,11 @@ MAX_THREADS = 1024  # torch would start them all
 def _check_flags(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    for key in ("amp", "resume", "captured"):
+    for key in ("amp", "resume"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if not (isinstance(cfg.captured, bool) or cfg.captured == "auto"):
+        raise ConfigError(f"captured must be auto, true or false, got {cfg.captured!r}")
     if positive_int("threads", cfg.threads, allow_none=True) and cfg.threads > MAX_THREADS:
         raise ConfigError(
             f"threads must be at most {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {cfg.threads}"
@@ -194,6 +196,8 @@ def plan(cfg: DictConfig, run_dir: Path, slot: int | None = None) -> Plan:
     device = resolve_device(str(cfg.device), slot)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
+    # what the run does: CUDA graphs on a GPU (`auto` there); a CPU ignores the setting, so its runs compare equal
+    config["captured"] = device.type == "cuda" and cfg.captured in ("auto", True)
     config["selection"] = proto.name  # `test` and `oracle` are one protocol
     method = config["method"]
     names = list(ph.phases(method))
@@ -395,7 +399,7 @@ def setup(p: Plan, cfg: DictConfig, optimizer, pruning: dict | None, data=None) 
         run_dir=str(p.run_dir), run_config=p.config
     )
     progress = None if cfg.progress == "auto" else cfg.progress
-    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe, cfg.captured)
+    trainer = Trainer(p.run_dir, logger, p.protocol.name, progress, cfg.selection_metric, p.probe, p.config["captured"])
     if pruning is not None:
         from denetdm.pruning import Reporter
 

@@ -55,12 +55,13 @@ class Lockstep:
     bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default).
     `steps`: the members' step functions (their updates, or captured steps)."""
 
-    def __init__(self, members: Sequence[Method], steps: Sequence | None = None) -> None:
+    def __init__(self, members: Sequence[Method], steps: Sequence | None = None, gathers: bool = False) -> None:
         self.members = list(members)
         self.steps = list(steps) if steps is not None else [m.update for m in self.members]
+        self.gathers = gathers  # the steps take (idx,) and gather their batches (captured steps)
 
     def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
-        """One step of every member on its own batch (x, y, idx); losses per member, (K,)."""
+        """One step of every member on its own batch (x, y, idx), or (idx,) where they gather; losses, (K,)."""
         outs = [step(*batch) for step, batch in zip(self.steps, batches, strict=True)]
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
 
@@ -110,6 +111,8 @@ class OwnSettings:
 
 class Stack:
     """The members' methods of one phase as stacked tensors, stepped together."""
+
+    gathers = False  # it takes the members' batches (x, y, idx)
 
     def __init__(self, members: Sequence[Method]) -> None:
         self.members = list(members)
@@ -175,12 +178,11 @@ class Stack:
     @torch.no_grad()
     def push(self) -> None:
         """Copy the stack into each member's own parameters, buffers and optimiser state."""
+        pairs = [(t, self.params[name][k]) for k, m in enumerate(self.members) for name, t in m.named_parameters()]
+        pairs += [(t, self.buffers[name][k]) for k, m in enumerate(self.members) for name, t in m.named_buffers()
+                  if name in self.buffers]  # fmt: skip
+        torch._foreach_copy_(*map(list, zip(*pairs, strict=True)))  # a few launches for all members, not one per tensor
         for k, member in enumerate(self.members):
-            for name, t in member.named_parameters():
-                t.copy_(self.params[name][k])
-            for name, t in member.named_buffers():
-                if name in self.buffers:
-                    t.copy_(self.buffers[name][k])
             opt = member.optimizer
             for p, stacked in zip(opt.param_groups[0]["params"], self.trainable, strict=True):
                 state = self.optimizer.state.get(stacked)
@@ -211,16 +213,21 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
     members = [f.method for f in fits]
     if vectorize and not Stack.fits(members):
         log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage)
-    stack = Stack(members) if vectorize and Stack.fits(members) else Lockstep(members, [f.step for f in fits])
-    if isinstance(stack, Stack) and trainers[0].captured and stack.params and _on_gpu(stack):
-        stack = _CapturedStack(stack)
+    gathers = all(f.gathers for f in fits)  # captured unaugmented steps: batches gathered inside the graphs
+    if vectorize and Stack.fits(members):
+        stack = Stack(members)
+        if trainers[0].captured and stack.params and _on_gpu(stack):
+            stack = _CapturedStack(stack, [f.data.train for f in fits] if gathers else None)
+    else:
+        stack = Lockstep(members, [f.step for f in fits], gathers)
     for epoch in fits[0].epochs():
         t0 = time.time()
         for f in fits:
             f.method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        for batches in zip(*(t.epoch_batches(f, epoch) for t, f in zip(trainers, fits, strict=True)), strict=True):
+        orders = (t.step_args(f, epoch, stack.gathers) for t, f in zip(trainers, fits, strict=True))
+        for batches in zip(*orders, strict=True):
             add_losses(sums, stack.update(batches))
             n += 1
         stack.push()
@@ -238,15 +245,21 @@ def _on_gpu(stack: "Stack") -> bool:
 class _CapturedStack:
     """A vmapped Stack whose step is one CUDA graph (captured=true)."""
 
-    def __init__(self, stack: "Stack") -> None:
+    def __init__(self, stack: "Stack", splits: Sequence | None = None) -> None:
         from denetdm.captured import CapturedStep, make_capturable
 
         make_capturable([stack.optimizer])
         self.stack = stack
-        self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
+        self.gathers = splits is not None  # members' training splits: their batches gathered inside the graph
+        if splits is not None:  # one (K, B) index copy per replayed step
+            self.step = CapturedStep(lambda idx: stack.update([(s.x[i], s.y[i], i) for s, i in zip(splits, idx)]))
+        else:
+            self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
 
     def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
-        """The stack's step, replayed."""
+        """The stack's step, replayed, on the members' batches (x, y, idx) or (idx,)."""
+        if self.gathers:
+            return self.step(torch.stack([idx for (idx,) in batches]))
         return self.step(*(t for batch in batches for t in batch))
 
     def push(self) -> None:

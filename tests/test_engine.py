@@ -1,5 +1,6 @@
 """The training loop on its own: non-finite losses, selection, record truncation, the dataset cache."""
 
+import pytest
 import torch
 
 from denetdm.data.splits import BiasedData, Split
@@ -121,3 +122,18 @@ def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):
     assert str(resolve_device("auto")) == "cuda" and str(resolve_device("cpu", 4)) == "cpu"  # not a sweep job
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert str(resolve_device("auto", 4)) == "cuda"
+
+
+def test_background_checkpoints_hold_the_values_of_when_they_were_saved_and_report_write_errors(tmp_path):
+    from denetdm.checkpoint import CheckpointWriter, load_checkpoint
+    from denetdm.errors import CheckpointError
+
+    writer, w = CheckpointWriter(), torch.arange(6.0)
+    writer.save({"kind": "stage1", "method": {"w": w}}, tmp_path / "a.pt", "checkpoint", background=True)
+    w.add_(100)  # training goes on while the file is written
+    writer.flush()
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["method"]["w"], torch.arange(6.0))
+    (tmp_path / "file").write_text("")
+    writer.save({"kind": "stage1"}, tmp_path / "file" / "b.pt", "checkpoint", background=True)  # not a folder
+    with pytest.raises(CheckpointError, match="could not write the checkpoint"):
+        writer.flush()

@@ -24,7 +24,7 @@ BASE = ["dataset=synthetic", "dataset.train_size=300", "dataset.val_size=100", "
 
 # the README's configuration keys (a group choice is fuzzed with strings too)
 KEYS = [
-    "seed", "selection", "selection_metric", "objective", "device", "amp", "resume", "threads", "progress",
+    "seed", "selection", "selection_metric", "objective", "device", "amp", "captured", "resume", "threads", "progress",
     "experiment_name", "dataset", "severity", "backbone_depth", "method", "stage", "optimizer",
     "dataset.biased_val_size", "dataset.conflict_pct", "dataset.val_size", "dataset.subset", "dataset.eval_subset",
     "dataset.seed", "dataset.train_size", "dataset.test_size",

@@ -68,10 +68,15 @@ class Split:
                 idx = torch.arange(i, min(i + batch_size, n), device=self.y.device)
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size], idx
             return
-        perm = torch.randperm(n, generator=gen).to(self.y.device)
-        for i in range(0, n - batch_size + 1 if drop_last else n, batch_size):
-            idx = perm[i : i + batch_size]
+        for idx in self.order(batch_size, gen, drop_last):
             yield self.x[idx], self.y[idx], idx
+
+    def order(self, batch_size: int, gen: torch.Generator, drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """The shuffled batches' indices (on the split's device): one randperm of `gen` per pass, as `batches`."""
+        n = len(self)
+        perm = torch.randperm(n, generator=gen).to(self.y.device)  # one host-to-device copy per epoch
+        for i in range(0, n - batch_size + 1 if drop_last else n, batch_size):
+            yield perm[i : i + batch_size]
 
 
 def check_count(key: str, n: object) -> int | None:

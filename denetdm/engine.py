@@ -323,7 +323,8 @@ class Trainer:
         if key is not None and key not in metrics:
             raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {stage}.select")
         score = epoch if key is None else metrics[key]
-        background = any(p.is_cuda for p in method.parameters())  # on a CPU the write is the step's own cost
+        # a GPU trains on while a thread writes; on a CPU the writes would compete with training for the cores
+        background = any(p.is_cuda for p in method.parameters())
         if score > state["best_score"]:
             state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
             ckpt = {"kind": stage, "meta": meta, "epoch": epoch, "method": method.state_dict()}

@@ -9,7 +9,8 @@ each member's Trainer evaluates, records and checkpoints it exactly as in a plai
   launch-bound steps into one. The batched kernels sum in another order than a plain run's: ulp-sized
   differences, which Adam can grow (README). Members need a method whose step is `loss` plus the optimiser's
   step, and equal optimiser settings but for their learning rates and weight decays (`OwnSettings`); after
-  every epoch the stack is copied back into the members' own modules.
+  every epoch the stack is copied back into the members' own modules. With captured steps (CUDA) a stack's step
+  is one CUDA graph that gathers every member's batch from the (K, B) indices it is given.
 - in turn (`Lockstep`, the default on a CPU, where vmap gains nothing): each member's own `update`, one after
   another; a plain run's numbers bit for bit, for any method and setting.
 """
@@ -181,7 +182,8 @@ class Stack:
         pairs = [(t, self.params[name][k]) for k, m in enumerate(self.members) for name, t in m.named_parameters()]
         pairs += [(t, self.buffers[name][k]) for k, m in enumerate(self.members) for name, t in m.named_buffers()
                   if name in self.buffers]  # fmt: skip
-        torch._foreach_copy_(*map(list, zip(*pairs, strict=True)))  # a few launches for all members, not one per tensor
+        if pairs:  # a few launches for all members, not one per tensor
+            torch._foreach_copy_(*map(list, zip(*pairs, strict=True)))
         for k, member in enumerate(self.members):
             opt = member.optimizer
             for p, stacked in zip(opt.param_groups[0]["params"], self.trainable, strict=True):

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,11 @@ def _check_flags(cfg: DictConfig) -> None:
 def check_optimizer(optimizer, cfg: DictConfig, sources: Iterable[str]) -> None:
     """Build the optimizer once per schedule node on a dummy parameter, so that torch's own checks of its
     values (lr, betas, momentum, ...) fail before any data is loaded, as one clear error."""
+    betas = (cfg.get("optimizer") or {}).get("betas")
+    if betas is not None and not (
+        isinstance(betas, Sequence) and len(betas) == 2 and all(_fraction(b) for b in betas)
+    ):  # torch indexes betas before it checks them
+        raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
     for source in sources:
         node = cfg[source]
         number(f"{source}.lr", node.lr, strict=True)
@@ -155,6 +160,10 @@ def check_optimizer(optimizer, cfg: DictConfig, sources: Iterable[str]) -> None:
             raise ConfigError(
                 f"the optimizer rejects the {source} values: {e}; check optimizer.* and {source}.*"
             ) from None
+
+
+def _fraction(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < 1
 
 
 def _stages(cfg: DictConfig, names: list[str]) -> list[str]:

@@ -263,3 +263,14 @@ def test_mlp_input_scale_multiplies_the_input_and_is_absent_by_default():
     assert torch.allclose(scaled(x), plain(x / 255), atol=1e-6)
     with pytest.raises(ConfigError, match="input_scale"):
         create_backbone("mlp", SHAPE, input_scale=0)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, words",
+    [("mlp", {"depth": 2**31}, "at most 2000"), ("resnet_cifar", {"depth": 6 * 10**6 + 2}, "at most 2000"),
+     ("mlp", {"width": 65536}, "parameters"), ("cnn", {"channels": [100000]}, "parameters")],
+)  # fmt: skip
+def test_models_too_large_to_build_are_one_error_before_any_memory_is_taken(name, kwargs, words):
+    # found by tests/test_fuzz.py: model.deep.depth=2147483648 built layers until the machine swapped
+    with pytest.raises(ConfigError, match=words):
+        create_backbone(name, (3, 32, 32), **kwargs)

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
 
 from denetdm.errors import ConfigError
@@ -35,13 +36,32 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
+MAX_DEPTH = 2000  # layers (CIFAR's deepest ResNet has 1202); a loop of 2**31 layers never ends
+MAX_PARAMETERS = 10**9  # 4 GB of float32 weights, 16 GB with Adam's state and the gradients
+
+
 def create_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Module:
     """Build a registered feature extractor; it maps (N, *input_shape) to (N, num_features)."""
     if not isinstance(name, str) or name not in _BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {list_backbones()}")
-    try:
-        model = _BACKBONES[name](tuple(input_shape), **kwargs)
-    except TypeError as e:
-        raise ConfigError(f"backbone {name!r}: {e}") from None
+    depth = kwargs.get("depth")
+    if isinstance(depth, int) and depth > MAX_DEPTH:
+        raise ConfigError(f"backbone {name!r}: depth must be at most {MAX_DEPTH}, got {depth}")
+    if not kwargs.get("pretrained"):  # sized first on the meta device (no memory); pretrained ones load weights
+        with torch.device("meta"):
+            count = sum(p.numel() for p in _build(name, input_shape, kwargs).parameters())
+        if count > MAX_PARAMETERS:
+            raise ConfigError(
+                f"backbone {name!r} with {kwargs} has {count:,} parameters (at most {MAX_PARAMETERS:,}); "
+                "lower its width, channels or depth"
+            )
+    model = _build(name, input_shape, kwargs)
     assert isinstance(getattr(model, "num_features", None), int), f"backbone {name} must set num_features"
     return model
+
+
+def _build(name: str, input_shape: tuple[int, ...], kwargs: dict) -> nn.Module:
+    try:
+        return _BACKBONES[name](tuple(input_shape), **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"backbone {name!r}: {e}") from None

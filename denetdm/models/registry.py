@@ -1,5 +1,6 @@
 """The backbone registry: one factory, one decorator, kwargs override a variant's defaults (timm style)."""
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -48,16 +49,24 @@ def create_backbone(name: str, input_shape: tuple[int, ...], **kwargs) -> nn.Mod
     if isinstance(depth, int) and depth > MAX_DEPTH:
         raise ConfigError(f"backbone {name!r}: depth must be at most {MAX_DEPTH}, got {depth}")
     if not kwargs.get("pretrained"):  # sized first on the meta device (no memory); pretrained ones load weights
-        with torch.device("meta"):
-            count = sum(p.numel() for p in _build(name, input_shape, kwargs).parameters())
+        count = _parameter_count(name, input_shape, kwargs)
         if count > MAX_PARAMETERS:
+            size = f"{count:,}" if math.isfinite(count) else "more than torch can index"
             raise ConfigError(
-                f"backbone {name!r} with {kwargs} has {count:,} parameters (at most {MAX_PARAMETERS:,}); "
+                f"backbone {name!r} with {kwargs} has {size} parameters (at most {MAX_PARAMETERS:,}); "
                 "lower its width, channels or depth"
             )
     model = _build(name, input_shape, kwargs)
     assert isinstance(getattr(model, "num_features", None), int), f"backbone {name} must set num_features"
     return model
+
+
+def _parameter_count(name: str, input_shape: tuple[int, ...], kwargs: dict) -> float:
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in _build(name, input_shape, kwargs).parameters())
+    except (RuntimeError, OverflowError):  # a tensor size past what torch can index
+        return math.inf
 
 
 def _build(name: str, input_shape: tuple[int, ...], kwargs: dict) -> nn.Module:

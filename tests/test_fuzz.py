@@ -82,7 +82,8 @@ def one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 @example(key="optimizer.betas", value=[])  # found by this test: torch's IndexError
 @example(key="threads", value=2**31)  # found by this test: torch started them all
 @example(key="model.deep.depth", value=2**31)  # found by this test: layers built until the machine swapped
-@example(key="model.shallow.width", value=2**31)  # found by this test: torch's size overflow
+@example(key="model.shallow.width", value=2**31)  # found by this test: torch's size overflows
+@example(key="model.shallow.width", value=2**63)
 def test_any_value_for_a_documented_key_runs_or_is_one_error_line(key, value, one_epoch, tmp_path_factory):
     args = [*BASE, f"{key}={render(value)}"]
     if problem := check_group_choices(args) or check_overrides(args):

@@ -269,7 +269,7 @@ def test_mlp_input_scale_multiplies_the_input_and_is_absent_by_default():
     "name, kwargs, words",
     [("mlp", {"depth": 2**31}, "at most 2000"), ("resnet_cifar", {"depth": 6 * 10**6 + 2}, "at most 2000"),
      ("mlp", {"width": 65536}, "parameters"), ("cnn", {"channels": [100000]}, "parameters"),
-     ("mlp", {"width": 2**31}, "more than torch can index")],
+     ("mlp", {"width": 2**31}, "more than torch can index"), ("mlp", {"width": 2**63}, "past what torch can index")],
 )  # fmt: skip
 def test_models_too_large_to_build_are_one_error_before_any_memory_is_taken(name, kwargs, words):
     # found by tests/test_fuzz.py: model.deep.depth=2147483648 built layers until the machine swapped

@@ -73,4 +73,6 @@ def _build(name: str, input_shape: tuple[int, ...], kwargs: dict) -> nn.Module:
     try:
         return _BACKBONES[name](tuple(input_shape), **kwargs)
     except TypeError as e:
-        raise ConfigError(f"backbone {name!r}: {e}") from None
+        if "Overflow" in str(e):  # torch's own message for a size past a 64-bit integer spans many lines
+            raise ConfigError(f"backbone {name!r} with {kwargs}: a size past what torch can index; lower it") from None
+        raise ConfigError(f"backbone {name!r}: {str(e).splitlines()[0]}") from None

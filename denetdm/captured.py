@@ -92,7 +92,7 @@ def gathering(update: Callable[..., dict[str, torch.Tensor]], split) -> Callable
     index copy per replayed step instead of two gathers and three copies)."""
 
     def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return update(split.x[idx], split.y[idx], idx)
+        return update(*split.batch(idx))
 
     return step
 

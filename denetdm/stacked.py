@@ -254,7 +254,7 @@ class _CapturedStack:
         self.stack = stack
         self.gathers = splits is not None  # members' training splits: their batches gathered inside the graph
         if splits is not None:  # one (K, B) index copy per replayed step
-            self.step = CapturedStep(lambda idx: stack.update([(s.x[i], s.y[i], i) for s, i in zip(splits, idx)]))
+            self.step = CapturedStep(lambda idx: stack.update([s.batch(i) for s, i in zip(splits, idx)]))
         else:
             self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
 

@@ -69,7 +69,11 @@ class Split:
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size], idx
             return
         for idx in self.order(batch_size, gen, drop_last):
-            yield self.x[idx], self.y[idx], idx
+            yield self.batch(idx)
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training batch (x, y, idx) at `idx`."""
+        return self.x[idx], self.y[idx], idx
 
     def order(self, batch_size: int, gen: torch.Generator, drop_last: bool = False) -> Iterator[torch.Tensor]:
         """The shuffled batches' indices (on the split's device): one randperm of `gen` per pass, as `batches`."""

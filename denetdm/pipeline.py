@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from denetdm import phases as ph
+from denetdm import provenance
 from denetdm.analysis.probes import ProbeSchedule
 from denetdm.atomic import run_lock
 from denetdm.checkpoint import load_checkpoint
@@ -425,6 +426,7 @@ def conclude(runner: StageRunner, phase_results: dict, t_data: float) -> dict:
     results["time/data_s"] = t_data
     results["time/total_s"] = sum(v for k, v in results.items() if k.startswith("time/"))
     results["objective"] = results.get(p.objective_key, float("nan"))
+    results["provenance"] = {"commit": provenance.commit(), "machine": provenance.machine(p.device)}
     results |= {"stages": p.stages, "dataset": {"name": data.name, **data.info}, "config": p.config}
     runner.trainer.logger.summary(results)
     write_json(p.run_dir / "results.json", results)

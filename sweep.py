@@ -5,6 +5,8 @@ python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selectio
 python sweep.py plot <sweep dir> [--out <sweep dir>/plots]
 python sweep.py best <sweep dir>   |   python sweep.py best --storage sqlite:///study.db --study-name NAME
 python sweep.py wandb <sweep dir> [--project denetdm]      (offline unless WANDB_MODE says otherwise)
+python sweep.py export <run or sweep dir> [...] --to results/<name>    (the committed results store)
+python sweep.py report [docs/results.md] [--check]         (regenerate the tables of a doc from the store)
 """
 
 import argparse
@@ -127,6 +129,37 @@ def cmd_wandb(args: argparse.Namespace) -> None:
     print(f"logged the summary of {len(coll.runs)} runs (group {group!r}, mode {mode}) to {where}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Write a record per finished run into the results store."""
+    from denetdm import store
+
+    to = Path(args.to)
+    if to.exists() and not to.is_dir():
+        raise DenetdmError(f"--to {to} is a file; give a directory for the records, e.g. results/cmnist")
+    coll = collect(args.dirs)
+    for path, why in coll.incomplete:
+        if path in coll.roots:
+            raise DenetdmError(f"{path} has no results.json ({why}); only finished runs can be exported")
+    runs = [r for r in coll.runs if not r.path.name.endswith(store.SUFFIX)]
+    if not runs:
+        raise DenetdmError(f"no finished run (results.json) below {', '.join(args.dirs)}")
+    to.mkdir(parents=True, exist_ok=True)
+    new = sum(store.write(store.record(r.results, r.epochs(), coll.rel(r.path)), to) for r in runs)
+    print(f"exported {len(runs)} runs to {to}: {new} new or changed, {len(runs) - new} already there")
+    for path, why in coll.incomplete:
+        print(f"not exported: {coll.rel(path)}: {why}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Regenerate the store's tables in a markdown file (or check that they are current)."""
+    from denetdm.docgen import report
+
+    current = report(Path(args.file), check=args.check)
+    if args.check and not current:
+        sys.exit(f"error: {args.file} differs from what the results store gives; run: python sweep.py report")
+    print(f"{args.file} {'is up to date' if current else 'regenerated'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the sub-command and run it; user errors become one line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +186,14 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--project", default="denetdm")
     w.add_argument("--mode", choices=["online", "offline", "disabled"], help="default: $WANDB_MODE or offline")
     w.set_defaults(func=cmd_wandb)
+    e = sub.add_parser("export", help="records of finished runs into the results store (results/<name>)")
+    e.add_argument("dirs", nargs="+", help="run and sweep directories (searched recursively)")
+    e.add_argument("--to", required=True, help="the store directory, e.g. results/cmnist")
+    e.set_defaults(func=cmd_export)
+    r = sub.add_parser("report", help="regenerate the tables of docs/results.md from the results store")
+    r.add_argument("file", nargs="?", default="docs/results.md")
+    r.add_argument("--check", action="store_true", help="only say whether the file is up to date (exit 1 if not)")
+    r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     try:
         args.func(args)

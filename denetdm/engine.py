@@ -264,27 +264,28 @@ class Trainer:
 
     def epoch_batches(self, fit: "Fit", epoch: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch's training batches (x, y, idx) of a begun stage, in its order, augmented where it augments."""
-        split, schedule = fit.data.train, fit.schedule
-        batches = self._progress(fit, epoch, split.batches(schedule.batch_size, fit.gen, drop_last=schedule.drop_last))
-        for x, y, idx in batches:
+        for (idx,) in self.step_args(fit, epoch, indices=True):
+            x, y, idx = fit.data.train.batch(idx)
             yield (fit.augment(x, fit.gen) if fit.augment is not None else x), y, idx
 
     def step_args(self, fit: "Fit", epoch: int, indices: bool | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """What a step takes for each batch of an epoch: (x, y, idx), or (idx,) for steps that gather their batch
-        (`indices`, by default `fit.gathers`); both draw the same order from the stage's generator."""
+        (`indices`, by default `fit.gathers`); both draw the epoch's samples (the method's `epoch_order`) from the
+        stage's generator."""
         if not (fit.gathers if indices is None else indices):
             yield from self.epoch_batches(fit, epoch)
             return
-        order = fit.data.train.order(fit.schedule.batch_size, fit.gen, fit.schedule.drop_last)
-        yield from ((idx,) for idx in self._progress(fit, epoch, order))
+        samples = fit.method.epoch_order(len(fit.data.train), fit.gen)
+        order = fit.data.train.order(samples, fit.schedule.batch_size, fit.schedule.drop_last)
+        yield from ((idx,) for idx in self._progress(fit, epoch, order, len(samples)))
 
-    def _progress(self, fit: "Fit", epoch: int, batches: Iterator) -> Iterator:
-        """`batches` with a progress bar where progress is shown."""
+    def _progress(self, fit: "Fit", epoch: int, batches: Iterator, n: int) -> Iterator:
+        """`batches` (of an epoch of `n` samples) with a progress bar where progress is shown."""
         if not self.progress:
             return batches
         from tqdm import tqdm
 
-        n, schedule = len(fit.data.train), fit.schedule
+        schedule = fit.schedule
         total = n // schedule.batch_size if schedule.drop_last else -(-n // schedule.batch_size)
         return tqdm(batches, total=total, desc=f"{fit.stage} {epoch}/{schedule.epochs}", leave=False)
 

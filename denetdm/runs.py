@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from denetdm import store
 from denetdm.errors import DataError
 from denetdm.fingerprint import fingerprint, setting
 from denetdm.report import objective
@@ -90,7 +91,9 @@ class Run:
 
     def epochs(self) -> list[dict]:
         """The per-epoch records of metrics.jsonl (empty when the file is gone), keys `<stage>/...` also for
-        runs written before the key layout was unified."""
+        runs written before the key layout was unified; a store record's curves."""
+        if self.path.name.endswith(store.SUFFIX):
+            return store.epochs_of(self.results)
         return [upgrade_record(r) for r in JsonLines(self.path / "metrics.jsonl").read()]
 
 
@@ -146,8 +149,9 @@ def _why_incomplete(job: Path) -> str:
 
 
 def collect(dirs: list[str | Path]) -> Collection:
-    """Every run below `dirs`: a directory with results.json is a run; one with .hydra/ but none is listed
-    as incomplete (failed, stopped or still running)."""
+    """Every run below `dirs`: a directory with results.json is a run, and so is a store record
+    (`*.record.json`, denetdm.store); a directory with .hydra/ but no results.json is listed as incomplete
+    (failed, stopped or still running)."""
     out = Collection(roots=[Path(d).resolve() for d in dirs])
     for root in out.roots:
         if not root.is_dir():
@@ -162,6 +166,7 @@ def collect(dirs: list[str | Path]) -> Collection:
                 out.runs.append(Run(job, json.loads(res.read_text())))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 out.incomplete.append((job, "results.json is damaged; run it again"))
+        out.runs += [Run(path, store.read(path)) for path in sorted(root.rglob(f"*{store.SUFFIX}"))]
     out.runs.sort(key=lambda r: _natural(r.path))
     out.incomplete.sort(key=lambda j: _natural(j[0]))
     return out

@@ -147,9 +147,11 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
     table.published = {}
     for row in table.rows:
         paper_row = pub["methods"].get(table.names.get(row[0]))
+        with_depths = f"{paper_row} ({', '.join(map(str, row[1]))})"  # rows the paper gives per depth pair
         for col in table.cols:
             _, dataset, severity, ratio = col
-            values = pub["results"].get(dataset, {}).get(table.metric, {}).get(paper_row, {})
+            rows = pub["results"].get(dataset, {}).get(table.metric, {})
+            values = rows.get(with_depths) or rows.get(paper_row) or {}
             value = values.get(ratio) if severity == str(pub["severity"]) else None  # 1.0 finds the key 1
             if value is not None:
                 table.published[row, col] = (

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from denetdm.data.splits import Split
 from denetdm.engine import Schedule, Trainer
 from denetdm.errors import ConfigError
-from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, LfF
-from denetdm.methods.jtt import error_set
+from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
+from denetdm.methods.jtt import errors_of
 from denetdm.methods.lff import class_max, ema_update, gce
 from denetdm.pipeline import train
 from denetdm.selection import PROTOCOLS, protocol
@@ -78,23 +78,72 @@ def test_lff_step_trains_both_networks_and_the_debiased_one_is_the_result():
     del x, y
 
 
-def test_jtt_error_set_and_upweighting():
-    ctx = _ctx()
-    first = ERM.build(ctx)
-    wrong = error_set(first, ctx.train.x, ctx.train.y)
-    expected = first.predict(ctx.train.x)["target"].argmax(1) != ctx.train.y
-    assert torch.equal(wrong, expected) and wrong.any()
-    method = JTT.build(ctx, first, upweight=10.0)
-    assert torch.equal(method.weights, torch.where(wrong, 10.0, 1.0))
-    # the loss is the weight-normalised cross-entropy of the batch
+def _identified(ctx: BuildContext, epochs: int = 2) -> tuple[JTTIdentify, torch.Tensor]:
+    """An identification model trained `epochs` epochs in batches of 8, and the errors its training-mode outputs
+    made on each sample during the last epoch, computed beside it (the reference's output_train_epoch_T)."""
+    first = JTTIdentify.build(ctx)
+    expected = torch.zeros(len(ctx.train), dtype=torch.bool)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(epochs):
+        for x, y, idx in ctx.train.batches(8, gen):
+            with torch.no_grad():
+                expected[idx] = first.model(x).argmax(1) != y  # before this batch's step, as the reference logs
+            first.update(x, y, idx)
+    return first, expected
+
+
+def test_jtt_error_set_is_the_last_epochs_online_training_predictions():
+    ctx = _ctx(lr=0.5)
+    first, expected = _identified(ctx)
+    assert torch.equal(first.wrong, expected) and expected.any() and not expected.all()
+    # `error_set: eval` re-predicts the training split with the trained model instead
+    assert torch.equal(JTT.build(ctx, first, error_set="eval").weights, torch.ones(len(ctx.train)))
+    assert torch.equal(
+        errors_of(first, ctx.train.x, ctx.train.y), first.predict(ctx.train.x)["target"].argmax(1) != ctx.train.y
+    )
+    with pytest.raises(TypeError):
+        JTT.build(ctx, None)
+
+
+def test_jtt_upsamples_the_error_set_as_the_reference_does():
+    ctx = _ctx(lr=0.5)
+    first, wrong = _identified(ctx)
+    n, errors, lam = len(ctx.train), int(wrong.sum()), 3
+    method = JTT.build(ctx, first, upweight=lam)
+    order = method.epoch_order(n, torch.Generator().manual_seed(0))
+    # the training set plus lam copies of the error set: epochs of N + lam |E|, each error counted lam + 1 times
+    assert len(order) == n + lam * errors
+    assert torch.equal(torch.bincount(order, minlength=n), 1 + lam * wrong.long())
+    assert torch.equal(method.weights, torch.ones(n))  # plain mean cross-entropy over the batch
+    # weighting=loss: epochs of N, the same total weight lam + 1 as a loss weight, normalised by the batch's
+    by_loss = JTT.build(ctx, first, upweight=lam, weighting="loss")
+    assert torch.equal(by_loss.weights, torch.bincount(order, minlength=n).float())
+    assert sorted(by_loss.epoch_order(n, torch.Generator().manual_seed(0)).tolist()) == list(range(n))
     idx = torch.arange(8)
     x, y = ctx.train.x[idx], ctx.train.y[idx]
     with torch.no_grad():
-        ce = F.cross_entropy(method.model(x), y, reduction="none")
-    w = method.weights[idx]
-    assert method.update(x, y, idx)["loss"].item() == pytest.approx(((w * ce).sum() / w.sum()).item(), rel=1e-5)
-    with pytest.raises(TypeError):
-        JTT.build(ctx, None)
+        ce = F.cross_entropy(by_loss.model(x), y, reduction="none")
+    w = by_loss.weights[idx]
+    assert by_loss.update(x, y, idx)["loss"].item() == pytest.approx(((w * ce).sum() / w.sum()).item(), rel=1e-5)
+
+
+def test_groupdro_samples_groups_as_the_references_weighted_sampler():
+    ctx = _ctx(n=64)
+    method = GroupDRO.build(ctx)
+    groups = ctx.train.y * 4 + ctx.train.b
+    counts = torch.bincount(groups, minlength=16).double()
+    weights = (len(groups) / counts)[groups]  # group_DRO's get_loader(reweight_groups=True)
+    assert torch.allclose(method.draw_weights, weights)
+    reference = torch.utils.data.WeightedRandomSampler(weights, len(groups), replacement=True,
+                                                       generator=torch.Generator().manual_seed(5))  # fmt: skip
+    ours = method.epoch_order(len(groups), torch.Generator().manual_seed(5))
+    assert ours.tolist() == list(reference)
+    # groups equally likely: over many epochs the rarest group is drawn about as often as the largest
+    draws = torch.cat([method.epoch_order(64, torch.Generator().manual_seed(s)) for s in range(200)])
+    per_group = torch.bincount(groups[draws], minlength=16)[counts > 0].double()
+    assert per_group.min() > 0.7 * per_group.mean()
+    shuffled = GroupDRO.build(ctx, sampler="shuffle").epoch_order(64, torch.Generator().manual_seed(5))
+    assert shuffled.tolist() == torch.randperm(64, generator=torch.Generator().manual_seed(5)).tolist()
 
 
 def test_groupdro_weight_update():
@@ -194,6 +243,9 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
         (["method=lff", "method.q=2"], ["method.q"]),
         (["method=jtt", "method.id_epochs=3", "stage2.epochs=3"], ["id_epochs", "3"]),
         (["method=jtt", "method.upweight=0.5"], ["method.upweight"]),
+        (["method=jtt", "method.weighting=twice"], ["method.weighting", "twice"]),
+        (["method=jtt", "method.error_set=oracle"], ["method.error_set", "oracle"]),
+        (["method=groupdro", "method.sampler=uniform"], ["method.sampler", "uniform"]),
         (["selection=val_biased_nolabels"], ["dataset.biased_val_size"]),
         (["selection=best"], ["selection", "val_nolabels"]),
         (["selection_metric=acc_unbiased"], ["selection_metric"]),

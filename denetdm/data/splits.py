@@ -62,25 +62,25 @@ class Split:
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield (x, y, idx) batches: shuffled with `gen` when given (the last partial one dropped if asked),
         else in order (all kept)."""
-        n = len(self)
         if gen is None:
-            for i in range(0, n, batch_size):
-                idx = torch.arange(i, min(i + batch_size, n), device=self.y.device)
+            for i in range(0, len(self), batch_size):
+                idx = torch.arange(i, min(i + batch_size, len(self)), device=self.y.device)
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size], idx
             return
-        for idx in self.order(batch_size, gen, drop_last):
+        for idx in self.order(torch.randperm(len(self), generator=gen), batch_size, drop_last):
             yield self.batch(idx)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training batch (x, y, idx) at `idx`."""
         return self.x[idx], self.y[idx], idx
 
-    def order(self, batch_size: int, gen: torch.Generator, drop_last: bool = False) -> Iterator[torch.Tensor]:
-        """The shuffled batches' indices (on the split's device): one randperm of `gen` per pass, as `batches`."""
-        n = len(self)
-        perm = torch.randperm(n, generator=gen).to(self.y.device)  # one host-to-device copy per epoch
+    def order(self, epoch: torch.Tensor, batch_size: int, drop_last: bool = False) -> Iterator[torch.Tensor]:
+        """An epoch's samples (`epoch`: indices drawn on the host, see Method.epoch_order) as batches of indices
+        on the split's device (the last partial one dropped if asked)."""
+        epoch = epoch.to(self.y.device)  # one host-to-device copy per epoch
+        n = len(epoch)
         for i in range(0, n - batch_size + 1 if drop_last else n, batch_size):
-            yield perm[i : i + batch_size]
+            yield epoch[i : i + batch_size]
 
 
 def check_count(key: str, n: object) -> int | None:

@@ -73,6 +73,11 @@ class Method(nn.Module):
         loss.backward()
         self.optimizer.step()
 
+    def epoch_order(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """The training samples of one epoch, in order, as host indices drawn from `gen`: a shuffle of the `n`
+        samples, unless the method samples otherwise (Group DRO's balanced groups, JTT's upsampled error set)."""
+        return torch.randperm(n, generator=gen)
+
     def prepare(self, train: Split, augmented: bool) -> None:
         """Called once before training on `train` (e.g. to precompute outputs of frozen parts)."""
 

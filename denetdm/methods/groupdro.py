@@ -4,14 +4,27 @@ bias labels (`uses_bias_labels: true` in conf/method/groupdro.yaml), unlike ever
 Online algorithm of the reference: keep weights q over the groups (uniform at first); each step
 q_g <- q_g * exp(eta * (loss_g + C / sqrt(n_g))), renormalise, and minimise sum_g q_g * loss_g, where loss_g is
 the mean loss of group g in the batch (0 when absent) and n_g its training count (C = `adjustment`, default 0).
+
+Batches: every published Group DRO command passes `--reweight_groups`, so the reference draws each epoch's N
+samples with replacement, sample i with weight N / n_g(i) (groups equally likely): `sampler: balanced`, the
+default. `sampler: shuffle` is a plain shuffle, where most batches hold no sample of a rare group.
 """
 
 import torch
 
 from denetdm.checks import number
+from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
 from denetdm.methods.erm import ERM, check_arch
 from denetdm.models.experts import Classifier
+
+SAMPLERS = ("balanced", "shuffle")
+
+
+def balanced_weights(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Each sample's draw weight N / n_g for its group g (the reference's `--reweight_groups`), on the host."""
+    counts = torch.bincount(groups.cpu(), minlength=num_groups).double()
+    return (len(groups) / counts.clamp(min=1))[groups.cpu()]
 
 
 class GroupDRO(ERM):
@@ -19,9 +32,10 @@ class GroupDRO(ERM):
 
     def __init__(
         self, model: Classifier, optimizer: torch.optim.Optimizer | None, groups: torch.Tensor, num_groups: int,
-        eta: float = 0.01, adjustment: float = 0.0,
+        eta: float = 0.01, adjustment: float = 0.0, sampler: str = "balanced",
     ) -> None:  # fmt: skip
         super().__init__(model, optimizer)
+        self.draw_weights = balanced_weights(groups, num_groups) if sampler == "balanced" else None
         self.eta, self.num_groups = float(eta), num_groups
         counts = torch.bincount(groups, minlength=num_groups).float()
         self.register_buffer("groups", groups.clone())
@@ -29,19 +43,33 @@ class GroupDRO(ERM):
         self.register_buffer("q", torch.full((num_groups,), 1.0 / num_groups, device=groups.device))
 
     @classmethod
-    def check(cls, phase: str, schedules: dict, arch: str = "target", eta: float = 0.01, adjustment: float = 0.0):
-        """`eta` > 0 and `adjustment` >= 0."""
+    def check(
+        cls, phase: str, schedules: dict, arch: str = "target", eta: float = 0.01, adjustment: float = 0.0,
+        sampler: str = "balanced",
+    ) -> None:  # fmt: skip
+        """`eta` > 0, `adjustment` >= 0, a known sampler."""
         check_arch(arch)
         number("method.eta", eta, strict=True)
         number("method.adjustment", adjustment)
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"method.sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None, arch="target", eta=0.01, adjustment=0.0):
+    def build(
+        cls, ctx: BuildContext, previous: Method | None = None, arch="target", eta=0.01, adjustment=0.0,
+        sampler="balanced",
+    ) -> "GroupDRO":  # fmt: skip
         """A fresh network; groups from the training split's class and bias labels."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         groups = ctx.train.y * ctx.num_biases + ctx.train.b
         num_groups = ctx.num_classes * ctx.num_biases
-        return cls(model, ctx.make_optimizer(model.parameters()), groups, num_groups, eta, adjustment)
+        return cls(model, ctx.make_optimizer(model.parameters()), groups, num_groups, eta, adjustment, sampler)
+
+    def epoch_order(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """`balanced`: n draws with replacement, groups equally likely; `shuffle`: a plain shuffle."""
+        if self.draw_weights is None:
+            return super().epoch_order(n, gen)
+        return torch.multinomial(self.draw_weights, n, replacement=True, generator=gen)
 
     def group_losses(self, losses: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Mean loss of each group in the batch (0 for the groups it lacks)."""

@@ -1,0 +1,84 @@
+"""The results store: one compact record per finished run, committed under results/ so that every number in the
+docs can be checked and regenerated after the run directories are gone.
+
+`python sweep.py export <run or sweep dirs> --to results/<name>` writes `<id>.record.json` per finished run:
+results.json without its resolved config, of which it keeps the part that can change numbers (the fingerprint),
+plus the per-epoch curves of a few keys. `collect` (denetdm.runs) reads records like run directories, so
+`sweep.py table results/...` and `sweep.py report` work on the store.
+"""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from denetdm.errors import DataError
+from denetdm.fingerprint import fingerprint
+from denetdm.tracking import write_json
+
+FORMAT = 1  # bump when a record's layout changes, and re-export the store
+SUFFIX = ".record.json"
+# per head and phase, the curves a record keeps (accuracies to 1e-4, i.e. 0.01 points)
+CURVE_METRICS = ("val/acc", "val/acc_unbiased", "val/acc_conflicting", "test/acc_unbiased", "test/acc_conflicting")
+
+
+def record(results: dict, epochs: list[dict], source: str) -> dict:
+    """A run's record: results.json with `config` cut to its fingerprint, the curves, where it was exported from."""
+    out = {k: v for k, v in results.items() if k != "config"}
+    stages = results.get("stages") or ["stage2"]
+    out["config"] = fingerprint(results.get("config") or {}, stages[-1])
+    out.setdefault("provenance", {"commit": "unknown", "machine": "unknown"})
+    out |= {"format": FORMAT, "source": source, "curves": curves(epochs)}
+    return out
+
+
+def curves(epochs: list[dict]) -> dict[str, list]:
+    """`<phase>/<head>/<split>/<metric>` (CURVE_METRICS) and `<phase>/train/loss` per epoch, epoch 1 first."""
+    out: dict[str, list] = {}
+    for rec in sorted(epochs, key=lambda r: (str(r.get("stage")), r.get("epoch", 0))):
+        for key, value in rec.items():
+            parts = key.split("/")
+            keep = key.endswith("/train/loss") or (len(parts) == 4 and "/".join(parts[2:]) in CURVE_METRICS)
+            if keep and isinstance(value, int | float):
+                out.setdefault(key, []).append(round(value, 4) if math.isfinite(value) else None)
+    return out
+
+
+def record_id(rec: dict) -> str:
+    """The record's file name stem: a digest of its fingerprint (config, seed, selection), so re-exporting the
+    same run replaces its record."""
+    return hashlib.sha256(json.dumps(rec["config"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write(rec: dict, store: Path) -> bool:
+    """Write `rec` into `store`; False when an identical record was already there."""
+    path = store / f"{record_id(rec)}{SUFFIX}"
+    if path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(rec)):
+        return False
+    write_json(path, rec)
+    return True
+
+
+def read(path: Path) -> dict:
+    """A record, checked for a format this code reads."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is not a readable store record ({e}); restore it: git checkout {path}") from None
+    if not isinstance(rec, dict) or rec.get("format") != FORMAT:
+        found = rec.get("format") if isinstance(rec, dict) else None
+        raise DataError(
+            f"{path} has store format {found!r}; this code reads format {FORMAT}: re-export it with `sweep.py "
+            "export` from its run directory, or use the denetdm version that wrote it"
+        )
+    return rec
+
+
+def epochs_of(rec: dict) -> list[dict]:
+    """The stored curves as per-epoch records (`stage`, `epoch`, the keys), like metrics.jsonl's."""
+    rows: dict[tuple[str, int], dict] = {}
+    for key, values in (rec.get("curves") or {}).items():
+        stage = key.split("/")[0]
+        for epoch, value in enumerate(values, 1):
+            rows.setdefault((stage, epoch), {"stage": stage, "epoch": epoch})[key] = value
+    return [rows[k] for k in sorted(rows)]

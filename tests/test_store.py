@@ -1,0 +1,98 @@
+"""The results store (sweep.py export), the tables read from it, and docs/results.md regenerated from it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from denetdm import store
+from denetdm.docgen import regenerate, report
+from denetdm.runs import collect
+from denetdm.tables import Table, add_published, build_table
+from sweep import main as sweep_main
+
+from conftest import ROOT
+
+SEEDS = ROOT / "tests" / "fixtures" / "sweeps" / "seeds"
+
+
+def _export(tmp_path: Path, capsys) -> Path:
+    to = tmp_path / "store"
+    sweep_main(["export", str(SEEDS), "--to", str(to)])
+    assert "exported 4 runs" in capsys.readouterr().out
+    return to
+
+
+def _error(args: list[str]) -> str:
+    with pytest.raises(SystemExit) as e:
+        sweep_main(args)
+    return str(e.value)
+
+
+def test_export_writes_one_record_per_run_and_tables_read_the_store_as_the_runs(tmp_path, capsys):
+    to = _export(tmp_path, capsys)
+    records = sorted(to.glob(f"*{store.SUFFIX}"))
+    assert len(records) == 4
+    rec = json.loads(records[0].read_text())
+    assert rec["format"] == store.FORMAT and "trial" not in rec["config"] and rec["source"].startswith("seeds/")
+    assert len(rec["curves"]["stage1/shallow/val/acc_conflicting"]) == rec["config"]["stage1"]["epochs"]
+    # the same cells from the store as from the run directories
+    assert build_table(collect([to])).cells == build_table(collect([SEEDS])).cells
+    sweep_main(["export", str(SEEDS), "--to", str(to)])  # again: the same records, nothing new
+    assert "0 new or changed, 4 already there" in capsys.readouterr().out
+    # the curves come back as per-epoch records
+    run = next(r for r in collect([to]).runs if r.results["seed"] == 0)
+    plain = next(r for r in collect([SEEDS]).runs if r.results["seed"] == 0)
+    key = "stage1/shallow/val/acc_conflicting"
+    assert [e[key] for e in run.epochs() if key in e] == [round(e[key], 4) for e in plain.epochs() if key in e]
+
+
+def test_export_bad_input_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert _error(["export", str(SEEDS), "--to", str(afile)]).startswith(f"error: --to {afile} is a file")
+    unfinished = tmp_path / "run"
+    shutil.copytree(SEEDS / "0", unfinished)
+    (unfinished / "results.json").unlink()
+    (unfinished / ".hydra").mkdir(exist_ok=True)
+    msg = _error(["export", str(unfinished), "--to", str(tmp_path / "s")])
+    assert msg.startswith("error:") and "has no results.json" in msg and "\n" not in msg
+    to = _export(tmp_path, capsys)
+    record = next(to.glob(f"*{store.SUFFIX}"))
+    record.write_text(json.dumps({**json.loads(record.read_text()), "format": 99}))
+    msg = _error(["table", str(to)])
+    assert msg.startswith("error:") and "store format 99" in msg and "\n" not in msg
+
+
+def test_a_doc_block_is_regenerated_from_the_store(tmp_path, capsys, monkeypatch):
+    to = _export(tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    doc = tmp_path / "doc.md"
+    where = "--where seed=1 --where dataset.conflict_pct=1"
+    runs = f"<!-- runs: store --keys seed,test/acc_unbiased {where} -->\n<!-- end -->\n"
+    doc.write_text("Intro.\n<!-- table: store --published -->\nstale\n<!-- end -->\n" + runs + "Outro.\n")
+    assert report(doc, check=True) is False
+    assert report(doc) is False and report(doc, check=True) is True
+    text = doc.read_text()
+    assert text.startswith("Intro.\n<!-- table: store --published -->\n| method |") and text.endswith("Outro.\n")
+    assert "stale" not in text and "(n=2)" in text
+    (run,) = [r for r in collect([to]).runs if r.results["seed"] == 1 and r.config["dataset"]["conflict_pct"] == 1]
+    value = run.results["test/acc_unbiased"]
+    assert f"| 1 | {100 * value:.2f} |" in text and "- 1 runs" in text
+    # a changed record changes the doc: the check fails until it is regenerated
+    run.path.write_text(json.dumps({**run.results, "test/acc_unbiased": 0.5}))
+    assert report(doc, check=True) is False and "| 1 | 50.00 |" in regenerate(text)
+
+
+def test_docs_results_md_is_what_the_committed_store_gives(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    path = Path("docs/results.md")
+    assert report(path, check=True), "docs/results.md is stale: run `python sweep.py report` and commit it"
+
+
+def test_depth_pairs_get_the_papers_numbers_beside():
+    table = Table("stage1/shallow/test/acc_conflicting", ["val"], rows=[("DeNetDM stage 1", (3, 4))],
+                  cols=[("val", "cmnist", "4", 1.0)], names={"DeNetDM stage 1": "denetdm_stage1"})  # fmt: skip
+    add_published(table)
+    assert table.published == {(table.rows[0], table.cols[0]): "72.20"}

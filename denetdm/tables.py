@@ -157,7 +157,7 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
                 table.published[row, col] = (
                     f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, list) else f"{value:.2f}"
                 )
-    table.notes.append(f"paper: {pub['source']}; chosen on the test set (selection={pub['selection']})")
+    table.notes.append(f"paper: {pub['source']}; {pub['selection']}")
 
 
 def _cell_text(cell: Cell | None, pm: str = "±") -> str:

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from denetdm import store
 from denetdm.docgen import regenerate, report
@@ -91,7 +92,13 @@ def test_docs_results_md_is_what_the_committed_store_gives(monkeypatch):
     assert report(path, check=True), "docs/results.md is stale: run `python sweep.py report` and commit it"
 
 
-def test_depth_pairs_get_the_papers_numbers_beside():
+def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside():
+    preset = yaml.safe_load((ROOT / "conf" / "hparams_search" / "depth_pairs.yaml").read_text())
+    grid = {tuple(json.loads(f"[{p}]")) for p in preset["hydra"]["sweeper"]["params"]["depth_pair"][1:-1].split("],[")}
+    published = yaml.safe_load((ROOT / "denetdm" / "published.yaml").read_text())["results"]["cmnist"]
+    rows = published["stage1/shallow/test/acc_conflicting"]
+    assert grid == {tuple(int(d) for d in row.split("(")[1].rstrip(")").split(", ")) for row in rows}
+    assert preset["hydra"]["sweeper"]["params"]["seed"] == "0,1,2"
     table = Table("stage1/shallow/test/acc_conflicting", ["val"], rows=[("DeNetDM stage 1", (3, 4))],
                   cols=[("val", "cmnist", "4", 1.0)], names={"DeNetDM stage 1": "denetdm_stage1"})  # fmt: skip
     add_published(table)

@@ -32,7 +32,11 @@ def _table(argv: list[str]) -> str:
 
 
 def value(run: Run, key: str) -> object:
-    """A results key (`seed`, `stage1/selected_epoch`, ...) or a dotted config key (`dataset.conflict_pct`)."""
+    """A results key (`seed`, `stage1/selected_epoch`, ...), a dotted config key (`dataset.conflict_pct`), or the
+    difference of two results keys, `A-B` (no key has a `-`)."""
+    if "-" in key:
+        a, b = (value(run, k) for k in key.split("-", 1))
+        return a - b if finite(a) and finite(b) else None
     if key in run.results:
         return run.results[key]
     node: object = run.config
@@ -42,7 +46,7 @@ def value(run: Run, key: str) -> object:
 
 
 def _cell(key: str, v: object) -> str:
-    if finite(v) and isinstance(v, float) and ("acc" in key or "separation" in key):
+    if finite(v) and isinstance(v, float) and ("acc" in key or "separation" in key):  # fractions as %
         return f"{100 * v:.2f}"
     return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from denetdm.runs import Collection, finite, trial_records  # noqa: E402
+from denetdm.runs import Collection, Run, finite, trial_records  # noqa: E402
 from denetdm.search import depth_grid  # noqa: E402
 
 HEATMAPS = (
@@ -116,17 +116,24 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
     if not runs:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    pairs = sorted({r.pair for r, _ in runs})
-    colours = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(pairs)}
+    # a colour per depth pair; per seed where all runs share one pair (the spread over seeds)
+    one_pair = len({r.pair for r, _ in runs}) == 1
+
+    def group(run: Run) -> tuple:
+        return (run.results.get("seed"),) if one_pair else run.pair
+
+    groups = sorted({group(r) for r, _ in runs}, key=str)
+    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(groups)}
     for ax, head in zip(axes, ("shallow", "deep")):
         labelled = set()
         for run, eps in runs:
             key = f"stage1/{head}/val/{metric}"
             xs = [e["epoch"] for e in eps if finite(e.get(key))]
             ys = [100 * e[key] for e in eps if finite(e.get(key))]
-            label = None if run.pair in labelled else f"shallow {run.pair[0]}, deep {run.pair[1]}"
-            labelled.add(run.pair)
-            ax.plot(xs, ys, color=colours[run.pair], alpha=0.8, marker="o", ms=3, label=label)
+            g = group(run)
+            label = None if g in labelled else f"seed {g[0]}" if one_pair else f"shallow {g[0]}, deep {g[1]}"
+            labelled.add(g)
+            ax.plot(xs, ys, color=colours[g], alpha=0.8, marker="o", ms=3, label=label)
         ax.set_title(f"stage 1: {head} expert")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

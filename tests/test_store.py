@@ -71,7 +71,7 @@ def test_a_doc_block_is_regenerated_from_the_store(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     doc = tmp_path / "doc.md"
     where = "--where seed=1 --where dataset.conflict_pct=1"
-    runs = f"<!-- runs: store --keys seed,test/acc_unbiased {where} -->\n<!-- end -->\n"
+    runs = f"<!-- runs: store --keys seed,test/acc_unbiased,test/acc-val/acc {where} -->\n<!-- end -->\n"
     doc.write_text("Intro.\n<!-- table: store --published -->\nstale\n<!-- end -->\n" + runs + "Outro.\n")
     assert report(doc, check=True) is False
     assert report(doc) is False and report(doc, check=True) is True
@@ -80,7 +80,8 @@ def test_a_doc_block_is_regenerated_from_the_store(tmp_path, capsys, monkeypatch
     assert "stale" not in text and "(n=2)" in text
     (run,) = [r for r in collect([to]).runs if r.results["seed"] == 1 and r.config["dataset"]["conflict_pct"] == 1]
     value = run.results["test/acc_unbiased"]
-    assert f"| 1 | {100 * value:.2f} |" in text and "- 1 runs" in text
+    diff = run.results["test/acc"] - run.results["val/acc"]
+    assert f"| 1 | {100 * value:.2f} | {100 * diff:.2f} |" in text and "- 1 runs" in text
     # a changed record changes the doc: the check fails until it is regenerated
     run.path.write_text(json.dumps({**run.results, "test/acc_unbiased": 0.5}))
     assert report(doc, check=True) is False and "| 1 | 50.00 |" in regenerate(text)

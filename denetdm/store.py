@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
+from denetdm.atomic import atomic_write
 from denetdm.errors import DataError
 from denetdm.fingerprint import fingerprint
-from denetdm.tracking import write_json
 
 FORMAT = 1  # bump when a record's layout changes, and re-export the store
 SUFFIX = ".record.json"
@@ -55,7 +55,9 @@ def write(rec: dict, store: Path) -> bool:
     path = store / f"{record_id(rec)}{SUFFIX}"
     if path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(rec)):
         return False
-    write_json(path, rec)
+    with atomic_write(path) as f:  # a key per line, each value on one line: readable and a few kB
+        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(rec.items())))
+        f.write("\n}\n")
     return True
 
 

@@ -69,13 +69,15 @@ def test_steps_that_gather_their_batches_see_the_plain_batches_in_the_plain_orde
     from denetdm.captured import gathering
     from denetdm.data.splits import Split
     from denetdm.engine import Schedule, Trainer
+    from denetdm.methods import Method
 
     split = Split(torch.randn(203, 3, 4, 4), torch.randint(0, 10, (203,)), torch.randint(0, 10, (203,)))
     trainer = Trainer(tmp_path, progress=False)
     for drop_last in (False, True):
         fits = [
             SimpleNamespace(data=SimpleNamespace(train=split), schedule=Schedule(2, 64, "a/b", 0, drop_last=drop_last),
-                            gen=torch.Generator().manual_seed(7), augment=None, gathers=g, stage="stage1")
+                            gen=torch.Generator().manual_seed(7), augment=None, gathers=g, stage="stage1",
+                            method=Method())
             for g in (False, True)
         ]  # fmt: skip
         for epoch in (1, 2):

@@ -62,12 +62,13 @@ class Split:
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yield (x, y, idx) batches: shuffled with `gen` when given (the last partial one dropped if asked),
         else in order (all kept)."""
+        n = len(self)
         if gen is None:
-            for i in range(0, len(self), batch_size):
-                idx = torch.arange(i, min(i + batch_size, len(self)), device=self.y.device)
+            for i in range(0, n, batch_size):
+                idx = torch.arange(i, min(i + batch_size, n), device=self.y.device)
                 yield self.x[i : i + batch_size], self.y[i : i + batch_size], idx
             return
-        for idx in self.order(torch.randperm(len(self), generator=gen), batch_size, drop_last):
+        for idx in self.order(torch.randperm(n, generator=gen), batch_size, drop_last):
             yield self.batch(idx)
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

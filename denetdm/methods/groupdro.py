@@ -21,12 +21,6 @@ from denetdm.models.experts import Classifier
 SAMPLERS = ("balanced", "shuffle")
 
 
-def balanced_weights(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Each sample's draw weight N / n_g for its group g (the reference's `--reweight_groups`), on the host."""
-    counts = torch.bincount(groups.cpu(), minlength=num_groups).double()
-    return (len(groups) / counts.clamp(min=1))[groups.cpu()]
-
-
 class GroupDRO(ERM):
     """A network of the `arch` spec trained on the worst-weighted mixture of group losses."""
 
@@ -35,9 +29,11 @@ class GroupDRO(ERM):
         eta: float = 0.01, adjustment: float = 0.0, sampler: str = "balanced",
     ) -> None:  # fmt: skip
         super().__init__(model, optimizer)
-        self.draw_weights = balanced_weights(groups, num_groups) if sampler == "balanced" else None
         self.eta, self.num_groups = float(eta), num_groups
         counts = torch.bincount(groups, minlength=num_groups).float()
+        # the reference's `--reweight_groups`: sample i drawn with weight N / n_g(i), in float32 as its code has it
+        balanced = (len(groups) / counts.clamp(min=1))[groups].cpu().double()
+        self.draw_weights = balanced if sampler == "balanced" else None  # on the host, like the generator
         self.register_buffer("groups", groups.clone())
         self.register_buffer("adjust", float(adjustment) / counts.clamp(min=1).sqrt())
         self.register_buffer("q", torch.full((num_groups,), 1.0 / num_groups, device=groups.device))

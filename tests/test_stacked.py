@@ -33,9 +33,10 @@ def _plain_and_stacked(tmp_path: Path, per_member: list[list[str]], vectorize: b
     return [(tmp_path / f"plain{k}", tmp_path / f"stack{k}") for k in range(len(cfgs))]
 
 
-def _max_difference(a: list[dict], b: list[dict]) -> float:
+def _max_difference(a: list[dict], b: list[dict], relative: bool = False) -> float:
     assert [(r["stage"], r["epoch"]) for r in a] == [(r["stage"], r["epoch"]) for r in b]
-    return max(abs(x[k] - y[k]) for x, y in zip(a, b) for k in x if isinstance(x[k], float))
+    scale = (lambda v: max(1.0, abs(v))) if relative else (lambda v: 1.0)  # noqa: E731
+    return max(abs(x[k] - y[k]) / scale(x[k]) for x, y in zip(a, b) for k in x if isinstance(x[k], float))
 
 
 def test_the_stack_key_ignores_seeds_stage2_loss_weights_and_learning_rates_only():
@@ -105,8 +106,10 @@ def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_pl
     for plain, stacked in pairs:
         a, b = _records(plain), _records(stacked)
         keep = lambda r: {k: v for k, v in r.items() if "/train/" in k or k in ("stage", "epoch")}  # noqa: E731
-        assert _max_difference([keep(r) for r in a], [keep(r) for r in b]) < 1e-4
-        assert _max_difference(a, b) < 0.02
+        # relative: stage 2's distillation loss (about 9) grows the stage-1 teacher's ulps; on an AVX2 CPU AdamW's
+        # member 0 was 2.2e-3 (2.6e-4 relative) apart after two stage-2 epochs, a wrong learning rate is far more
+        assert _max_difference([keep(r) for r in a], [keep(r) for r in b], relative=True) < 1e-3
+        assert _max_difference(a, b) < 0.05  # there a cell of 45 test images moved by one (0.022)
 
 
 @pytest.mark.slow

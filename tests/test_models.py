@@ -170,6 +170,16 @@ def test_cifar_resnet_depth_is_6n_plus_2(depth, blocks):
         create_backbone("resnet_cifar", SHAPE, depth=depth + 1)
 
 
+def test_cifar_resnet_init_is_the_references():
+    # the reference's ResNet-20 (kadarsh22/DeNetDM module/resnet.py, as LfF's): kaiming_normal_ with torch's
+    # defaults, std sqrt(2 / fan_in); fan_out would give the 3-channel stem std 0.118 instead of 0.272
+    torch.manual_seed(0)
+    convs = [m for m in create_backbone("resnet_cifar", SHAPE, depth=56).modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1), conv
+
+
 def test_reference_cnn_presets():
     cnn3 = create_backbone("cnn", SHAPE)  # 5x5 convs without padding: 32 -> 1x1x64
     assert cnn3.num_features == 64 and sum(isinstance(m, nn.Conv2d) for m in cnn3.modules()) == 3

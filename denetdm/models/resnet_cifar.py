@@ -44,9 +44,11 @@ class CifarResNet(nn.Module):
                 c = c_out
         self.blocks = nn.Sequential(*blocks)
         self.num_features = c
+        # the reference's (and LfF's) ResNet-20 init: kaiming normal over fan_in (torch's default mode, gain
+        # sqrt(2)); BatchNorm keeps torch's default
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1)

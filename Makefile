@@ -1,11 +1,11 @@
-# make install | install-launchers | run | test | test-fast | lint | bench | gpu-check     (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench | gpu-check | gpu-pack | gpu-reproduce     (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test test-fast lint format bench gpu-check clean
+.PHONY: install install-launchers run test test-fast lint format bench gpu-check gpu-pack gpu-reproduce clean
 
 install: $(STAMP)
 
@@ -52,6 +52,28 @@ gpu-check: install
 		hydra.run.dir=$(GPU_OUT)/one && echo "$$(( $$(date +%s) - t )) s: one paper run, captured"
 	t=$$(date +%s); $(PY) run.py -m experiment=paper_cmnist 'seed=range(16)' launcher=stacked captured=true \
 		logger=none progress=false hydra.sweep.dir=$(GPU_OUT)/stack16 && echo "$$(( $$(date +%s) - t )) s: 16 stacked seeds"
+
+# The paper cells still unmeasured, on a lent GPU (docs/results.md, "On a GPU"). Here: `make gpu-pack` puts what the
+# device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB).
+# There: carry .gpu and run `make gpu-reproduce PY=python3 GPU_OUT=$$OUT`: it unpacks them and runs the steps of
+# denetdm/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
+# the records come back in $$OUT/records.tar.gz.
+GPU_PACK := .gpu
+WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 imagecorruptions-imaug==1.1.5
+BUDGET ?= 520
+DENETDM_DATA ?= ../shared/data
+gpu-pack: install
+	rm -rf $(GPU_PACK) && mkdir -p $(GPU_PACK)/wheels
+	$(PY) -m pip wheel --disable-pip-version-check -q --no-deps -w $(GPU_PACK)/wheels $(WHEELS)
+	d=$$(mktemp -d) && (cd $$d && unzip -q "$(DENETDM_DATA)/cifar10-jpeg.zip") && tar -C $$d -cf - cifar10 | xz -T0 -6 > $(GPU_PACK)/cifar10.tar.xz && rm -rf $$d
+	tar -C "$(DENETDM_DATA)" -cf - MNIST/raw | xz -T0 -6 > $(GPU_PACK)/mnist.tar.xz
+	du -sh $(GPU_PACK)
+
+gpu-reproduce:
+	$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_PACK)/wheels/*.whl
+	mkdir -p data $(GPU_OUT) && tar -C data -xJf $(GPU_PACK)/cifar10.tar.xz && tar -C data -xJf $(GPU_PACK)/mnist.tar.xz
+	PYTHONPATH=/tmp/site DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) -m denetdm.reproduce --out /tmp/reproduce \
+		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

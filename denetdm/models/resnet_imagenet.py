@@ -19,7 +19,7 @@ def _weights(arch: str):
     return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
 
 
-def _check_pretrained_available(arch: str) -> None:
+def check_pretrained_available(arch: str) -> None:
     """Fail at once, in one line, when the weights are neither cached nor downloadable."""
     url = _weights(arch).url
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
@@ -57,7 +57,7 @@ def resnet(input_shape: tuple[int, ...], depth: int = 18, pretrained: bool = Fal
         raise ConfigError(f"resnet depth must be one of {sorted(_DEPTHS)}, got {depth!r}")
     arch = _DEPTHS[depth]
     if pretrained:
-        _check_pretrained_available(arch)
+        check_pretrained_available(arch)
     net = torchvision.models.get_model(arch, weights=_weights(arch) if pretrained else None)
     if input_shape[0] != 3:
         net.conv1 = nn.Conv2d(input_shape[0], 64, 7, 2, 3, bias=False)

@@ -1,0 +1,162 @@
+"""The reference's own models and training loops on our data, for comparison (issues 19 and 20).
+
+Not part of the package or the test run. It imports kadarsh22/DeNetDM's `module/model.py` from a checkout and
+trains as its `train_decam_stage1.py` / `train_decam_stage2.py` do: stage 1 the model of both branches with
+cross-entropy on their summed features (Adam, the dataset's rate and weight decay, shuffled, last partial batch
+dropped); stage 2 (Colored MNIST) a fresh debiasing branch and the stage-1 classifier beside the loaded bias
+branch, cross-entropy on the sum plus T^2-scaled distillation from the stage-1 debiasing branch. The data is what
+our dataset classes make for the same settings (Corrupted CIFAR-10 with our batch crop-and-flip, the same
+distribution as its per-image transforms). Its own selection reads the test split; here each checkpoint is chosen
+on our validation split as `selection=val` does (stage 1: the debiasing branch's conflicting accuracy; stage 2:
+its unbiased accuracy), and the test-chosen (oracle) value is printed beside. One JSON line per epoch: each
+branch's aligned / conflicting / unbiased accuracy (eval mode, the other branch's features zeroed, as its
+`evaluate(debias_weight, bias_weight)`), on val and test.
+
+    git --git-dir <mirror of kadarsh22/DeNetDM> archive HEAD | tar -x -C /tmp/ref
+    PYTHONPATH=. python tests/reference/reference_loop.py /tmp/ref --dataset cmnist --pct 0.5 --seed 0 --out ref.jsonl
+    PYTHONPATH=. python tests/reference/reference_loop.py /tmp/ref --dataset ccifar10 --source <cifar10-jpeg.zip> \\
+        --subset 10000 --eval-subset 2000 --epochs 30 --stage2-epochs 0 --out ref.jsonl
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from denetdm.seeding import generator
+
+# the reference's config.py: (model class, stage-1 batch, lr, weight decay; stage-2 batch, lr)
+SETTINGS = {
+    "cmnist": ("CMNISTDeNetDMModel", 64, 1e-3, 1e-3, 64, 1e-3),
+    "ccifar10": ("CCIFARDeNetDMModel", 256, 1e-3, 1e-3, 256, 1e-4),
+}
+BRANCHES = {"debias": (1, 0), "bias": (0, 1), "poe": (1, 1)}  # (debias_weight, bias_weight)
+
+
+def load_data(a: argparse.Namespace):
+    """Our splits for the setting, on the CPU (normalised where the dataset normalises)."""
+    common = dict(severity=4, conflict_pct=a.pct, val_size=1000, seed=a.seed, cache_dir=a.cache_dir,
+                  subset=a.subset, eval_subset=a.eval_subset)  # fmt: skip
+    if a.dataset == "cmnist":
+        from denetdm.data.cmnist import ColoredMNIST
+
+        data = ColoredMNIST(root=os.environ.get("DENETDM_DATA", "data"), name="cmnist", download=False, **common)
+    else:
+        from denetdm.data.ccifar10 import CorruptedCIFAR10
+
+        data = CorruptedCIFAR10(name="ccifar10", root="data", source=a.source, download=False, **common)
+    data = data.load()
+    return data.to("cpu"), data.augment
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, split, weights: tuple[int, int]) -> dict[str, float]:
+    """Mean accuracy over the aligned / conflicting / all (class, bias) cells, as the reference's meter."""
+    model.eval()
+    pred = torch.cat(
+        [model(x, debias_weight=weights[0], bias_weight=weights[1]).argmax(1) for x, _, _ in split.batches(1024)]
+    )
+    cells = {}
+    for y in range(10):
+        for b in range(10):
+            mask = (split.y == y) & (split.b == b)
+            if mask.any():
+                cells[(y, b)] = (pred[mask] == y).float().mean().item()
+    groups = {"aligned": [v for (y, b), v in cells.items() if y == b], "unbiased": list(cells.values())}
+    groups["conflicting"] = [v for (y, b), v in cells.items() if y != b]
+    return {k: sum(v) / len(v) for k, v in groups.items()}
+
+
+def evaluate(model, data, row: dict) -> dict:
+    """Every branch on val and test into `row`."""
+    for split in ("val", "test"):
+        for name, w in BRANCHES.items():
+            for k, v in accuracy(model, getattr(data, split), w).items():
+                row[f"{name}/{split}/acc_{k}"] = round(v, 5)
+    return row
+
+
+def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int, lr: float, wd: float, epochs: int):
+    """One stage's loop; returns the per-epoch rows and the state chosen on val."""
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    gen, rows, best, key = generator(a.seed, f"reference-stage{stage}"), [], None, None
+    select = "debias/val/acc_conflicting" if stage == 1 else "debias/val/acc_unbiased"
+    for epoch in range(1, epochs + 1):
+        t = time.time()
+        model.train()
+        order = torch.randperm(len(data.train), generator=gen)
+        stop = len(order) - batch + 1 if stage == 1 else len(order)  # stage 1 drops the last partial batch
+        for i in range(0, stop, batch):
+            idx = order[i : i + batch]
+            x = data.train.x[idx]
+            x = augment(x, gen) if augment is not None else x
+            loss = loss_fn(x, data.train.y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        row = evaluate(model, data, {"stage": stage, "epoch": epoch, "seconds": round(time.time() - t, 1)})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if best is None or row[select] > best[select]:
+            best, key = row, copy.deepcopy(model.state_dict())
+    return rows, best, key
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkout")
+    p.add_argument("--dataset", choices=sorted(SETTINGS), default="cmnist")
+    p.add_argument("--pct", type=float, default=1)
+    p.add_argument("--source", default=None, help="CIFAR-10 image tree (Corrupted CIFAR-10)")
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--eval-subset", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--stage2-epochs", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    sys.path.insert(0, a.checkout)
+    import module.model as ref  # noqa: PLC0415 (the checkout is known only at run time)
+
+    data, augment = load_data(a)
+    cls, b1, lr1, wd1, b2, lr2 = SETTINGS[a.dataset]
+    torch.manual_seed(a.seed)
+    model = getattr(ref, cls)(num_classes=10, stage="1")
+    ce = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
+    rows, best1, state1 = train_stage(model, model.parameters(), ce, data, augment, a, 1, b1, lr1, wd1, a.epochs)
+    if a.stage2_epochs:
+        teacher = getattr(ref, cls)(num_classes=10, stage="1")
+        teacher.load_state_dict(state1)
+        teacher.eval()
+        student = getattr(ref, cls)(num_classes=10, stage="2")
+        student.load_state_dict(state1, strict=False)  # bias branch and classifier; a fresh debiasing branch
+
+        def loss2(x, y, t=2.0):
+            with torch.no_grad():
+                soft = F.softmax(teacher(x, debias_weight=1, bias_weight=0) / t, dim=-1)
+            log_p = F.log_softmax(student(x, debias_weight=1, bias_weight=0) / t, dim=-1)
+            return F.cross_entropy(student(x), y) - (soft * log_p).sum() / len(x) * t**2
+
+        params = [*student.debias_branch.parameters(), *student.classifier.parameters()]
+        rows2, best2, _ = train_stage(student, params, loss2, data, augment, a, 2, b2, lr2, 0.0, a.stage2_epochs)
+        rows += rows2
+    with open(a.out, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for stage, key in ((1, "debias/test/acc_conflicting"), (2, "debias/test/acc_unbiased")):
+        chosen = [r for r in rows if r["stage"] == stage]
+        if chosen:
+            val = best1 if stage == 1 else best2
+            print(f"stage {stage}: {key} chosen on val (epoch {val['epoch']}) {val[key]:.4f}; "
+                  f"on test (oracle) {max(r[key] for r in chosen):.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -10,10 +10,6 @@ from denetdm.errors import CheckpointError
 
 __all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "save_checkpoint"]
 
-KEYS = {"kind", "meta", "method", "optimizer", "generator", "epoch", "best_epoch", "best_score", "best_metrics",
-        "elapsed_s"}  # fmt: skip
-
-
 def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint") -> None:
     """Write `ckpt` with a digest of its contents; a failed write (a full disk) leaves the old file as it was."""
     try:
@@ -97,8 +93,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{what} {path} is damaged or not a denetdm checkpoint (no 'kind' entry)")
     digest = ckpt.pop("digest", None)
-    # checkpoints written before the checksum have none, and only the keys the trainer writes
-    if (digest is None and set(ckpt) - KEYS) or (digest is not None and digest != tree_digest(ckpt)):
+    if digest is None or digest != tree_digest(ckpt):
         raise CheckpointError(
             f"{what} {path} is damaged (its contents do not match its checksum); delete it to retrain that stage"
         )

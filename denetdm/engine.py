@@ -20,7 +20,6 @@ from denetdm.checkpoint import CheckpointWriter, load_checkpoint
 from denetdm.checks import positive_int
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
-from denetdm.fingerprint import with_added_keys
 from denetdm.methods.base import Method
 from denetdm.metrics import group_metrics
 from denetdm.selection import Protocol, check_label_free_metric, protocol
@@ -347,7 +346,6 @@ class Trainer:
 def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> None:
     if saved is None or current is None:
         return
-    saved = with_added_keys(saved)  # a checkpoint written before a key existed compares by what it did
     if saved == current:
         return
     diff = sorted(_diff(saved, current))

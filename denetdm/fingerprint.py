@@ -30,9 +30,6 @@ NOT_NUMERIC = (
     "dataset.download",  # how data is fetched and generated, not what it is
     "dataset.workers",
 )
-# Keys added to the config after runs were recorded, with the value the older code behaved as. A stored config
-# that lacks one gets it (where its parent node is there), so an old run compares by what it did.
-ADDED_LATER = {"stage1.drop_last": False, "stage2.drop_last": False, "stage2.frozen_bn": "eval", "captured": False}
 # What stage 1 does not read: left out of its fingerprint, so `stage=stage1` and `stage=full` share stage 1.
 LATER_STAGE_KEYS = ("stage2", "model.target", "stage.stage1_ckpt", "stage.ckpt")
 
@@ -51,23 +48,10 @@ def _later_phases(config: Mapping, stage: str) -> tuple[str, ...]:
     return tuple(f"method.phases.{n}" for n in names[names.index(stage) + 1 :]) if stage in names else ()
 
 
-def with_added_keys(config: Mapping) -> dict:
-    """A copy of a stored config (or fingerprint) with the keys of ADDED_LATER it lacks."""
-    out = copy.deepcopy(dict(config))
-    for dotted, value in ADDED_LATER.items():
-        *parents, leaf = dotted.split(".")
-        node = out
-        for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.setdefault(leaf, value)
-    return out
-
-
 def fingerprint(config: Mapping, stage: str) -> dict:
     """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping): a
     phase does not read the phases after it."""
-    fp = with_added_keys(config)
+    fp = copy.deepcopy(dict(config))
     for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()) + _later_phases(config, stage):
         _drop(fp, key)
     return fp

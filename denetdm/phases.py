@@ -13,15 +13,6 @@ from denetdm.methods.base import BuildContext, Method
 
 RESERVED = ("_target_", "schedule", "schedule_overrides")  # phase keys that are not hyperparameters
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
-# what a checkpoint written before the method group holds: DeNetDM's two stages
-LEGACY_METHOD = {
-    "name": "denetdm",
-    "final": {"phase": "stage2", "head": "target"},
-    "phases": {
-        "stage1": {"_target_": "denetdm.methods.DeNetDMStage1"},
-        "stage2": {"_target_": "denetdm.methods.DeNetDMStage2"},
-    },
-}
 
 
 def phases(method: Mapping) -> dict[str, Mapping]:

@@ -86,7 +86,7 @@ def evaluate_checkpoint(path: str, data: BiasedData) -> dict:
         raise ConfigError(
             f"{path} expects inputs of shape {meta['input_shape']}, dataset gives {list(data.input_shape)}"
         )
-    method_cfg = meta.get("method") or ph.LEGACY_METHOD
+    method_cfg = meta["method"]
     method = ph.rebuild(method_cfg, ckpt["kind"], context(data, meta["model"]))
     try:
         method.load_state_dict(ckpt["method"])

@@ -11,20 +11,10 @@ _COLS = (
 )
 
 
-# the sweep objective of runs written before results.json recorded it: validation unbiased accuracy of the
-# selected target (of the shallow expert after stage 1 alone)
-LEGACY_OBJECTIVE_KEYS = ("val/acc_unbiased", "stage1/shallow/val/acc_unbiased")
-
-
 def objective(results: dict) -> float:
-    """The sweep objective of a run: results.json's `objective` (the key it was read from is `objective_key`,
-    set by the selection protocol), or for older runs the validation unbiased accuracy of the final model."""
-    if "objective" in results:
-        return float(results["objective"])
-    for key in LEGACY_OBJECTIVE_KEYS:
-        if key in results:
-            return float(results[key])
-    return math.nan
+    """The sweep objective of a run: results.json's `objective` (read from `objective_key`, which the selection
+    protocol sets); NaN when it has none."""
+    return float(results.get("objective", math.nan))
 
 
 def _rows(results: dict) -> list[str]:

@@ -13,7 +13,6 @@ from denetdm.report import objective
 from denetdm.selection import SYNONYMS
 from denetdm.tracking import JsonLines
 
-_EPOCH_KEYS = ("stage", "epoch")
 BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
 
@@ -90,29 +89,10 @@ class Run:
         return (self.config.get("trial") or {}).get("number")
 
     def epochs(self) -> list[dict]:
-        """The per-epoch records of metrics.jsonl (empty when the file is gone), keys `<stage>/...` also for
-        runs written before the key layout was unified; a store record's curves."""
+        """The per-epoch records of metrics.jsonl (empty when the file is gone); a store record's curves."""
         if self.path.name.endswith(store.SUFFIX):
             return store.epochs_of(self.results)
-        return [upgrade_record(r) for r in JsonLines(self.path / "metrics.jsonl").read()]
-
-
-def upgrade_record(record: dict) -> dict:
-    """A metrics.jsonl record in today's layout: before, metrics were `<split>/<head>/<metric>` and losses and
-    times `train/<loss>`, `time/<what>` without the stage; now every key is `<stage>/...`."""
-    stage = record.get("stage")
-    if not isinstance(stage, str) or any(k.startswith(f"{stage}/") for k in record):
-        return record
-    out = {}
-    for key, value in record.items():
-        parts = key.split("/")
-        if key in _EPOCH_KEYS:
-            out[key] = value
-        elif len(parts) == 3 and parts[0] in ("val", "test"):  # <split>/<head>/<metric>
-            out[f"{stage}/{parts[1]}/{parts[0]}/{parts[2]}"] = value
-        else:  # train/<loss>, time/<what>
-            out[f"{stage}/{key}"] = value
-    return out
+        return JsonLines(self.path / "metrics.jsonl").read()
 
 
 @dataclass

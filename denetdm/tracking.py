@@ -4,9 +4,7 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -23,33 +21,15 @@ def write_json(path: Path, obj: Any) -> None:
         f.write("\n")
 
 
-_CRC_TAIL = re.compile(r'(, )?"crc32": "([0-9a-f]{8})"\}$')
-
-
-def _crc(text: str) -> str:
-    return f"{zlib.crc32(text.encode()):08x}"
-
-
 def json_line(record: dict) -> str:
-    """A record as one JSON line ending in a `crc32` of the rest of the line: a flipped digit is found, not believed."""
-    text = json.dumps(record, sort_keys=True)
-    return f'{text[:-1]}{", " if record else ""}"crc32": "{_crc(text)}"}}\n'
+    """A record as one JSON line."""
+    return json.dumps(record, sort_keys=True) + "\n"
 
 
-def parse_line(line: str, strict: bool = False) -> dict | None:
-    """The record of a JSON line, or None when it is damaged. Lines without a checksum (files written before it
-    existed) are taken as they are unless `strict` (their file has checksummed lines, so this one lost its own)."""
-    line = line.rstrip("\n")
-    if m := _CRC_TAIL.search(line):
-        body = line[: m.start()] + "}"
-        if _crc(body) != m[2]:
-            return None
-    elif strict:
-        return None
-    else:
-        body = line
+def parse_line(line: str) -> dict | None:
+    """The record of a JSON line, or None when it does not parse as a JSON object."""
     try:
-        record = json.loads(body)
+        record = json.loads(line)
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
@@ -80,15 +60,14 @@ class JsonLines:
             return []
         text = self.path.read_text(errors="replace")
         lines = text.split("\n")[:-1]  # the piece after the last newline is empty, or a torn write
-        strict = any(_CRC_TAIL.search(line) for line in lines)
-        return [(line, parse_line(line, strict)) for line in lines if line.strip()]
+        return [(line, parse_line(line)) for line in lines if line.strip()]
 
     def read(self) -> list[dict]:
-        """All intact records; damaged lines are skipped with one warning naming them."""
+        """All records; lines that do not parse are skipped with one warning naming them."""
         lines = self._lines()
         if bad := [i + 1 for i, (_, r) in enumerate(lines) if r is None]:
             log.warning(
-                "%s: line %s damaged (not JSON, or its crc32 does not match); skipped",
+                "%s: line %s damaged (not a JSON object); skipped",
                 self.path,
                 ", ".join(map(str, bad)),
             )

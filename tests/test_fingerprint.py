@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from denetdm.fingerprint import ADDED_LATER, LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
+from denetdm.fingerprint import LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
 from denetdm.runs import Run
 
 from conftest import compose_cfg
@@ -69,22 +69,3 @@ def test_runs_and_tables_use_the_same_function():
     assert other_seed.setting == run.setting  # the same setting: repeats over seeds
     stage1_only = Run(Path("t"), {"config": _set(_config(), "stage2.lr", 0.5), "stages": ["stage1"]})
     assert json.loads(stage1_only.fingerprint) == fingerprint(config, "stage1")
-
-
-def _without(config: dict, dotted: str) -> dict:
-    *parents, leaf = dotted.split(".")
-    node = config
-    for key in parents:
-        node = node[key]
-    node.pop(leaf)
-    return config
-
-
-def test_runs_recorded_before_a_key_existed_compare_by_what_they_did():
-    # stage1.drop_last came in later; older code kept the last partial batch, i.e. behaved as drop_last=false
-    assert _config()["stage1"]["drop_last"] is True  # today's default: the reference drops it
-    for stage in ("stage1", "stage2"):
-        old = fingerprint(functools.reduce(_without, ADDED_LATER, _config()), stage)
-        today = _set(_config(), "captured", False)  # what a CPU run records (`plan` resolves `auto`)
-        assert old == fingerprint(_set(today, "stage1.drop_last", False), stage)
-        assert old != fingerprint(_config(), stage)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from denetdm.runs import Collection, Run, upgrade_record
+from denetdm.runs import Collection, Run
 from denetdm.tables import build_table, to_markdown
 from denetdm.tracking import parse_line
 from sweep import main as sweep_main
@@ -115,7 +115,7 @@ def test_plot_writes_pngs_that_show_data(tmp_path, capsys):
 
     out = _sweep(["plot", str(SWEEPS / "depth_gap"), "--out", str(tmp_path)], capsys)
     names = {Path(line).name for line in out.split()}
-    assert names == {"depth_heatmap.png", "history.png", "stage1_curves.png"}
+    assert names == {"depth_heatmap.png", "history.png", "stage1_curves.png", "separation.png"}
     for name in names:
         img = mpimg.imread(tmp_path / name)
         assert img.shape[0] > 200 and img.shape[1] > 400
@@ -155,18 +155,6 @@ def test_damaged_sweep_files_are_handled(tmp_path, capsys):
     assert "Traceback" not in proc.stderr
     out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "plots")], capsys)
     assert "history.png" in out
-
-
-def test_metrics_records_written_before_the_key_layout_are_read_in_todays_layout():
-    old = {"stage": "stage1", "epoch": 2, "val/shallow/acc_unbiased": 0.5, "train/loss": 1.0, "time/epoch_s": 3.0}
-    assert upgrade_record(old) == {"stage": "stage1", "epoch": 2, "stage1/shallow/val/acc_unbiased": 0.5,
-                                   "stage1/train/loss": 1.0, "stage1/time/epoch_s": 3.0}  # fmt: skip
-    new = {"stage": "stage2", "epoch": 1, "stage2/target/test/acc": 0.25}
-    assert upgrade_record(new) == new
-    # the committed fixture sweep was written before: its curves are read through the same function
-    (run,) = [r for r in collect_fixture() if r.path.name == "0" and r.path.parent.name == "depth_gap"]
-    epochs = [e for e in run.epochs() if e["stage"] == "stage1"]
-    assert epochs and all("stage1/shallow/val/acc_conflicting" in e for e in epochs)
 
 
 def collect_fixture() -> list[Run]:

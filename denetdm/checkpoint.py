@@ -10,6 +10,7 @@ from denetdm.errors import CheckpointError
 
 __all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "save_checkpoint"]
 
+
 def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint") -> None:
     """Write `ckpt` with a digest of its contents; a failed write (a full disk) leaves the old file as it was."""
     try:

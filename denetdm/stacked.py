@@ -305,9 +305,10 @@ def train_stack(cfgs: Sequence, run_dirs: Sequence, vectorize: bool | None = Non
             held.enter_context(run_lock(plans[i].run_dir))
         t0 = time.time()
         shared = _load_all([plans[i] for i in todo])
+        t_data = time.time() - t0
         for i in todo:
             runners[i], _ = setup(plans[i], cfgs[i], optimizers[i], None, data=shared[_data_key(plans[i])])
-            times[i] = time.time() - t0 if i == todo[0] else 0.0  # the loading, counted once
+            times[i] = t_data if i == todo[0] else 0.0  # the parallel loading, counted once
             held.enter_context(runners[i].trainer.logger)
             _note(plans[i].run_dir, [plans[j].run_dir for j in todo], todo.index(i))
         live = [runners[i] for i in todo]

@@ -11,8 +11,8 @@ in float32 on the device instead of float64 on the host: runs with captured=true
 last bits, and are deterministic among themselves on the same device. A step that cannot be captured (a host
 synchronisation inside a method's update) falls back to eager steps with one warning.
 
-On by default on CUDA (`captured=auto`). Measured on an H200: a Colored MNIST paper run in 73 s instead of about
-7.5 min with eager steps (README, Speed). A step that gathers its own batch (`gathering`) replays the gather too.
+On by default on CUDA (`captured=auto`; docs/stacking-gpu.md). A step that gathers its own batch (`gathering`)
+replays the gather too.
 """
 
 import logging

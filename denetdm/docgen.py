@@ -12,7 +12,7 @@ from pathlib import Path
 from denetdm.errors import DataError
 from denetdm.runs import Run, collect, finite
 from denetdm.selection import protocol
-from denetdm.tables import add_published, build_table, to_markdown
+from denetdm.tables import add_published, build_table, is_fraction, to_markdown
 
 BLOCK = re.compile(r"^<!-- (table|runs): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
 
@@ -46,7 +46,7 @@ def value(run: Run, key: str) -> object:
 
 
 def _cell(key: str, v: object) -> str:
-    if finite(v) and isinstance(v, float) and ("acc" in key or "separation" in key):  # fractions as %
+    if finite(v) and isinstance(v, float) and is_fraction(key):
         return f"{100 * v:.2f}"
     return "-" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
 

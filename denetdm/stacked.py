@@ -7,8 +7,8 @@ each member's Trainer evaluates, records and checkpoints it exactly as in a plai
   of the summed losses (each member's gradient is its own loss's) and one optimiser step over the stacked tensors
   (Adam, AdamW and SGD work element by element, so each member keeps its own moments). On a GPU this turns K
   launch-bound steps into one. The batched kernels sum in another order than a plain run's: ulp-sized
-  differences, which Adam can grow (README). Members need a method whose step is `loss` plus the optimiser's
-  step, and equal optimiser settings but for their learning rates and weight decays (`OwnSettings`); after
+  differences, which Adam can grow (docs/stacking-gpu.md). Members need a method whose step is `loss` plus the
+  optimiser's step, and equal optimiser settings but for their learning rates and weight decays (`OwnSettings`); after
   every epoch the stack is copied back into the members' own modules. With captured steps (CUDA) a stack's step
   is one CUDA graph that gathers every member's batch from the (K, B) indices it is given.
 - in turn (`Lockstep`, the default on a CPU, where vmap gains nothing): each member's own `update`, one after

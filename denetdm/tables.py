@@ -106,6 +106,11 @@ def _group(coll: Collection, table: Table) -> tuple[dict[tuple, list[Run]], Coun
     return groups, left
 
 
+def is_fraction(metric: str) -> bool:
+    """Whether a results key is a fraction shown as % (accuracies, separations), not a count or seconds."""
+    return "acc" in metric or "separation" in metric
+
+
 def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: str | list[str] = "val") -> Table:
     """Group the finished runs into cells of `metric` for runs whose checkpoints were chosen by `selection` (a
     protocol name, or several: their columns side by side)."""
@@ -114,7 +119,8 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
     groups, left = _group(coll, table)
     for (row, col), runs in groups.items():
         chosen, n_settings = _choose(runs)
-        table.cells[row, col] = Cell([100 * float(r.results[metric]) for r in chosen], n_settings)
+        scale = 100 if is_fraction(metric) else 1
+        table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings)
     table.rows = sorted({row for row, _ in table.cells})
     table.cols = sorted({col for _, col in table.cells}, key=lambda c: (selections.index(c[0]), c[1:]))
     _notes(table, left, coll)
@@ -123,7 +129,8 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
 
 def _notes(table: Table, left: Counter, coll: Collection) -> None:
     where = ", ".join(f"{s} ({PROTOCOLS[s].about})" if s in PROTOCOLS else s for s in table.selections)
-    table.notes.append(f"cells: {table.metric} (%), mean ± std over seeds (n runs); checkpoints selected on {where}")
+    unit = " (%)" if is_fraction(table.metric) else ""
+    table.notes.append(f"cells: {table.metric}{unit}, mean ± std over seeds (n runs); checkpoints selected on {where}")
     if any(BIAS_LABEL_MARK in label for label, _ in table.rows):
         table.notes.append(f"{BIAS_LABEL_MARK.strip()}: the method trains with bias labels")
     searched = sum(c.settings > 1 for c in table.cells.values())

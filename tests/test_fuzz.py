@@ -22,7 +22,7 @@ from conftest import COMMON, compose_cfg
 BASE = ["dataset=synthetic", "dataset.train_size=300", "dataset.val_size=100", "dataset.test_size=100",
         "stage1.epochs=1", "stage2.epochs=1", "threads=1", *COMMON]  # fmt: skip
 
-# the README's configuration keys (a group choice is fuzzed with strings too)
+# the documented configuration keys (docs/configuration.md) (a group choice is fuzzed with strings too)
 KEYS = [
     "seed", "selection", "selection_metric", "objective", "device", "amp", "captured", "resume", "threads", "progress",
     "experiment_name", "dataset", "severity", "backbone_depth", "method", "stage", "optimizer",

@@ -87,7 +87,7 @@ def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_pa
 
 
 def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
-    # vmap's batched kernels sum in another order: ulp-sized differences, which Adam can grow (README)
+    # vmap's batched kernels sum in another order: ulp-sized differences, which Adam can grow (docs/stacking-gpu.md)
     for plain, stacked in _plain_and_stacked(tmp_path, [[f"seed={s}"] for s in range(3)], vectorize=True):
         a, b = _records(plain), _records(stacked)
         keep = lambda r: {k: v for k, v in r.items() if "/train/" in k or k in ("stage", "epoch")}  # noqa: E731

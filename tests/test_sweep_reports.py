@@ -52,6 +52,16 @@ def test_table_cells_are_mean_and_std_over_seeds_of_the_results(capsys):
     assert float(cell["std"]) == pytest.approx(statistics.stdev(values), abs=1e-4)
 
 
+def test_a_metric_that_is_not_a_fraction_is_shown_as_recorded(capsys):
+    out = _sweep(["table", str(SWEEPS), "--format", "csv", "--metric", "time/total_s"], capsys)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    cell = next(r for r in rows if (r["depths"], r["conflict_pct"]) == ("3 5", "5.0"))
+    seconds = [json.loads((job / "results.json").read_text()) for job in sorted((SWEEPS / "seeds").iterdir())]
+    seconds = [r["time/total_s"] for r in seconds if r["config"]["dataset"]["conflict_pct"] == 5]
+    assert float(cell["mean"]) == pytest.approx(statistics.fmean(seconds), abs=1e-3)
+    assert "(%)" not in _sweep(["table", str(SWEEPS), "--metric", "time/total_s"], capsys)
+
+
 def test_table_lists_incomplete_runs_and_counts_a_repeated_run_once(capsys):
     out = _sweep(["table", str(SWEEPS)], capsys)
     assert "sweeps/failed/0: failed: mlp depth" in out

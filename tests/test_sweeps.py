@@ -127,8 +127,8 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tm
 
 
 def test_two_workers_share_one_study(tmp_path):
-    # the README recipe: create the study, then start workers on the same storage and study name, each with its
-    # own sweep dir and sampler seed, one thread each
+    # the recipe of docs/sweeps.md: create the study, then start workers on the same storage and study name, each with
+    # its own sweep dir and sampler seed, one thread each
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"

@@ -4,8 +4,6 @@ The command line only: denetdm.pipeline.train builds everything from the config 
 return value of `main` is the validation unbiased accuracy of the selected target model (the sweep objective).
 """
 
-import logging
-import math
 import sys
 from pathlib import Path
 
@@ -14,24 +12,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices, record_swept_values
+from denetdm.cli import (
+    check_group_choices,
+    check_launcher,
+    check_overrides,
+    job_value,
+    quote_numeric_choices,
+    record_swept_values,
+    trial_pruning,
+)
 from denetdm.errors import DenetdmError
 from denetdm.pipeline import train
-from denetdm.pruning import TrialPruned
-from denetdm.report import objective
-
-log = logging.getLogger("denetdm")
-
-
-def _pruning(cfg: DictConfig, hc) -> dict | None:
-    # a trial of a denetdm_optuna sweep with a pruner reports each epoch to its trial in the study's storage
-    pruner = hc.sweeper.get("pruner")
-    if pruner is None or cfg.trial.number is None:
-        return None
-    from denetdm.pruning import study_storage
-
-    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir)
-    return {"storage": storage, "study": cfg.trial.study, "number": int(cfg.trial.number), "pruner": pruner}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -44,20 +35,20 @@ def main(cfg: DictConfig) -> float:
         record_swept_values(cfg, hc)
     try:
         slot = int(hc.job.num) if sweeping else None  # several GPUs: one per parallel job, round robin
-        return objective(train(cfg, run_dir, _pruning(cfg, hc) if sweeping else None, slot))
+        outcome = train(cfg, run_dir, trial_pruning(cfg, hc) if sweeping else None, slot)
     except DenetdmError as e:
         if not sweeping:
             sys.exit(f"error: {e}")
-        pruned = isinstance(e, TrialPruned)
-        log.log(logging.INFO if pruned else logging.ERROR, "trial %s: %s", "pruned" if pruned else "failed", e)
-        if hc.sweeper.get("records_failures", False):
-            raise  # a sweeper that records failed trials itself (denetdm_optuna) gets the error
-        return math.nan  # the basic sweeper would stop at the first failed job: go on with the grid
+        outcome = e
     except KeyboardInterrupt:
         sys.exit(
             f"interrupted: finished epochs are saved in {run_dir}; run the same command with "
             f"hydra.run.dir={run_dir} to resume"
         )
+    value = job_value(outcome, bool(hc.sweeper.get("records_failures", False)))
+    if isinstance(value, BaseException):
+        raise value  # the sweeper records the failed (or pruned) trial itself
+    return value
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Uses real MNIST and cifar10-jpeg.zip when $DENETDM_DATA holds them, else generat
 """
 
 import argparse
+import dataclasses
 import functools
 import os
 import tempfile
@@ -19,9 +20,10 @@ import torch
 from denetdm import phases as ph
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Schedule, Trainer
+from denetdm.engine import Trainer
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
 from denetdm.pipeline import context
+from denetdm.selection import PROTOCOLS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the cnn3_resnet20 preset (conf/backbone_depth/): CNN-3 vs ResNet-20, target = ResNet-20
@@ -175,7 +177,7 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
     adam = functools.partial(torch.optim.Adam, fused=True)
     previous, rows = None, []
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(tmp, selection="last", progress=False)
+        trainer = Trainer(tmp, protocol=PROTOCOLS["last"], progress=False)
         for phase, node in ph.phases(config["method"]).items():
             source = config[node["schedule"]]
             paper = ph.schedule(config, phase, node, 0)
@@ -187,11 +189,11 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
                 phase,
                 previous,
                 data,
-                Schedule(epochs, paper.batch_size, paper.select, 0, drop_last=paper.drop_last),
+                dataclasses.replace(paper, epochs=epochs),
                 {},
                 resume=False,
             )
-            timed = [r for r in trainer.records.read() if r["stage"] == phase]
+            timed = [r for r in trainer.recorder.records.read() if r["stage"] == phase]
             timed = timed[1:] or timed  # the first epoch is a warm-up
             rows.append((phase, sum(r[f"{phase}/time/epoch_s"] for r in timed) / len(timed), paper.epochs))
     return rows
@@ -202,8 +204,7 @@ def _stacked_step_s(
 ) -> list[float]:
     """Seconds per step of K DeNetDM members (stage 1, stage 2): vmapped as one Stack, or stepped in turn; their
     steps captured as CUDA graphs or not."""
-    from denetdm.captured import CapturedStep, make_capturable
-    from denetdm.stacked import Lockstep, Stack, _CapturedStack
+    from denetdm.captured import make_capturable
 
     adam = functools.partial(torch.optim.Adam, fused=True)
     out, previous = [], [None] * k
@@ -221,20 +222,34 @@ def _stacked_step_s(
         x, y = data.train.x[idx], data.train.y[idx]  # (steps, K, B, ...)
         if captured:
             make_capturable([m.optimizer for m in members])
-        if vectorize:
-            stack = _CapturedStack(Stack(members)) if captured else Stack(members)
-        else:
-            stack = Lockstep(members, [CapturedStep(m.update) if captured else m.update for m in members])
+        step = _bench_step(members, vectorize, captured)
         t0 = 0.0
         for i in range(steps + 2):
             if i == 2:  # two warm-up steps
                 _sync(device)
                 t0 = time.perf_counter()
-            stack.update([(x[i, m], y[i, m], idx[i, m]) for m in range(k)])
+            step(*(t for m in range(k) for t in (x[i, m], y[i, m], idx[i, m])))
         _sync(device)
         out.append((time.perf_counter() - t0) / steps)
         previous = members
     return out
+
+
+def _bench_step(members: list, vectorize: bool, captured: bool):
+    """One step of K members on their flat (x, y, idx) triples: vmapped as one Stack or in turn, captured or not."""
+    from denetdm.captured import CapturedStep, make_capturable
+    from denetdm.stacked import Stack
+
+    def triples(flat: tuple) -> list[tuple]:
+        return [flat[i : i + 3] for i in range(0, len(flat), 3)]
+
+    if not vectorize:
+        each = [CapturedStep(m.update) if captured else m.update for m in members]
+        return lambda *flat: [step(*t) for step, t in zip(each, triples(flat), strict=True)]
+    stack = Stack(members)
+    if captured:
+        make_capturable([stack.optimizer])
+    return CapturedStep(lambda *flat: stack.update(triples(flat))) if captured else lambda *f: stack.update(triples(f))
 
 
 def _sync(device: str) -> None:

@@ -11,8 +11,8 @@ in float32 on the device instead of float64 on the host: runs with captured=true
 last bits, and are deterministic among themselves on the same device. A step that cannot be captured (a host
 synchronisation inside a method's update) falls back to eager steps with one warning.
 
-On by default on CUDA (`captured=auto`; docs/stacking-gpu.md). A step that gathers its own batch (`gathering`)
-replays the gather too.
+On by default on CUDA (`captured=auto`; docs/stacking-gpu.md). A step takes the indices of its batch, so where it
+gathers the batch itself (no host-side augmentation) the graph replays the gather too.
 """
 
 import logging
@@ -85,16 +85,6 @@ class CapturedStep:
         self.graph = graph
         graph.replay()
         return {k: v.clone() for k, v in self.out.items()}
-
-
-def gathering(update: Callable[..., dict[str, torch.Tensor]], split) -> Callable[..., dict[str, torch.Tensor]]:
-    """`update(x, y, idx)` as a step of `idx` alone that gathers its batch from `split` (inside the graph: one
-    index copy per replayed step instead of two gathers and three copies)."""
-
-    def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
-        return update(*split.batch(idx))
-
-    return step
 
 
 def _shapes(tensors: Sequence[torch.Tensor]) -> list[tuple]:

@@ -2,17 +2,46 @@
 building them, freshly or as the skeleton of a checkpoint."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.utils import get_class
 
 from denetdm.checks import positive_int
-from denetdm.engine import Schedule
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
+from denetdm.selection import Protocol, protocol
 
 RESERVED = ("_target_", "schedule", "schedule_overrides")  # phase keys that are not hyperparameters
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one phase trains: epochs, batch size, the `<head>/<metric>` that selection maximises, batch-order seed,
+    a selection protocol of its own (None: the run's), the last partial batch dropped or not, the optimiser's
+    learning rate and weight decay."""
+
+    epochs: int
+    batch_size: int
+    select: str
+    seed: int
+    selection: Protocol | None = None
+    drop_last: bool = False  # drop the last partial training batch of each epoch (the reference's stage 1 does)
+    lr: float = 0.0
+    weight_decay: float = 0.0
+
+    def check(self, stage: str) -> "Schedule":
+        """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
+        for name in ("epochs", "batch_size"):
+            positive_int(f"{stage}.{name}", getattr(self, name))
+        if not isinstance(self.drop_last, bool):
+            raise ConfigError(f"{stage}.drop_last must be true or false, got {self.drop_last!r}")
+        if not isinstance(self.select, str) or self.select.count("/") != 1:
+            raise ConfigError(
+                f"{stage}.select must be <head>/<metric> (e.g. shallow/acc_conflicting), got {self.select!r}"
+            )
+        return self
 
 
 def phases(method: Mapping) -> dict[str, Mapping]:
@@ -54,8 +83,9 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
         # a method yaml sets it from one of its own keys (jtt: method.id_epochs)
         positive_int(f"the epochs of phase {name} (method.phases.{name}.schedule_overrides.epochs)", over["epochs"])
     values = {k: over.get(k, cfg[source].get(k)) for k in SCHEDULE_KEYS}
-    values["drop_last"] = False if values["drop_last"] is None else values["drop_last"]  # configs from before it
-    return Schedule(**values, seed=seed, selection=over.get("selection")).check(source)
+    own = protocol(over["selection"]) if "selection" in over else None
+    lr, decay = cfg[source].get("lr"), cfg[source].get("weight_decay")
+    return Schedule(**values, seed=seed, selection=own, lr=lr, weight_decay=decay).check(source)
 
 
 def check(method: Mapping, schedules: Mapping[str, Schedule]) -> None:

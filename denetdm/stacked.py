@@ -18,53 +18,52 @@ each member's Trainer evaluates, records and checkpoints it exactly as in a plai
 import inspect
 import json
 import logging
-import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 from denetdm.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
+from denetdm.errors import DenetdmError
 from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
 
 log = logging.getLogger(__name__)
 
-# What members of one stack may differ in (everything else of their fingerprints must be equal)
-STACKED_APART = ("stage2.poe_weight", "stage2.dist_weight", "stage2.temperature", "stage1.lr", "stage2.lr",
-                 "stage1.weight_decay", "stage2.weight_decay")  # fmt: skip
+OWN_SETTINGS = ("lr", "weight_decay")  # every phase's optimiser settings may differ per member (OwnSettings)
 
 
 def stack_key(config: Mapping) -> str:
-    """Runs with equal keys can train as one stack: their configs differ at most in the seeds and STACKED_APART."""
+    """Runs with equal keys can train as one stack: their configs differ at most in the seeds, the optimiser
+    settings of their phases' schedules, and what each phase's Method declares in `stack_apart` (dropped from the
+    phase's node and from its schedule node, where the method yamls interpolate them from)."""
+    from denetdm.phases import phase_class
+
     stages = (config.get("stage") or {}).get("stages") or ["stage2"]
     fp = setting(config, [s for s in stages if s != "eval"] or ["stage2"])
-    for dotted in STACKED_APART:
-        parent, leaf = dotted.split(".")
-        if isinstance(fp.get(parent), dict):
-            fp[parent].pop(leaf, None)
-    phases = (fp.get("method") or {}).get("phases") or {}
-    for node in (n for n in phases.values() if isinstance(n, dict)):  # the phases read them from stage2
-        for dotted in STACKED_APART:
-            node.pop(dotted.split(".")[1], None)
+    for name, node in ((fp.get("method") or {}).get("phases") or {}).items():
+        if not isinstance(node, dict):
+            continue
+        source = fp.get(node.get("schedule"))
+        for key in (*OWN_SETTINGS, *phase_class(name, node).stack_apart):
+            node.pop(key, None)
+            if isinstance(source, dict):
+                source.pop(key, None)
     fp["stage"] = config.get("stage")
     return json.dumps(fp, sort_keys=True, default=str)
 
 
 class Lockstep:
     """Members stepped one after another on their own modules and optimisers: a plain run's arithmetic, bit for
-    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default).
-    `steps`: the members' step functions (their updates, or captured steps)."""
+    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default)."""
 
-    def __init__(self, members: Sequence[Method], steps: Sequence | None = None, gathers: bool = False) -> None:
-        self.members = list(members)
-        self.steps = list(steps) if steps is not None else [m.update for m in self.members]
-        self.gathers = gathers  # the steps take (idx,) and gather their batches (captured steps)
+    def __init__(self, fits: Sequence[Fit]) -> None:
+        self.steps = [f.step for f in fits]
 
-    def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
-        """One step of every member on its own batch (x, y, idx), or (idx,) where they gather; losses, (K,)."""
-        outs = [step(*batch) for step, batch in zip(self.steps, batches, strict=True)]
+    def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One step of every member on the batch at its own indices; losses per member, (K,)."""
+        outs = [step(idx) for step, idx in zip(self.steps, idxs, strict=True)]
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
 
     def push(self) -> None:
@@ -113,8 +112,6 @@ class OwnSettings:
 
 class Stack:
     """The members' methods of one phase as stacked tensors, stepped together."""
-
-    gathers = False  # it takes the members' batches (x, y, idx)
 
     def __init__(self, members: Sequence[Method]) -> None:
         self.members = list(members)
@@ -211,59 +208,97 @@ def _member_part(value: object, k: int, size: int) -> object:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult]:
-    """Train one phase of every member together, each recorded and checkpointed by its own trainer."""
+def _stepper(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool):
+    """How the members step together: vmapped as one Stack where they can be, else in turn."""
     members = [f.method for f in fits]
-    if vectorize and not Stack.fits(members):
-        log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage)
-    gathers = all(f.gathers for f in fits)  # captured unaugmented steps: batches gathered inside the graphs
-    if vectorize and Stack.fits(members):
-        stack = Stack(members)
-        if trainers[0].captured and stack.params and _on_gpu(stack):
-            stack = _CapturedStack(stack, [f.data.train for f in fits] if gathers else None)
-    else:
-        stack = Lockstep(members, [f.step for f in fits], gathers)
+    if not (vectorize and Stack.fits(members)):
+        if vectorize:
+            log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn",
+                     fits[0].stage)  # fmt: skip
+        return Lockstep(fits)
+    stack = Stack(members)
+    on_gpu = bool(stack.params) and next(iter(stack.params.values())).is_cuda
+    captured = trainers[0].captured and members[0].capturable and on_gpu
+    return Vmapped(stack, fits, bool(captured))
+
+
+def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult | DenetdmError]:
+    """Train one phase of every member together, each recorded and checkpointed by its own trainer; each member's
+    result, or the error that stopped it (a pruned trial, a non-finite loss: the others train on without it)."""
+    out: list[StageResult | DenetdmError | None] = [None] * len(fits)
+    live = list(range(len(fits)))
+    stack = _stepper(trainers, fits, vectorize)
     for epoch in fits[0].epochs():
         t0 = time.time()
-        for f in fits:
-            f.method.train()
+        for k in live:
+            fits[k].method.train()
         sums: dict[str, torch.Tensor] = {}
         n = 0
-        orders = (t.step_args(f, epoch, stack.gathers) for t, f in zip(trainers, fits, strict=True))
-        for batches in zip(*orders, strict=True):
-            add_losses(sums, stack.update(batches))
+        orders = (trainers[k].epoch_indices(fits[k], epoch) for k in live)
+        for idxs in zip(*orders, strict=True):
+            add_losses(sums, stack.update(idxs))
             n += 1
         stack.push()
-        evals = stack.evaluate_all([f.data for f in fits], fits[0].stage)
-        for k, (t, f) in enumerate(zip(trainers, fits, strict=True)):
-            train = t.train_means(f.stage, epoch, {key: v[k] for key, v in sums.items()}, n)
-            t.end_epoch(f, epoch, train, t0, evals[k] if evals else None)
-    return [t.finish(f) for t, f in zip(trainers, fits, strict=True)]
+        evals = stack.evaluate_all([fits[k].data for k in live], fits[0].stage)
+        for j, k in enumerate(live):
+            try:
+                train = trainers[k].train_means(fits[k].stage, epoch, {key: v[j] for key, v in sums.items()}, n)
+                trainers[k].end_epoch(fits[k], epoch, train, t0, evals[j] if evals else None)
+            except DenetdmError as e:
+                out[k] = e
+        if any(out[k] is not None for k in live):
+            live = [k for k in live if out[k] is None]
+            for k in live:  # the members left, stacked anew from their own modules (pushed above)
+                fits[k].method.train()
+            if live:
+                stack = _stepper([trainers[k] for k in live], [fits[k] for k in live], vectorize)
+        if not live:
+            break
+    for k in live:
+        out[k] = trainers[k].recorder.finish(fits[k])
+    return out
 
 
-def _on_gpu(stack: "Stack") -> bool:
-    return next(iter(stack.params.values())).is_cuda
+def fit_together(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult | DenetdmError]:
+    """One phase of runs begun together: stacked where they have the same epochs and batches left (a kill can
+    leave members apart), else one after another; each run's result, or the error that stopped it."""
+    shape = {(f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
+             for f in fits}  # fmt: skip
+    if len(fits) > 1 and len(shape) == 1:
+        return fit_stacked(trainers, fits, vectorize)
+    out: list[StageResult | DenetdmError] = []
+    for trainer, fit in zip(trainers, fits, strict=True):
+        try:
+            out.append(trainer.fit_from(fit))
+        except DenetdmError as e:
+            out.append(e)
+    return out
 
 
-class _CapturedStack:
-    """A vmapped Stack whose step is one CUDA graph (captured=true)."""
+class Vmapped:
+    """A Stack stepped on the members' index batches, each member's batch fetched (and augmented) as its plain run
+    would; with captured steps (CUDA) one graph for all members, which gathers unaugmented batches itself."""
 
-    def __init__(self, stack: "Stack", splits: Sequence | None = None) -> None:
+    def __init__(self, stack: "Stack", fits: Sequence[Fit], captured: bool) -> None:
+        self.stack = stack
+        fetch = lambda idxs: [f.batch(i) for f, i in zip(fits, idxs, strict=True)]  # noqa: E731
+        self.step: Callable = lambda idxs: stack.update(fetch(idxs))
+        if not captured:
+            return
         from denetdm.captured import CapturedStep, make_capturable
 
         make_capturable([stack.optimizer])
-        self.stack = stack
-        self.gathers = splits is not None  # members' training splits: their batches gathered inside the graph
-        if splits is not None:  # one (K, B) index copy per replayed step
-            self.step = CapturedStep(lambda idx: stack.update([s.batch(i) for s, i in zip(splits, idx)]))
-        else:
-            self.step = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
+        if all(f.augment is None for f in fits):  # one (K, B) index copy per replayed step
+            splits = [f.data.train for f in fits]
+            graph = CapturedStep(lambda idx: stack.update([s.batch(i) for s, i in zip(splits, idx, strict=True)]))
+            self.step = lambda idxs: graph(torch.stack(list(idxs)))
+        else:  # augmentation draws from the host generators: outside the graph
+            graph = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
+            self.step = lambda idxs: graph(*(t for batch in fetch(idxs) for t in batch))
 
-    def update(self, batches: Sequence[tuple]) -> dict[str, torch.Tensor]:
-        """The stack's step, replayed, on the members' batches (x, y, idx) or (idx,)."""
-        if self.gathers:
-            return self.step(torch.stack([idx for (idx,) in batches]))
-        return self.step(*(t for batch in batches for t in batch))
+    def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One step of every member on the batch at its indices; losses per member, (K,)."""
+        return self.step(idxs)
 
     def push(self) -> None:
         """The stack's push."""
@@ -284,93 +319,3 @@ def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     for k, part in enumerate(parts):
         out[k].copy_(part)
     return out
-
-
-def train_stack(cfgs: Sequence, run_dirs: Sequence, vectorize: bool | None = None) -> list[dict]:
-    """Train runs that share a stack key as one stack, each into its own run directory; their results. Runs
-    already finished are read back; a stack whose members cannot step together trains them one by one.
-    `vectorize`: vmap the members (None: on CUDA, where it pays; on a CPU they step one after another)."""
-    from contextlib import ExitStack
-
-    from denetdm.atomic import run_lock
-    from denetdm.pipeline import _finished, plan, prepare_run, setup
-
-    plans = [plan(cfg, d) for cfg, d in zip(cfgs, run_dirs, strict=True)]
-    results: list[dict | None] = [_finished(p) for p in plans]
-    todo = [i for i, r in enumerate(results) if r is None]
-    with ExitStack() as held:
-        runners, times, optimizers = {}, {}, {}
-        for i in todo:
-            optimizers[i] = prepare_run(plans[i], cfgs[i])
-            held.enter_context(run_lock(plans[i].run_dir))
-        t0 = time.time()
-        shared = _load_all([plans[i] for i in todo])
-        t_data = time.time() - t0
-        for i in todo:
-            runners[i], _ = setup(plans[i], cfgs[i], optimizers[i], None, data=shared[_data_key(plans[i])])
-            times[i] = t_data if i == todo[0] else 0.0  # the parallel loading, counted once
-            held.enter_context(runners[i].trainer.logger)
-            _note(plans[i].run_dir, [plans[j].run_dir for j in todo], todo.index(i))
-        live = [runners[i] for i in todo]
-        if not live:
-            phase_results = []
-        elif len({tuple(r.trained()) for r in live}) == 1 and all(
-            r.trained()[:1] == list(r.p.phases)[:1] and "eval" not in r.p.stages for r in live
-        ):  # the same phases from the first: in lockstep
-            _train_phases(live, live[0].p.device.type == "cuda" if vectorize is None else vectorize)
-            phase_results = [r.collect() for r in live]
-        else:  # a later stage from a checkpoint, or an evaluation: each the plain way
-            phase_results = [r.run() for r in live]
-        for i, res in zip(todo, phase_results, strict=True):
-            results[i] = _conclude(runners[i], res, times[i])
-    return results
-
-
-def _data_key(p) -> str:
-    return json.dumps(p.config["dataset"], sort_keys=True, default=str)
-
-
-def _load_all(plans: list) -> dict:
-    """Each distinct dataset of the members, loaded (or generated) in parallel threads: generation is torch and
-    numpy work that releases the GIL, so 16 Colored MNIST seeds are made at once, not one after another."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from denetdm.pipeline import _load_data
-
-    distinct = {}
-    for p in plans:
-        distinct.setdefault(_data_key(p), p)
-    with ThreadPoolExecutor(max(1, min(len(distinct), os.cpu_count() or 1))) as pool:
-        return dict(zip(distinct, pool.map(_load_data, distinct.values()), strict=True))
-
-
-def _train_phases(runners: list, vectorize: bool) -> None:
-    previous = [None] * len(runners)
-    for phase in runners[0].trained() if runners else []:
-        methods = [r.build(phase, prev) for r, prev in zip(runners, previous, strict=True)]
-        fits = [r.begin(phase, m) for r, m in zip(runners, methods, strict=True)]
-        # in lockstep only where every member has the same epochs and batches left (a kill can leave them apart)
-        shape = {(f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
-                 for f in fits}  # fmt: skip
-        together = len(fits) > 1 and len(shape) == 1
-        trainers = [r.trainer for r in runners]
-        done = fit_stacked(trainers, fits, vectorize) if together else [t.fit_from(f) for t, f in zip(trainers, fits)]
-        for r, res in zip(runners, done, strict=True):
-            r.record(phase, res)
-        previous = methods
-
-
-def _conclude(runner, phase_results: dict, t_data: float) -> dict:
-    from denetdm.pipeline import conclude
-    from denetdm.report import summary_table
-
-    results = conclude(runner, phase_results, t_data)
-    print(summary_table(results))
-    return results
-
-
-def _note(run_dir, members: list, k: int) -> None:
-    """stack.json: the stack a run trained in (its members' run directories and its place)."""
-    from denetdm.tracking import write_json
-
-    write_json(run_dir / "stack.json", {"members": [str(m) for m in members], "member": k})

@@ -109,7 +109,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0], self.pruner)
         self.sweep_key = str(sweep_dir.resolve())
         log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
-        self.retries, self.retried = self._recover(study)
+        self.retries, self.retried = recover(study, self._own(study))
         jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
         self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
@@ -125,18 +125,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
             write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
             self._check_failures(study, sweep_dir)
         write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
-        self._save_best(study, sweep_dir)
-
-    def _reseed(self, index: int) -> None:
-        """Seed the sampler for the index-th fresh trial of this sweep directory from the sampler seed, so a
-        resumed sweep draws what an uninterrupted one would (optuna 2.10's samplers keep their generator in
-        `_rng`; a sampler without one, or an unseeded sweep, is left as it is)."""
-        seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
-        if seed is None:
-            return
-        for i, sampler in enumerate((self.sampler, getattr(self.sampler, "_random_sampler", None))):
-            if sampler is not None and hasattr(sampler, "_rng"):
-                sampler._rng = np.random.RandomState(derive_seed(seed, f"trial-{index}-{i}") % 2**32)
+        save_best(study, self.storage, sweep_dir)
 
     def _own(self, study: optuna.Study) -> list:
         """This sweep directory's trials (other workers of a shared study have theirs)."""
@@ -144,28 +133,6 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
 
     def _count(self, study: optuna.Study, states: tuple) -> int:
         return sum(t.state in states and not t.user_attrs.get("interrupted") for t in self._own(study))
-
-    def _recover(self, study: optuna.Study) -> tuple[dict[str, int], dict[str, int]]:
-        """Trials a killed sweep of this directory left RUNNING: marked FAIL with the reason, their values queued
-        again; returns {values: the job (run directory) to resume them in}, {values: the trial they retry}."""
-        retries, retried = {}, {}
-        for t in self._own(study):
-            if t.state != optuna.trial.TrialState.RUNNING:
-                continue
-            storage = study._storage  # optuna 2.10 has no public way to end another process's trial
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_user_attr(t._trial_id, "error", "left RUNNING by an interrupted sweep; tried again")
-            if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
-                storage.set_trial_user_attr(t._trial_id, "not_drawn", True)
-            storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)  # attributes first: then it is final
-            if not t.params:
-                continue
-            study.enqueue_trial(t.params)
-            retried[_key(t.params)] = t.number
-            if "job" in t.user_attrs:
-                retries[_key(t.params)] = t.user_attrs["job"]
-            log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
-        return retries, retried
 
     def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
         """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
@@ -176,7 +143,8 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
             configured = []
             for t in trials:  # one at a time, the sampler seeded for each fresh trial
                 if t.number in fresh:
-                    self._reseed(sum(n <= t.number for n in fresh) - 1)
+                    seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
+                    reseed(self.sampler, seed, sum(n <= t.number for n in fresh) - 1)
                 configured += self._configure_trials([t], dists, fixed)
         except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
             for t in trials:  # not left RUNNING in a shared study
@@ -215,38 +183,14 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         repeats = {t.number: known.get(_key(t.params)) for t in trials}
         returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
         for trial in trials:
-            if (twin := repeats[trial.number]) is not None:
-                value, error = twin.value, None
-                trial.set_user_attr("repeat_of", twin.number)
-                log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
-                if twin.state == optuna.trial.TrialState.PRUNED:  # it would be pruned at the same epoch again
-                    for step, v in sorted(twin.intermediate_values.items()):
-                        trial.report(v, step)
-                    error = _PRUNED_MARK
-            else:
-                value, error = _value(returns[trial.number])
-                for k, v in _trial_facts(returns[trial.number], trial.params).items():
-                    trial.set_user_attr(k, v)
-            if error == _PRUNED_MARK:
-                log.info("trial %d was pruned", trial.number)
-                if twin is None:  # the job reported through its own connection: read past optuna 2.10's cache
-                    backend = getattr(study._storage, "_backend", study._storage)
-                    for step, v in sorted(backend.get_trial(trial._trial_id).intermediate_values.items()):
-                        trial.report(v, step)
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its value: the last one it reported
-                continue
-            if error is not None:
-                trial.set_user_attr("error", error)
-                log.warning("trial %d failed: %s", trial.number, error)
-            state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
-            study.tell(trial, value if error is None else None, state=state)
+            tell(study, trial, repeats[trial.number], returns.get(trial.number))
 
     def _check_failures(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
         limit = math.floor(self.max_failure_rate * self.n_trials)
         failed = self._count(study, (optuna.trial.TrialState.FAIL,))
         if failed > limit:
-            self._save_best(study, sweep_dir)
+            save_best(study, self.storage, sweep_dir)
             done = len([t for t in self._own(study) if not t.user_attrs.get("interrupted")])
             sys.exit(
                 f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
@@ -254,13 +198,79 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                 "and in each failed job's run.log"
             )
 
-    def _save_best(self, study: optuna.Study, sweep_dir: Path) -> None:
-        summary = study_summary(study)
-        out = {"name": "optuna", "study_name": study.study_name, "storage": self.storage, **summary}
-        OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
-        if not summary["n_complete"]:
-            sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
-        log.info("Best trial %d: value %s, params %s", out["best_trial"], out["best_value"], out["best_params"])
+
+def reseed(sampler: Any, seed: int | None, index: int) -> None:
+    """Seed the sampler for the index-th fresh trial of a sweep directory from the sampler seed, so a resumed
+    sweep draws what an uninterrupted one would (optuna 2.10's samplers keep their generator in `_rng`; a sampler
+    without one, or an unseeded sweep, is left as it is)."""
+    if seed is None:
+        return
+    for i, s in enumerate((sampler, getattr(sampler, "_random_sampler", None))):
+        if s is not None and hasattr(s, "_rng"):
+            s._rng = np.random.RandomState(derive_seed(seed, f"trial-{index}-{i}") % 2**32)
+
+
+def save_best(study: optuna.Study, storage: str, sweep_dir: Path) -> None:
+    """optimization_results.yaml: the best trial so far; one error line when no trial completed."""
+    summary = study_summary(study)
+    out = {"name": "optuna", "study_name": study.study_name, "storage": storage, **summary}
+    OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
+    if not summary["n_complete"]:
+        sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
+    log.info("Best trial %d: value %s, params %s", out["best_trial"], out["best_value"], out["best_params"])
+
+
+def recover(study: optuna.Study, own: list) -> tuple[dict[str, int], dict[str, int]]:
+    """Trials a killed sweep of this directory left RUNNING: marked FAIL with the reason, their values queued
+    again; returns {values: the job (run directory) to resume them in}, {values: the trial they retry}."""
+    retries, retried = {}, {}
+    for t in own:
+        if t.state != optuna.trial.TrialState.RUNNING:
+            continue
+        storage = study._storage  # optuna 2.10 has no public way to end another process's trial
+        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        storage.set_trial_user_attr(t._trial_id, "error", "left RUNNING by an interrupted sweep; tried again")
+        if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
+            storage.set_trial_user_attr(t._trial_id, "not_drawn", True)
+        storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)  # attributes first: then it is final
+        if not t.params:
+            continue
+        study.enqueue_trial(t.params)
+        retried[_key(t.params)] = t.number
+        if "job" in t.user_attrs:
+            retries[_key(t.params)] = t.user_attrs["job"]
+        log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
+    return retries, retried
+
+
+def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any) -> None:
+    """Tell the study a trial's result, with its facts as user attributes: a repeat's from the trial it repeats
+    (`twin`), a launched one's from its job return `ret`."""
+    if twin is not None:
+        value, error = twin.value, None
+        trial.set_user_attr("repeat_of", twin.number)
+        log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
+        if twin.state == optuna.trial.TrialState.PRUNED:  # it would be pruned at the same epoch again
+            for step, v in sorted(twin.intermediate_values.items()):
+                trial.report(v, step)
+            error = _PRUNED_MARK
+    else:
+        value, error = _value(ret)
+        for k, v in _trial_facts(ret, trial.params).items():
+            trial.set_user_attr(k, v)
+    if error == _PRUNED_MARK:
+        log.info("trial %d was pruned", trial.number)
+        if twin is None:  # the job reported through its own connection: read past optuna 2.10's cache
+            backend = getattr(study._storage, "_backend", study._storage)
+            for step, v in sorted(backend.get_trial(trial._trial_id).intermediate_values.items()):
+                trial.report(v, step)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # its value: the last one it reported
+        return
+    if error is not None:
+        trial.set_user_attr("error", error)
+        log.warning("trial %d failed: %s", trial.number, error)
+    state = _COMPLETE if error is None else optuna.trial.TrialState.FAIL
+    study.tell(trial, value if error is None else None, state=state)
 
 
 def write_trials(trials: list, study_name: str, path: Path) -> None:

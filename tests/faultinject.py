@@ -84,10 +84,10 @@ def arm(fault: str) -> None:
 
         _wrap_method(Trainer, "begin", before=lambda stage, *a: stage == parts[0] and _die())
     elif kind == "kill-after-epoch":
-        from denetdm.engine import Trainer
+        from denetdm.engine import Recorder
 
         stage, epoch = parts[0], int(parts[1])
-        _wrap_method(Trainer, "_report", after=lambda s, e, *a: (s, e) == (stage, epoch) and _die())
+        _wrap_method(Recorder, "_report", after=lambda s, e, *a: (s, e) == (stage, epoch) and _die())
     elif kind == "kill-after-generating":
         import denetdm.data.base as base
 

@@ -47,43 +47,16 @@ def test_captured_steps_on_cuda_are_deterministic_and_close_to_eager_ones(extra,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captured steps need CUDA; no GPU here")
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_captured_stacks_on_cuda_are_deterministic_and_close_to_eager_plain_runs(vectorize, tmp_path):
-    from denetdm.stacked import train_stack
+    from denetdm.pipeline import train_runs
 
     base = [*TINY, "device=cuda", "dataset.train_size=1100"]
     members = [["seed=0"], ["seed=1", "stage2.dist_weight=0.5"], ["seed=2", "stage1.lr=0.002"]]
     cfgs = [compose_cfg([*base, *m, "captured=true"]) for m in members]
     for rep in (0, 1):
-        train_stack(cfgs, [tmp_path / f"stack{rep}_{k}" for k in range(3)], vectorize=vectorize)
+        train_runs(cfgs, [tmp_path / f"stack{rep}_{k}" for k in range(3)], vectorize=vectorize)
     for k, m in enumerate(members):
         train(compose_cfg([*base, *m, "captured=false"]), tmp_path / f"eager{k}")
         assert _numbers(tmp_path / f"stack0_{k}") == _numbers(tmp_path / f"stack1_{k}")
         eager, captured = _numbers(tmp_path / f"eager{k}"), _numbers(tmp_path / f"stack0_{k}")
         losses = [(a[key], b[key]) for a, b in zip(eager, captured) for key in a if "/train/" in key]
         assert max(abs(a - b) for a, b in losses) < 1e-3
-
-
-def test_steps_that_gather_their_batches_see_the_plain_batches_in_the_plain_order(tmp_path):
-    # captured steps on CUDA gather (x, y) from the indices inside their graph; the order must be the plain one
-    from types import SimpleNamespace
-
-    from denetdm.captured import gathering
-    from denetdm.data.splits import Split
-    from denetdm.engine import Schedule, Trainer
-    from denetdm.methods import Method
-
-    split = Split(torch.randn(203, 3, 4, 4), torch.randint(0, 10, (203,)), torch.randint(0, 10, (203,)))
-    trainer = Trainer(tmp_path, progress=False)
-    for drop_last in (False, True):
-        fits = [
-            SimpleNamespace(data=SimpleNamespace(train=split), schedule=Schedule(2, 64, "a/b", 0, drop_last=drop_last),
-                            gen=torch.Generator().manual_seed(7), augment=None, gathers=g, stage="stage1",
-                            method=Method())
-            for g in (False, True)
-        ]  # fmt: skip
-        for epoch in (1, 2):
-            plain, gathered = (list(trainer.step_args(f, epoch)) for f in fits)
-            assert len(plain) == len(gathered) == (3 if drop_last else 4)
-            step = gathering(lambda x, y, idx: {"x": x, "y": y, "idx": idx}, split)
-            for (x, y, idx), (only_idx,) in zip(plain, gathered, strict=True):
-                out = step(only_idx)
-                assert torch.equal(out["x"], x) and torch.equal(out["y"], y) and torch.equal(out["idx"], idx)

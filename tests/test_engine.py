@@ -5,9 +5,11 @@ import torch
 
 from denetdm.data.splits import BiasedData, Split
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Schedule, Trainer
+from denetdm.engine import Trainer
 from denetdm.errors import TrainingError
 from denetdm.methods.base import Method
+from denetdm.phases import Schedule
+from denetdm.selection import protocol
 from denetdm.tracking import JsonLines
 
 
@@ -45,10 +47,10 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 
 def test_selection_last_keeps_the_final_epoch(tmp_path):
-    result = Trainer(tmp_path, selection="last", progress=False).fit(
+    result = Trainer(tmp_path, protocol=protocol("last"), progress=False).fit(
         "stage1", Constant(0.5), tiny_data(), Schedule(3, 4, "only/acc", 0), {}
     )
-    assert result.selected_epoch == 3 and len(Trainer(tmp_path).records.read()) == 3
+    assert result.selected_epoch == 3 and len(Trainer(tmp_path).recorder.records.read()) == 3
     assert set(result.metrics) >= {"stage1/only/val/acc", "stage1/only/test/acc_unbiased"}
 
 
@@ -112,7 +114,7 @@ def test_drop_last_with_a_batch_larger_than_the_data_is_one_clear_error(tmp_path
 
 
 def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):
-    from denetdm.pipeline import resolve_device
+    from denetdm.plan import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # a faked 3-GPU machine

@@ -116,12 +116,20 @@ JOBLIB = pytest.mark.skipif(bool(missing_plugin("joblib")), reason="optional hyd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [[], pytest.param(["launcher=joblib"], marks=JOBLIB)])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["hparams_search=depth_gap"],
+        pytest.param(["hparams_search=depth_gap", "launcher=joblib"], marks=JOBLIB, id="joblib"),
+        pytest.param(["hparams_search=distill", "launcher=stacked", "hydra.sweeper.n_jobs=2"], id="stacked"),
+    ],
+)
 def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(launcher, tmp_path):
-    # with launcher=joblib the job runs in another process and reaches its trial through the study's storage
+    # with launcher=joblib the job runs in another process and reaches its trial through the study's storage; with
+    # launcher=stacked the two trials train as one stack, each member reporting to its own trial
     sweep = tmp_path / "p"
     pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.5}"  # prunes every report
-    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner, *launcher]
+    args = ["-m", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner, *launcher]
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], timeout=600)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")  # none COMPLETE, one line
     rows = _trials(sweep)
@@ -132,6 +140,7 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(lau
     assert note["phase"] == "stage2" and note["epoch"] == 1 and note["key"] == "stage2/target/val/acc_unbiased"
     assert not (job / "results.json").exists() and (job / "checkpoints" / "stage2_last.pt").exists()
     assert "trial pruned" in (job / "run.log").read_text()
+    assert ("launcher=stacked" in launcher) == (job / "stack.json").exists()
     from denetdm.runs import collect
 
     assert all(reason.startswith("pruned after epoch 1 of stage2") for _, reason in collect([sweep]).incomplete)
@@ -370,19 +379,19 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("damage", ["flip", "cut"])
 def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_else(damage, tmp_path, monkeypatch):
-    from denetdm.engine import Trainer
+    from denetdm.engine import Recorder
     from denetdm.errors import CheckpointError
 
     _tiny(tmp_path / "plain", "stage1.epochs=3")
     run = tmp_path / "run"
-    report = Trainer._report
+    report = Recorder._report
 
     def die_after_epoch_2(self, stage, epoch, *args):
         report(self, stage, epoch, *args)
         if (stage, epoch) == ("stage1", 2):
             raise _Killed
 
-    monkeypatch.setattr(Trainer, "_report", die_after_epoch_2)
+    monkeypatch.setattr(Recorder, "_report", die_after_epoch_2)
     with pytest.raises(_Killed):
         _tiny(run, "stage1.epochs=3")
     monkeypatch.undo()

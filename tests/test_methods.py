@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from denetdm.data.splits import Split
-from denetdm.engine import Schedule, Trainer
+from denetdm.engine import Trainer
 from denetdm.errors import ConfigError
 from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
 from denetdm.methods.jtt import errors_of
 from denetdm.methods.lff import class_max, ema_update, gce
+from denetdm.phases import Schedule
 from denetdm.pipeline import train
 from denetdm.selection import PROTOCOLS, protocol
 
@@ -226,10 +227,10 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
     data = BiasedData("toy", ctx.train, ctx.train, ctx.train, 4, 4, val_biased=ctx.train)
     for name in PROTOCOLS:
         torch.manual_seed(0)
-        trainer = Trainer(tmp_path / name, selection=name, progress=False)
+        trainer = Trainer(tmp_path / name, protocol=protocol(name), progress=False)
         result = trainer.fit("erm", ERM.build(ctx), data, Schedule(3, 16, "target/acc_unbiased", 0), {})
-        history = trainer.records.read()
-        key = trainer.selection_key("erm", Schedule(3, 16, "target/acc_unbiased", 0))
+        history = trainer.recorder.records.read()
+        key = trainer.recorder.selection_key("erm", Schedule(3, 16, "target/acc_unbiased", 0))
         want = 3 if key is None else 1 + max(range(3), key=lambda e: (history[e][key], -e))
         assert result.selected_epoch == want, name
     del y

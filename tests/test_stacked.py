@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from denetdm.engine import Trainer
-from denetdm.pipeline import evaluate_checkpoint, train
-from denetdm.stacked import stack_key, train_stack
+from denetdm.engine import Recorder
+from denetdm.pipeline import evaluate_checkpoint, train, train_runs
+from denetdm.stacked import stack_key
 from denetdm.tracking import parse_line
 
 from conftest import TINY, compose_cfg, run_cli
@@ -29,7 +29,7 @@ def _plain_and_stacked(tmp_path: Path, per_member: list[list[str]], vectorize: b
     cfgs = [compose_cfg([*TINY, *extra]) for extra in per_member]
     for k, cfg in enumerate(cfgs):
         train(cfg, tmp_path / f"plain{k}")
-    train_stack(cfgs, [tmp_path / f"stack{k}" for k in range(len(cfgs))], vectorize=vectorize)
+    train_runs(cfgs, [tmp_path / f"stack{k}" for k in range(len(cfgs))], vectorize=vectorize)
     return [(tmp_path / f"plain{k}", tmp_path / f"stack{k}") for k in range(len(cfgs))]
 
 
@@ -77,9 +77,9 @@ def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_pa
     for plain, stacked in _plain_and_stacked(tmp_path, per_member):
         assert _records(plain) == _records(stacked)
     data = compose_cfg(TINY)
-    from denetdm.pipeline import _load_data, plan
+    from denetdm.pipeline import load_data, plan
 
-    (loaded, _) = _load_data(plan(data, tmp_path / "x"))
+    (loaded, _) = load_data(plan(data, tmp_path / "x"))
     got = evaluate_checkpoint(str(tmp_path / "stack1" / "checkpoints" / "stage2_selected.pt"), loaded)
     want = evaluate_checkpoint(str(tmp_path / "plain1" / "checkpoints" / "stage2_selected.pt"), loaded)
     got.pop("checkpoint"), want.pop("checkpoint")
@@ -134,9 +134,9 @@ class _Killed(BaseException):
 def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize, tmp_path, monkeypatch):
     cfgs = [compose_cfg([*TINY, "stage1.epochs=3", f"seed={s}"]) for s in range(3)]
     whole = [tmp_path / f"whole{k}" for k in range(3)]
-    train_stack(cfgs, whole, vectorize=vectorize)
+    train_runs(cfgs, whole, vectorize=vectorize)
     runs = [tmp_path / f"killed{k}" for k in range(3)]
-    report, seen = Trainer._report, []
+    report, seen = Recorder._report, []
 
     def dying(self, stage, epoch, *args):
         report(self, stage, epoch, *args)
@@ -144,14 +144,48 @@ def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize,
         if (stage, epoch) == kill_at[:2] and self.run_dir == runs[kill_at[2]]:
             raise _Killed
 
-    monkeypatch.setattr(Trainer, "_report", dying)
+    monkeypatch.setattr(Recorder, "_report", dying)
     with pytest.raises(_Killed):
-        train_stack(cfgs, runs, vectorize=vectorize)
+        train_runs(cfgs, runs, vectorize=vectorize)
     monkeypatch.undo()
     assert not any((r / "results.json").exists() for r in runs)
-    train_stack(cfgs, runs, vectorize=vectorize)  # a vmapped stack is rebuilt from the members' checkpoints
+    train_runs(cfgs, runs, vectorize=vectorize)  # a vmapped stack is rebuilt from the members' checkpoints
     for a, b in zip(whole, runs, strict=True):
         assert _records(a) == _records(b) and _results(a) == _results(b)
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_a_member_stopped_by_the_pruner_leaves_the_others_to_train_on(vectorize, tmp_path, monkeypatch):
+    import denetdm.pipeline as pipeline
+    from denetdm.pruning import TrialPruned
+
+    cfgs = [compose_cfg([*TINY, "stage2.epochs=3", f"seed={s}"]) for s in range(3)]
+    whole = [tmp_path / f"whole{k}" for k in range(3)]
+    train_runs(cfgs, whole, vectorize=vectorize)
+    open_run = pipeline.open_run
+
+    def pruned_after_stage2_epoch_1(stage, epoch, record):
+        if (stage, epoch) == ("stage2", 1):
+            raise TrialPruned("pruned by the sweeper after epoch 1 of stage2")
+
+    def opened(p, data, pruning):
+        runner = open_run(p, data, None)
+        if pruning:  # the member given a trial reports to it, as open_run sets up in a sweep
+            runner.trainer.recorder.on_epoch = pruned_after_stage2_epoch_1
+        return runner
+
+    monkeypatch.setattr(pipeline, "open_run", opened)
+    runs = [tmp_path / f"run{k}" for k in range(3)]
+    out = train_runs(cfgs, runs, [None, {"trial": 1}, None], vectorize=vectorize)
+    assert isinstance(out[1], TrialPruned) and not (runs[1] / "results.json").exists()
+    assert [r["epoch"] for r in _records(runs[1]) if r["stage"] == "stage2"] == [1]
+    for k in (0, 2):  # in turn: their uninterrupted numbers; vmapped: two members sum in another order than three
+        a, b = _records(whole[k]), _records(runs[k])
+        if vectorize:
+            losses = [{key: v for key, v in r.items() if "/train/" in key or key in ("stage", "epoch")} for r in a + b]
+            assert _max_difference(losses[: len(a)], losses[len(a) :]) < 1e-4 and _max_difference(a, b) < 0.02
+        else:
+            assert a == b and _results(whole[k]) == _results(runs[k])
 
 
 @pytest.mark.slow
@@ -190,7 +224,7 @@ def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
     runs = [tmp_path / f"m{s}" for s in range(2)]
-    train_stack([compose_cfg([*args, f"seed={s}"]) for s in range(2)], runs)
+    train_runs([compose_cfg([*args, f"seed={s}"]) for s in range(2)], runs)
     ids = set()
     for run in runs:
         (path,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
@@ -203,14 +237,14 @@ def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
 
 def test_a_vmapped_stack_evaluates_its_members_at_once_as_each_would_alone(tmp_path):
     from denetdm.engine import evaluate_all
-    from denetdm.pipeline import plan, prepare_run, setup
+    from denetdm.pipeline import load_data, open_run, plan, prepare
     from denetdm.stacked import Stack
 
     runners = []
     for s in range(3):
-        cfg = compose_cfg([*TINY, f"seed={s}"])
-        p = plan(cfg, tmp_path / str(s))
-        runners.append(setup(p, cfg, prepare_run(p, cfg), None)[0])
+        p = plan(compose_cfg([*TINY, f"seed={s}"]), tmp_path / str(s))
+        prepare(p)
+        runners.append(open_run(p, load_data(p), None))
     members = [r.build("stage1", None) for r in runners]
     got = Stack(members).evaluate_all([r.data for r in runners], "stage1", batch_size=150)
     for member, runner, mine in zip(members, runners, got, strict=True):

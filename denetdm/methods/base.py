@@ -45,10 +45,22 @@ class BuildContext:
 
 
 class Method(nn.Module):
-    """A trainable method: `update` takes one step on a batch, `predict` returns logits per readout head."""
+    """A trainable method: `update` takes one step on a batch, `predict` returns logits per readout head.
+
+    What the loop may do with it, declared here:
+    - stacked (`launcher=stacked`, vmapped): when its step is `loss` plus the optimiser's step (`stackable`);
+      the hyperparameters that `stack_apart` names may differ between a stack's members, so they must live in
+      buffers (vmap gives each member its own), not in Python attributes;
+    - captured (`captured=auto` on CUDA: the step recorded once as a CUDA graph and replayed): when `capturable`.
+      A captured step must not draw host-side random numbers or change Python state per step (a counter, a
+      list): the replay repeats what was recorded. Per-epoch randomness belongs in `epoch_order`, per-sample
+      state in device tensors updated in place.
+    """
 
     optimizer: torch.optim.Optimizer | None = None
     amp: bool = False  # bf16 autocast on CUDA
+    capturable: bool = True
+    stack_apart: tuple[str, ...] = ()
 
     @classmethod
     def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:

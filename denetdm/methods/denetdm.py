@@ -45,6 +45,8 @@ class DeNetDMStage2(Method):
     frozen shallow expert: poe_weight * CE(f_t(phi_b + phi_t), y) + dist_weight * T^2 * KD_T(shallow -> target).
     """
 
+    stack_apart = ("poe_weight", "dist_weight", "temperature")
+
     def __init__(
         self,
         stage1: TwoExpertModel,
@@ -60,7 +62,7 @@ class DeNetDMStage2(Method):
         super().__init__()
         self.stage1 = stage1.requires_grad_(False).eval()
         self.target = target
-        # buffers, not attributes, so each member of a stack has its own (not in the state dict: config values)
+        # buffers, not attributes, so each member of a stack has its own (stack_apart; not in the state dict)
         for name, value in (("poe_weight", poe_weight), ("dist_weight", dist_weight), ("temperature", temperature)):
             self.register_buffer(name, torch.tensor(float(value)), persistent=False)
         self.frozen_bn = frozen_bn

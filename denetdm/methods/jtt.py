@@ -117,8 +117,6 @@ class JTT(ERM):
             return super().epoch_order(n, gen)
         return self.pool[torch.randperm(len(self.pool), generator=gen)]
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         w = self.weights[idx]
-        loss = (w * self.losses(x, y)).sum() / w.sum()
-        self.step(loss)
-        return {"loss": loss.detach()}
+        return {"loss": (w * self.losses(x, y)).sum() / w.sum()}

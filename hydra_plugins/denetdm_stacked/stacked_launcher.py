@@ -7,7 +7,6 @@ own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B
 """
 
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -88,7 +87,7 @@ class StackedLauncher(Launcher):
 
     def _stack(self, cfgs: list[DictConfig]) -> list[JobReturn]:
         """Set each member's run directory up as Hydra does, then train them all as one stack."""
-        from denetdm.cli import record_swept_values
+        from denetdm.cli import record_swept_values, trial_pruning
 
         members = []
 
@@ -96,20 +95,17 @@ class StackedLauncher(Launcher):
             hc = HydraConfig.get()
             if cfg.trial.params is None:
                 record_swept_values(cfg, hc)
-            members.append((cfg, Path(hc.runtime.output_dir)))
+            members.append((cfg, Path(hc.runtime.output_dir), trial_pruning(cfg, hc)))
 
         rets = [self._run_job(collect, c) for c in cfgs]
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         log.info("training jobs %s as one stack", ", ".join(str(c.hydra.job.num) for c in cfgs))
-        # a sweeper that records failed trials itself (denetdm_optuna) gets each member's error
         records = bool(self.config.hydra.sweeper.get("records_failures", False))
-        with _logs_into([d for _, d in members]):
+        with _logs_into([d for _, d, _ in members]):
             values = _train(members, self.vectorize, records)
         for ret, value in zip(rets, values, strict=True):
-            if isinstance(value, BaseException):
-                ret.status, ret._return_value = JobStatus.FAILED, value
-            else:
-                ret.status, ret._return_value = JobStatus.COMPLETED, value
+            failed = isinstance(value, BaseException)
+            ret.status, ret._return_value = (JobStatus.FAILED if failed else JobStatus.COMPLETED), value
         return rets
 
 
@@ -123,17 +119,18 @@ def _key(cfg: DictConfig) -> str:
 
 
 def _train(members: list, vectorize: bool | None, records: bool) -> list:
-    """The members' objectives (an exception for each where the stack failed and the sweeper records failures)."""
+    """The members' job values (run.py's error policy: an error for each stopped member where the sweeper
+    records failures, else NaN)."""
+    from denetdm.cli import job_value
     from denetdm.errors import DenetdmError
-    from denetdm.report import objective
-    from denetdm.stacked import train_stack
+    from denetdm.pipeline import train_runs
 
+    cfgs, dirs, prunings = (list(x) for x in zip(*members, strict=True))
     try:
-        results = train_stack([c for c, _ in members], [d for _, d in members], vectorize=vectorize)
-        return [objective(r) for r in results]
-    except DenetdmError as e:
-        log.error("stack failed: %s", e)
-        return [e if records else math.nan for _ in members]
+        outcomes = train_runs(cfgs, dirs, prunings, vectorize=vectorize)
+    except DenetdmError as e:  # before or outside the members' phases: the whole stack
+        outcomes = [e] * len(members)
+    return [job_value(o, records) for o in outcomes]
 
 
 @contextmanager

@@ -1,0 +1,224 @@
+"""A composed config, checked once: `plan(cfg, run_dir)` reads the raw config and returns a Plan of checked values.
+
+Every value is checked here, before any data is loaded or anything trained, and nothing below the plan reads
+the raw config: the lifecycle, the trainer and the methods take the Plan's typed fields and its resolved
+config (a plain dict: results.json, W&B and the fingerprints read it).
+"""
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from denetdm import phases as ph
+from denetdm.analysis.probes import ProbeSchedule
+from denetdm.checks import number, positive_int
+from denetdm.cli import instantiate_checked
+from denetdm.errors import ConfigError
+from denetdm.fingerprint import fingerprint
+from denetdm.metrics import METRICS
+from denetdm.phases import Schedule
+from denetdm.seeding import derive_seed
+from denetdm.selection import Protocol, check_label_free_metric, protocol
+
+EVAL_SPLITS = ("val", "test", "val_biased")
+MAX_THREADS = 1024  # torch would start them all
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked config: what runs, where, on which device, each phase's schedule, the selection protocol."""
+
+    run_dir: Path
+    config: dict  # the resolved config (device, capture and protocol as resolved)
+    stages: list[str]  # the phases this process trains (and/or "eval")
+    device: torch.device
+    schedules: dict[str, Schedule]
+    protocol: Protocol
+    label_free_metric: str  # what the label-free protocols maximise
+    objective_key: str
+    probe: ProbeSchedule
+    optimizer: Callable[..., torch.optim.Optimizer]  # a factory, given each phase's lr and weight decay
+    seed: int
+    amp: bool
+    resume: bool
+    captured: bool
+    threads: int | None
+    progress: bool | None  # None: bars on a terminal only
+    stage1_ckpt: str | None  # the previous phase's checkpoint, when a later phase runs alone
+    eval_ckpt: str | None  # stage=eval's checkpoint
+
+    @property
+    def phases(self) -> dict[str, Mapping]:
+        """The method's phases in order."""
+        return ph.phases(self.config["method"])
+
+    @property
+    def trained(self) -> list[str]:
+        """The phases this run trains."""
+        return [s for s in self.stages if s != "eval"]
+
+    @property
+    def final(self) -> Mapping:
+        """The deliverable model: `{phase, head}`."""
+        return self.config["method"]["final"]
+
+    def fingerprint(self, stage: str) -> dict:
+        """This run's fingerprint for `stage`."""
+        return fingerprint(self.config, stage)
+
+
+def resolve_device(name: str, slot: int | None = None) -> torch.device:
+    """`auto` (cuda when visible, else cpu), `cpu` or `cuda[:N]`; one clear error otherwise. A sweep job (`slot`:
+    its job number) on a machine with several visible GPUs takes GPU `slot % count`, round robin, so the jobs
+    that a parallel launcher runs at once land on different GPUs (CUDA_VISIBLE_DEVICES picks which are seen)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and slot is not None and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return torch.device(f"cuda:{slot % torch.cuda.device_count()}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}") from None
+
+
+def _check_flags(cfg: DictConfig) -> None:
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    for key in ("amp", "resume"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+    if not (isinstance(cfg.captured, bool) or cfg.captured == "auto"):
+        raise ConfigError(f"captured must be auto, true or false, got {cfg.captured!r}")
+    if positive_int("threads", cfg.threads, allow_none=True) and cfg.threads > MAX_THREADS:
+        raise ConfigError(
+            f"threads must be at most {MAX_THREADS} (this machine has {os.cpu_count()} cores), got {cfg.threads}"
+        )
+    if cfg.progress not in ("auto", True, False):
+        raise ConfigError(f"progress must be auto, true or false, got {cfg.progress!r}")
+
+
+def check_optimizer(optimizer, cfg: DictConfig, sources: Iterable[str]) -> None:
+    """Build the optimizer once per schedule node on a dummy parameter, so that torch's own checks of its
+    values (lr, betas, momentum, ...) fail before any data is loaded, as one clear error."""
+    betas = (cfg.get("optimizer") or {}).get("betas")
+    if betas is not None and not (
+        isinstance(betas, Sequence) and len(betas) == 2 and all(_fraction(b) for b in betas)
+    ):  # torch indexes betas before it checks them
+        raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
+    for source in sources:
+        node = cfg[source]
+        number(f"{source}.lr", node.lr, strict=True)
+        number(f"{source}.weight_decay", node.weight_decay)
+        try:
+            optimizer([torch.zeros(1, requires_grad=True)], lr=node.lr, weight_decay=node.weight_decay)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise ConfigError(
+                f"the optimizer rejects the {source} values: {e}; check optimizer.* and {source}.*"
+            ) from None
+
+
+def _fraction(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x < 1
+
+
+def _stages(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The phases this process runs (stage.stages; null = all), a contiguous run of the method's phases."""
+    asked = list(cfg.stage.stages) if cfg.stage.stages is not None else names
+    run = [s for s in asked if s != "eval"]
+    if any(s not in names for s in run) or (run and run != names[names.index(run[0]) : names.index(run[0]) + len(run)]):
+        raise ConfigError(
+            f"stage={cfg.stage.name} runs {run}, but method {cfg.method.name} has the phases {names}: "
+            "use stage=full, or a run of consecutive phases"
+        )
+    if "eval" in asked and not cfg.stage.ckpt:
+        raise ConfigError("stage=eval needs stage.ckpt=<path to a .pt checkpoint written by run.py>")
+    if run and run[0] != names[0] and not cfg.stage.stage1_ckpt:
+        before = names[names.index(run[0]) - 1]
+        raise ConfigError(f"stage={cfg.stage.name} needs stage.stage1_ckpt=<run dir>/checkpoints/{before}_selected.pt")
+    return asked
+
+
+def _objective_key(cfg: DictConfig, proto: Protocol) -> str:
+    """The results key returned to sweeps: auto follows the protocol, so a label-free sweep reads no bias label."""
+    if cfg.objective == "auto":
+        if proto.bias_labels or proto.split is None:
+            return "val/acc_unbiased"  # val and oracle pick hyperparameters on validation, as before
+        return f"{proto.split}/{cfg.selection_metric}"
+    split, _, metric = str(cfg.objective).partition("/")
+    if split not in EVAL_SPLITS or metric not in METRICS:
+        raise ConfigError(
+            f"objective must be auto or <split>/<metric> ({'|'.join(EVAL_SPLITS)} / {'|'.join(METRICS)}), "
+            f"got {cfg.objective!r}"
+        )
+    return str(cfg.objective)
+
+
+def _probe(cfg: DictConfig) -> ProbeSchedule:
+    """`probe.*`: when the Trainer fits linear probes (off by default)."""
+    node = cfg.get("probe") or {}
+    probe = ProbeSchedule(node.get("every", 0), node.get("split", "val"), node.get("steps", 100), int(cfg.seed))
+    probe.check()
+    splits = [s for s in EVAL_SPLITS if s != "val_biased" or cfg.dataset.get("biased_val_size")]
+    if probe.split not in splits:
+        raise ConfigError(f"probe.split must be one of the evaluation splits {splits}, got {probe.split!r}")
+    return probe
+
+
+def _schedules(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, Schedule]:
+    """Every phase's checked schedule, and the method's hyperparameters checked against them."""
+    schedules = {
+        name: ph.schedule(cfg, name, node, derive_seed(cfg.seed, f"{name}-batches"))
+        for name, node in ph.phases(method).items()
+    }
+    ph.check(method, schedules)
+    if method.get("final", {}).get("phase") not in schedules:
+        raise ConfigError(f"method.final.phase must be one of the phases {list(schedules)}, got {method.get('final')}")
+    if proto.split == "val_biased" and not cfg.dataset.get("biased_val_size"):
+        raise ConfigError(
+            f"selection={proto.name} needs a validation split with the training bias ratio: "
+            "set dataset.biased_val_size (e.g. 1000)"
+        )
+    return schedules
+
+
+def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
+    """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
+    _check_flags(cfg)
+    label_free = check_label_free_metric(cfg.selection_metric)
+    proto = protocol(cfg.selection)
+    device = resolve_device(str(cfg.device), slot)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
+    # what the run does: CUDA graphs on a GPU (`auto` there); a CPU ignores the setting, so its runs compare equal
+    config["captured"] = device.type == "cuda" and cfg.captured in ("auto", True)
+    config["selection"] = proto.name  # `test` and `oracle` are one protocol
+    stages = _stages(cfg, list(ph.phases(config["method"])))
+    schedules = _schedules(cfg, config["method"], proto)
+    optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
+    check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in ph.phases(config["method"]).values()}))
+    return Plan(
+        run_dir=Path(run_dir),
+        config=config,
+        stages=stages,
+        device=device,
+        schedules=schedules,
+        protocol=proto,
+        label_free_metric=label_free,
+        objective_key=_objective_key(cfg, proto),
+        probe=_probe(cfg),
+        optimizer=optimizer,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        resume=cfg.resume,
+        captured=config["captured"],
+        threads=cfg.threads,
+        progress=None if cfg.progress == "auto" else cfg.progress,
+        stage1_ckpt=cfg.stage.stage1_ckpt,
+        eval_ckpt=cfg.stage.ckpt,
+    )

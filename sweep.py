@@ -167,8 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     t = sub.add_parser("table", help="mean ± std over seeds per method/depth pair and dataset/severity/ratio")
     t.add_argument("dirs", nargs="+", help="run and sweep directories (searched recursively)")
     t.add_argument("--metric", default="test/acc_unbiased", help="a results.json key (default test/acc_unbiased)")
-    t.add_argument("--selection", default="val", help="runs with this selection protocol (val, val_nolabels, "
-                   "val_biased_nolabels, oracle, last); several, comma-separated, side by side")  # fmt: skip
+    t.add_argument(
+        "--selection",
+        default="val",
+        help="runs with this selection protocol (val, val_nolabels, "
+        "val_biased_nolabels, oracle, last); several, comma-separated, side by side",
+    )
     t.add_argument("--published", action="store_true", help="the paper's numbers beside ours (denetdm/published.yaml)")
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)

@@ -47,8 +47,16 @@ def _cifar_data(cache: str):
     if zipped.exists():
         from denetdm.data.ccifar10 import CorruptedCIFAR10
 
-        ds = CorruptedCIFAR10(name="ccifar10", root="", source=str(zipped), severity=4, conflict_pct=1,
-                              val_size=1000, seed=0, cache_dir=cache)  # fmt: skip
+        ds = CorruptedCIFAR10(
+            name="ccifar10",
+            root="",
+            source=str(zipped),
+            severity=4,
+            conflict_pct=1,
+            val_size=1000,
+            seed=0,
+            cache_dir=cache,
+        )
         return "Corrupted CIFAR-10 (Type0, severity 4)", ds.load()
     from denetdm.data.augment import CIFAR_MEAN as MEAN
     from denetdm.data.augment import CIFAR_STD as STD
@@ -56,8 +64,11 @@ def _cifar_data(cache: str):
     from denetdm.data.splits import BiasedData, Split
 
     g = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=g),
-                  torch.randint(0, 10, (4096,), generator=g), torch.randint(0, 10, (4096,), generator=g))  # fmt: skip
+    split = Split(
+        torch.randint(0, 256, (4096, 3, 32, 32), dtype=torch.uint8, generator=g),
+        torch.randint(0, 10, (4096,), generator=g),
+        torch.randint(0, 10, (4096,), generator=g),
+    )
     fill = [-m / s for m, s in zip(MEAN, STD)]
     return "random CIFAR-sized images (no cifar10-jpeg.zip found)", BiasedData(
         "random", split, split, split, 10, 10, normalize=(MEAN, STD), augment=BatchAugment(4, True, fill)
@@ -128,8 +139,10 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
             yield x.to(device), y.to(device), torch.arange(len(y), device=device)
 
     rows = []
-    for label, channels_last, batches in (("batched tensors (ours)", True, ours_batches),
-                                          ("per-image PIL + DataLoader", False, reference_batches)):  # fmt: skip
+    for label, channels_last, batches in (
+        ("batched tensors (ours)", True, ours_batches),
+        ("per-image PIL + DataLoader", False, reference_batches),
+    ):
         first = stage1(channels_last)
         sps1 = _timed_steps(first, batches())
         rows.append((label, sps1, _timed_steps(stage2(first, channels_last), batches())))
@@ -264,8 +277,10 @@ def bench_stacked(cache: str, args: argparse.Namespace) -> None:
     config = _method_config("denetdm")
     n = len(data.train)
     sched = [(config[s]["epochs"], -(-n // config[s]["batch_size"])) for s in ("stage1", "stage2")]
-    print(f"\nDeNetDM, Colored MNIST paper schedule ({sched[0][0]} + {sched[1][0]} epochs), training steps only, "
-          f"on {args.device}: runs per hour")  # fmt: skip
+    print(
+        f"\nDeNetDM, Colored MNIST paper schedule ({sched[0][0]} + {sched[1][0]} epochs), training steps only, "
+        f"on {args.device}: runs per hour"
+    )
     print(f"{'K':>4}  {'how':<32}{'stage-1 ms/step':>16}{'stage-2 ms/step':>16}{'runs/hour':>11}")
     for k in args.stack_sizes:
         hows = [("plain steps, members in turn", False, False), ("stacked, vmapped", True, False)]

@@ -121,8 +121,10 @@ def _compose_problem(overrides: list[str], conf: Path) -> str | None:
         text = str(e)
         if "Could not override" in text or "not in struct" in text:
             key = re.search(r"'([^']+)'", text)
-            return (f"error: the config has no key {key[1] if key else text!r}: check its spelling "
-                    "(python run.py --cfg job lists every key), or add a new key with +key=value")  # fmt: skip
+            return (
+                f"error: the config has no key {key[1] if key else text!r}: check its spelling "
+                "(python run.py --cfg job lists every key), or add a new key with +key=value"
+            )
         where = re.search(r"full_key: (\S+)", text)
         return f"error: {where[1] + ': ' if where else ''}{_first_line(e) or type(e).__name__}; fix that value"
     return None

@@ -210,9 +210,15 @@ class Trainer:
         self.probe = probe or ProbeSchedule()
 
     def fit(
-        self, stage: str, method: Method, data: BiasedData, schedule: Schedule, meta: dict, resume: bool = True,
+        self,
+        stage: str,
+        method: Method,
+        data: BiasedData,
+        schedule: Schedule,
+        meta: dict,
+        resume: bool = True,
         augment: Augment | None = None,
-    ) -> StageResult:  # fmt: skip
+    ) -> StageResult:
         """Train `method` by `schedule`, evaluating every epoch and keeping the checkpoint chosen by the
         selection rule. `meta` is stored in every checkpoint (model specs, config fingerprint); its "config"
         entry must match on resume."""
@@ -226,9 +232,15 @@ class Trainer:
         return self.recorder.finish(fit)
 
     def begin(
-        self, stage: str, method: Method, data: BiasedData, schedule: Schedule, meta: dict, resume: bool = True,
+        self,
+        stage: str,
+        method: Method,
+        data: BiasedData,
+        schedule: Schedule,
+        meta: dict,
+        resume: bool = True,
         augment: Augment | None = None,
-    ) -> Fit:  # fmt: skip
+    ) -> Fit:
         """Restore the stage's loop state (the start of `fit`; a stack calls it per member)."""
         if schedule.drop_last and len(data.train) < schedule.batch_size:
             raise ConfigError(

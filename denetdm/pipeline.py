@@ -274,9 +274,12 @@ def train_phases(runners: Sequence[StageRunner], vectorize: bool) -> list[Denetd
 
 
 def train_runs(
-    cfgs: Sequence[DictConfig], run_dirs: Sequence, prunings: Sequence[dict | None] | None = None,
-    slot: int | None = None, vectorize: bool | None = None,
-) -> list[dict | DenetdmError]:  # fmt: skip
+    cfgs: Sequence[DictConfig],
+    run_dirs: Sequence,
+    prunings: Sequence[dict | None] | None = None,
+    slot: int | None = None,
+    vectorize: bool | None = None,
+) -> list[dict | DenetdmError]:
     """Train runs (one, or a stack whose configs share `denetdm.stacked.stack_key`), each into its own directory;
     their results, or the error that stopped each. Finished runs are read back. `prunings`: each run's sweep
     trial to report to; `vectorize`: vmap the members (None: on CUDA, where it pays)."""

@@ -64,16 +64,25 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
                     if d == s:  # the control without a depth gap (search.allow_equal): hatched, marked "="
                         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0))
                     text = ("= " if d == s else "") + f"{grid[i, j]:.1f}\n(n={counts[i, j]})"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                            color="white" if grid[i, j] < np.nanmean(grid) else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        text,
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if grid[i, j] < np.nanmean(grid) else "black",
+                    )
         ax.set_xticks(range(len(deeps)), deeps)
         ax.set_yticks(range(len(shallows)), shallows)
         ax.set_xlabel("deep depth")
         ax.set_ylabel("shallow depth")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
-    fig.suptitle("mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth "
-                 "control)", fontsize=9)  # fmt: skip
+    fig.suptitle(
+        "mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth control)",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
@@ -146,8 +155,11 @@ def stage1_curves(coll: Collection, path: Path, metric: str = "acc_conflicting")
 def separation_plot(coll: Collection, path: Path) -> Path | None:
     """Stage-1 separation (shallow minus deep validation conflicting accuracy) against the depth gap, a point per
     run, equal-depth controls marked; None without such runs."""
-    pts = [(r.pair[1] - r.pair[0], 100 * r.results["stage1/separation"]) for r in coll.runs
-           if len(r.depths) == 2 and finite(r.results.get("stage1/separation"))]  # fmt: skip
+    pts = [
+        (r.pair[1] - r.pair[0], 100 * r.results["stage1/separation"])
+        for r in coll.runs
+        if len(r.depths) == 2 and finite(r.results.get("stage1/separation"))
+    ]
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -156,8 +168,14 @@ def separation_plot(coll: Collection, path: Path) -> Path | None:
     ax.plot(gaps, means, "-", color="grey", alpha=0.6, label="mean per gap")
     ax.scatter([g for g, _ in pts if g != 0], [v for g, v in pts if g != 0], s=18, label="runs")
     if any(g == 0 for g, _ in pts):
-        ax.scatter([0 for g, _ in pts if g == 0], [v for g, v in pts if g == 0], s=40, marker="x", color="red",
-                   label="equal depth (control)")  # fmt: skip
+        ax.scatter(
+            [0 for g, _ in pts if g == 0],
+            [v for g, v in pts if g == 0],
+            s=40,
+            marker="x",
+            color="red",
+            label="equal depth (control)",
+        )
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xlabel("depth gap (deep - shallow)")
     ax.set_ylabel("stage-1 separation: shallow - deep\nval conflicting acc. (points)")
@@ -169,8 +187,9 @@ def separation_plot(coll: Collection, path: Path) -> Path | None:
 def _probe_series(runs: list, stage: str, head: str, attr: str) -> tuple[list[int], np.ndarray] | None:
     """Epochs and (runs x epochs) probe accuracies (%) of one head and attribute, over the epochs all runs share."""
     key = f"{stage}/{head}/probe/{attr}"
-    per_run = [{e["epoch"]: 100 * e[key] for e in r.epochs() if e.get("stage") == stage and finite(e.get(key))}
-               for r in runs]  # fmt: skip
+    per_run = [
+        {e["epoch"]: 100 * e[key] for e in r.epochs() if e.get("stage") == stage and finite(e.get(key))} for r in runs
+    ]
     epochs = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
     return (epochs, np.array([[d[e] for e in epochs] for d in per_run])) if epochs else None
 

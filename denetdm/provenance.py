@@ -13,10 +13,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def commit() -> str:
     """The checkout's commit, `+dirty` when tracked files differ from it; `unknown` outside a git checkout."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -35,5 +41,10 @@ def _processor() -> str:
 def machine(device: torch.device) -> dict:
     """The device that trained (the GPU's name on CUDA), the processor, cores, torch threads and torch version."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"device": name, "processor": _processor(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}  # fmt: skip
+    return {
+        "device": name,
+        "processor": _processor(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }

@@ -31,8 +31,9 @@ def build_pruner(spec: Any) -> Any:
 
     if isinstance(spec, str):
         if spec not in PRUNERS:
-            raise ConfigError(f"hydra.sweeper.pruner must be null, {' or '.join(PRUNERS)}, or a node with _target_, "
-                              f"got {spec!r}")  # fmt: skip
+            raise ConfigError(
+                f"hydra.sweeper.pruner must be null, {' or '.join(PRUNERS)}, or a node with _target_, got {spec!r}"
+            )
         target, kwargs = PRUNERS[spec]
         return instantiate({"_target_": target, **kwargs})
     try:

@@ -40,6 +40,8 @@ def summary_table(results: dict) -> str:
     if results.get("selection_oracle"):
         lines.append("selection=oracle: checkpoints were chosen on the test set")
     if "objective_key" in results:
-        lines.append(f"objective ({results['objective_key']}, selection={results.get('selection')}): "
-                     f"{100 * objective(results):.2f}")  # fmt: skip
+        lines.append(
+            f"objective ({results['objective_key']}, selection={results.get('selection')}): "
+            f"{100 * objective(results):.2f}"
+        )
     return "\n".join(lines)

@@ -56,8 +56,16 @@ def cifar_overrides(source: str | None) -> list[str]:
 def run_step(name: str, overrides: list[str], out: Path, seconds: float) -> bool:
     """One sweep as stacks under `out/runs/<name>`, killed after `seconds`; True when each of its runs finished (a
     sweep goes on past a failed job, so its exit status alone does not say)."""
-    cmd = [sys.executable, str(ROOT / "run.py"), "-m", *overrides, "launcher=stacked", "logger=none",
-           "progress=false", f"hydra.sweep.dir={out / 'runs' / name}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        *overrides,
+        "launcher=stacked",
+        "logger=none",
+        "progress=false",
+        f"hydra.sweep.dir={out / 'runs' / name}",
+    ]
     print(f"reproduce: {name} ({seconds:.0f} s left): {' '.join(cmd[3:])}", flush=True)
     t = time.monotonic()
     try:

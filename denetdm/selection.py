@@ -41,7 +41,7 @@ PROTOCOLS = {
             "val_biased",
             False,
             "a validation split with the training split's bias ratio, class labels only",
-        ),  # fmt: skip
+        ),
         Protocol("last", None, False, "the final epoch"),
     )
 }

@@ -178,8 +178,12 @@ class Stack:
     def push(self) -> None:
         """Copy the stack into each member's own parameters, buffers and optimiser state."""
         pairs = [(t, self.params[name][k]) for k, m in enumerate(self.members) for name, t in m.named_parameters()]
-        pairs += [(t, self.buffers[name][k]) for k, m in enumerate(self.members) for name, t in m.named_buffers()
-                  if name in self.buffers]  # fmt: skip
+        pairs += [
+            (t, self.buffers[name][k])
+            for k, m in enumerate(self.members)
+            for name, t in m.named_buffers()
+            if name in self.buffers
+        ]
         if pairs:  # a few launches for all members, not one per tensor
             torch._foreach_copy_(*map(list, zip(*pairs, strict=True)))
         for k, member in enumerate(self.members):
@@ -213,8 +217,9 @@ def _stepper(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool):
     members = [f.method for f in fits]
     if not (vectorize and Stack.fits(members)):
         if vectorize:
-            log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn",
-                     fits[0].stage)  # fmt: skip
+            log.info(
+                "%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage
+            )
         return Lockstep(fits)
     stack = Stack(members)
     on_gpu = bool(stack.params) and next(iter(stack.params.values())).is_cuda
@@ -262,8 +267,10 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
 def fit_together(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult | DenetdmError]:
     """One phase of runs begun together: stacked where they have the same epochs and batches left (a kill can
     leave members apart), else one after another; each run's result, or the error that stopped it."""
-    shape = {(f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
-             for f in fits}  # fmt: skip
+    shape = {
+        (f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
+        for f in fits
+    }
     if len(fits) > 1 and len(shape) == 1:
         return fit_stacked(trainers, fits, vectorize)
     out: list[StageResult | DenetdmError] = []
@@ -314,8 +321,9 @@ def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     first = parts[0]
     if first.is_contiguous():
         return torch.stack(parts)
-    out = torch.empty_strided((len(parts), *first.shape), (first.numel(), *first.stride()), dtype=first.dtype,
-                              device=first.device)  # fmt: skip
+    out = torch.empty_strided(
+        (len(parts), *first.shape), (first.numel(), *first.stride()), dtype=first.dtype, device=first.device
+    )
     for k, part in enumerate(parts):
         out[k].copy_(part)
     return out

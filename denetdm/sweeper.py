@@ -49,9 +49,13 @@ def create_or_load_study(
     for attempt in range(5):
         try:
             return optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, direction=direction, load_if_exists=True,
+                study_name=study_name,
+                storage=storage,
+                sampler=sampler,
+                direction=direction,
+                load_if_exists=True,
                 pruner=pruner,
-            )  # fmt: skip
+            )
         except Exception as e:  # the loser of the race sees an integrity error from the storage
             if storage is None or attempt == 4:
                 raise

@@ -139,8 +139,11 @@ def _notes(table: Table, left: Counter, coll: Collection) -> None:
             f"{searched} cell(s) held several hyperparameter settings: each shows the setting with the best mean "
             f"objective (what its protocol lets a run read: validation numbers), never the best {table.metric}"
         )
-    reasons = {"duplicate": "run(s) repeating another run's config and seed", "selection": "run(s) with another "
-               "selection (use --selection)", "metric": f"run(s) without {table.metric}"}  # fmt: skip
+    reasons = {
+        "duplicate": "run(s) repeating another run's config and seed",
+        "selection": "run(s) with another selection (use --selection)",
+        "metric": f"run(s) without {table.metric}",
+    }
     table.notes += [f"left out: {left[k]} {text}" for k, text in reasons.items() if left[k]]
     if coll.incomplete:
         table.notes.append(f"incomplete runs (no results.json): {len(coll.incomplete)}")
@@ -217,15 +220,19 @@ def to_csv(table: Table) -> str:
     """One line per cell (tidy: easy to load with pandas); the notes are left to the caller."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method", "depths", "selection", "dataset", "severity", "conflict_pct", "metric"]
-               + ["mean", "std", "n", "settings", "paper"])  # fmt: skip
+    w.writerow(
+        ["method", "depths", "selection", "dataset", "severity", "conflict_pct", "metric"]
+        + ["mean", "std", "n", "settings", "paper"]
+    )
     for row in table.rows:
         for col in table.cols:
             if (cell := table.cells.get((row, col))) is not None:
                 std = "" if cell.std is None else f"{cell.std:.4f}"
                 paper = (table.published or {}).get((row, col), "")
-                w.writerow([row[0], " ".join(map(str, row[1])), *col, table.metric, f"{cell.mean:.4f}", std]
-                           + [len(cell.values), cell.settings, paper])  # fmt: skip
+                w.writerow(
+                    [row[0], " ".join(map(str, row[1])), *col, table.metric, f"{cell.mean:.4f}", std]
+                    + [len(cell.values), cell.settings, paper]
+                )
     return buf.getvalue()
 
 

@@ -241,8 +241,16 @@ def log_sweep_summary(
 
     config = {"sweep_dir": str(Path(sweep_dir).resolve()), **{f"best/{k}": v for k, v in best.items()}}
     settings = wandb.Settings(console="off", save_code=False)
-    run = wandb.init(project=project, group=group, job_type="sweep-summary", name=f"{group}-summary",
-                     dir=str(sweep_dir), mode=mode, config=config, settings=settings)  # fmt: skip
+    run = wandb.init(
+        project=project,
+        group=group,
+        job_type="sweep-summary",
+        name=f"{group}-summary",
+        dir=str(sweep_dir),
+        mode=mode,
+        config=config,
+        settings=settings,
+    )
     try:
         columns, rows = table
         run.log({"trials": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})

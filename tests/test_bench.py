@@ -13,8 +13,20 @@ def test_cifar_comparison_runs_and_prints(monkeypatch, tmp_path, capsys):
 def test_stacked_rows_time_both_ways_of_stepping(tmp_path):
     from denetdm.data.synthetic import SyntheticShapes
 
-    data = SyntheticShapes(name="synthetic", train_size=600, test_size=100, severity=4, conflict_pct=1,
-                           val_size=100, seed=0, cache_dir=str(tmp_path)).load().to("cpu")  # fmt: skip
+    data = (
+        SyntheticShapes(
+            name="synthetic",
+            train_size=600,
+            test_size=100,
+            severity=4,
+            conflict_pct=1,
+            val_size=100,
+            seed=0,
+            cache_dir=str(tmp_path),
+        )
+        .load()
+        .to("cpu")
+    )
     config = bench._method_config("denetdm")
     for vectorize in (False, True):
         s1, s2 = bench._stacked_step_s(data, config, 2, vectorize, "cpu", steps=2)

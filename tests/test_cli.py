@@ -206,8 +206,13 @@ def test_selected_checkpoints_as_a_wandb_artifact(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     (file,) = (tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb")
     logged = read_run(file)
-    assert logged["artifacts"] == [{"name": f"checkpoints-{logged['run']['id']}", "type": "model",
-                                    "files": ["stage1_selected.pt", "stage2_selected.pt"]}]  # fmt: skip
+    assert logged["artifacts"] == [
+        {
+            "name": f"checkpoints-{logged['run']['id']}",
+            "type": "model",
+            "files": ["stage1_selected.pt", "stage2_selected.pt"],
+        }
+    ]
 
 
 def test_default_command_trains_and_shows_the_effect(tmp_path):

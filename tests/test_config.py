@@ -18,8 +18,12 @@ CASES = [(g.name, f.stem) for g in sorted(CONF.iterdir()) if g.is_dir() for f in
 def _case(group: str, option: str):
     # optional launchers compose only where their plugin is installed (make install-launchers; CI has them)
     req = missing_plugin(option) if group == "launcher" else None
-    return pytest.param(group, option, id=f"{group}={option}",
-                        marks=pytest.mark.skipif(bool(req), reason=f"optional plugin {req} not installed"))  # fmt: skip
+    return pytest.param(
+        group,
+        option,
+        id=f"{group}={option}",
+        marks=pytest.mark.skipif(bool(req), reason=f"optional plugin {req} not installed"),
+    )
 
 
 def test_groups_named_in_the_contract_exist():
@@ -166,10 +170,13 @@ def test_the_sweeper_plugin_is_found_by_hydra_without_importing_optuna():
     assert cfg.hydra.sweeper._target_.endswith("DenetdmOptunaSweeper") and cfg.hydra.sweeper.records_failures
 
 
-@pytest.mark.parametrize("overrides,study", [
-    (["dataset=ccifar10"], "seeds-ccifar10-dataset_preset"),
-    (["experiment=paper_ccifar10"], "seeds-ccifar10-paper_ccifar10"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,study",
+    [
+        (["dataset=ccifar10"], "seeds-ccifar10-dataset_preset"),
+        (["experiment=paper_ccifar10"], "seeds-ccifar10-paper_ccifar10"),
+    ],
+)
 def test_the_seeds_search_says_which_setting_it_runs(overrides, study):
     cfg = compose_cfg([*overrides, "hparams_search=seeds"])
     assert cfg.trial.study == study

@@ -16,12 +16,29 @@ def _image() -> np.ndarray:
 
 def test_both_types_have_ten_corruptions_in_protocol_order():
     assert [f.__name__ for f in TYPES[0]] == [
-        "snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic", "jpeg", "pixelate", "saturate"
-    ]  # fmt: skip
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "spatter",
+        "elastic",
+        "jpeg",
+        "pixelate",
+        "saturate",
+    ]
     assert [f.__name__ for f in TYPES[1]] == [
-        "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "defocus_blur",
-        "glass_blur", "motion_blur", "zoom_blur", "original",
-    ]  # fmt: skip
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "speckle_noise",
+        "gaussian_blur",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        "original",
+    ]
 
 
 @pytest.mark.parametrize("kind,fn", CASES, ids=[f"type{k}-{f.__name__}" for k, f in CASES])

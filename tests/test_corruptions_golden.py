@@ -40,10 +40,27 @@ def _stats(images: np.ndarray) -> np.ndarray:
 
 def test_fixture_order_matches_the_protocol_order():
     assert [f.__name__ for f in FUNCTIONS.values()] == [
-        "snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic", "jpeg", "pixelate", "saturate",
-        "gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "gaussian_blur", "defocus_blur",
-        "glass_blur", "motion_blur", "zoom_blur", "original",
-    ]  # fmt: skip
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "spatter",
+        "elastic",
+        "jpeg",
+        "pixelate",
+        "saturate",
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "speckle_noise",
+        "gaussian_blur",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        "original",
+    ]
 
 
 @pytest.mark.parametrize("level", [1, 2, 3, 4, 5])

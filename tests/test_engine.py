@@ -118,8 +118,13 @@ def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # a faked 3-GPU machine
-    assert [str(resolve_device("auto", slot)) for slot in range(5)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0",
-                                                                        "cuda:1"]  # fmt: skip
+    assert [str(resolve_device("auto", slot)) for slot in range(5)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:0",
+        "cuda:1",
+    ]
     assert str(resolve_device("cuda", 4)) == "cuda:1" and str(resolve_device("cuda:2", 4)) == "cuda:2"  # explicit
     assert str(resolve_device("auto")) == "cuda" and str(resolve_device("cpu", 4)) == "cpu"  # not a sweep job
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

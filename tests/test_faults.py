@@ -16,8 +16,15 @@ from denetdm.tracking import parse_line
 
 from conftest import ROOT, TINY, run_cli
 
-SWEEP = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=4", *TINY, "stage1.epochs=3", "stage2.epochs=2",
-         "threads=1"]  # fmt: skip
+SWEEP = [
+    "-m",
+    "hparams_search=depth_gap",
+    "hydra.sweeper.n_trials=4",
+    *TINY,
+    "stage1.epochs=3",
+    "stage2.epochs=2",
+    "threads=1",
+]
 
 
 def _trials(sweep_dir: Path) -> list[dict]:
@@ -36,8 +43,14 @@ def _epochs(path: Path) -> int:
 def _kill_when(sweep_dir: Path, ready, timeout: float = 300) -> None:
     """Start the sweep and SIGKILL its whole process group once `ready()` holds."""
     cmd = [sys.executable, str(ROOT / "run.py"), *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env=os.environ.copy())  # fmt: skip
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=os.environ.copy(),
+    )
     t0 = time.time()
     while proc.poll() is None and not ready() and time.time() - t0 < timeout:
         time.sleep(0.02)
@@ -160,8 +173,17 @@ def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(t
     study = optuna.create_study(study_name="depth_gap-synthetic", storage=storage, direction="maximize")
     lost = study.ask()  # asked, then killed before its depths were sampled: RUNNING without params
     lost.set_user_attr("sweep_dir", str(sweep.resolve()))
-    proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *TINY, "stage1.epochs=1",
-                    "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=depth_gap",
+            "hydra.sweeper.n_trials=2",
+            *TINY,
+            "stage1.epochs=1",
+            "stage2.epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _trials(sweep)
     assert rows[0]["number"] == lost.number and rows[0]["state"] == "FAIL" and rows[0]["not_drawn"]
@@ -187,8 +209,10 @@ def test_a_second_process_on_a_run_directory_stops_with_one_line_and_a_dead_one_
         proc = run_cli(TINY, run)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {run} is in use")
     # a holder killed with SIGKILL: the kernel drops its lock, so the run goes ahead
-    code = f"import fcntl, time; f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); " \
-           "print('locked', flush=True); time.sleep(60)"  # fmt: skip
+    code = (
+        f"import fcntl, time; f = open({str(run / '.lock')!r}, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('locked', flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
@@ -214,8 +238,14 @@ RUN = [*TINY, "stage1.epochs=3", "stage2.epochs=3", "threads=1"]
 
 
 def _run_with_fault(fault: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "tests" / "faultinject.py"), fault, str(ROOT / "run.py"), *RUN,
-           f"hydra.run.dir={run_dir}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "faultinject.py"),
+        fault,
+        str(ROOT / "run.py"),
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+    ]
     env = {**os.environ, "DENETDM_CACHE": str(cache)}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -425,8 +455,15 @@ def test_a_damaged_trials_line_is_skipped_with_a_warning_and_the_sweep_command_r
     from denetdm.runs import trial_records
 
     sweep = tmp_path / "s"
-    args = ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=3", *TINY, "stage1.epochs=1", "stage2.epochs=1",
-            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    args = [
+        "-m",
+        "hparams_search=depth_gap",
+        "hydra.sweeper.n_trials=3",
+        *TINY,
+        "stage1.epochs=1",
+        "stage2.epochs=1",
+        f"hydra.sweep.dir={sweep}",
+    ]
     assert run_cli(args).returncode == 0
     good = (sweep / "trials.jsonl").read_text()
     lines = good.splitlines(keepends=True)

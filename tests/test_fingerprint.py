@@ -45,9 +45,20 @@ def test_the_listed_keys_do_not_change_it(key):
         assert fingerprint(_set(_config(), key, "something else"), stage) == fingerprint(_config(), stage), key
 
 
-@pytest.mark.parametrize("key,value", [("amp", True), ("device", "cuda"), ("seed", 3), ("dataset.severity", 2),
-                                       ("dataset.conflict_pct", 5), ("optimizer.fused", False), ("stage1.lr", 0.1),
-                                       ("model.shallow.depth", 2), ("selection", "test")])  # fmt: skip
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("amp", True),
+        ("device", "cuda"),
+        ("seed", 3),
+        ("dataset.severity", 2),
+        ("dataset.conflict_pct", 5),
+        ("optimizer.fused", False),
+        ("stage1.lr", 0.1),
+        ("model.shallow.depth", 2),
+        ("selection", "test"),
+    ],
+)
 def test_keys_that_change_the_numbers_change_it(key, value):
     for stage in ("stage1", "stage2"):
         assert fingerprint(_set(_config(), key, value), stage) != fingerprint(_config(), stage), key

@@ -19,20 +19,60 @@ from denetdm.pipeline import train
 
 from conftest import COMMON, compose_cfg
 
-BASE = ["dataset=synthetic", "dataset.train_size=300", "dataset.val_size=100", "dataset.test_size=100",
-        "stage1.epochs=1", "stage2.epochs=1", "threads=1", *COMMON]  # fmt: skip
+BASE = [
+    "dataset=synthetic",
+    "dataset.train_size=300",
+    "dataset.val_size=100",
+    "dataset.test_size=100",
+    "stage1.epochs=1",
+    "stage2.epochs=1",
+    "threads=1",
+    *COMMON,
+]
 
 # the documented configuration keys (docs/configuration.md) (a group choice is fuzzed with strings too)
 KEYS = [
-    "seed", "selection", "selection_metric", "objective", "device", "amp", "captured", "resume", "threads", "progress",
-    "experiment_name", "dataset", "severity", "backbone_depth", "method", "stage", "optimizer",
-    "dataset.biased_val_size", "dataset.conflict_pct", "dataset.val_size", "dataset.subset", "dataset.eval_subset",
-    "dataset.seed", "dataset.train_size", "dataset.test_size",
-    "model.shallow.depth", "model.deep.depth", "model.target.depth", "model.shallow.width", "model.deep.name",
+    "seed",
+    "selection",
+    "selection_metric",
+    "objective",
+    "device",
+    "amp",
+    "captured",
+    "resume",
+    "threads",
+    "progress",
+    "experiment_name",
+    "dataset",
+    "severity",
+    "backbone_depth",
+    "method",
+    "stage",
+    "optimizer",
+    "dataset.biased_val_size",
+    "dataset.conflict_pct",
+    "dataset.val_size",
+    "dataset.subset",
+    "dataset.eval_subset",
+    "dataset.seed",
+    "dataset.train_size",
+    "dataset.test_size",
+    "model.shallow.depth",
+    "model.deep.depth",
+    "model.target.depth",
+    "model.shallow.width",
+    "model.deep.name",
     *(f"stage{i}.{k}" for i in (1, 2) for k in ("epochs", "batch_size", "lr", "weight_decay", "select", "drop_last")),
-    "stage2.poe_weight", "stage2.dist_weight", "stage2.temperature", "stage2.frozen_bn",
-    "optimizer.betas", "optimizer.eps", "probe.every", "probe.split", "probe.steps",
-]  # fmt: skip
+    "stage2.poe_weight",
+    "stage2.dist_weight",
+    "stage2.temperature",
+    "stage2.frozen_bn",
+    "optimizer.betas",
+    "optimizer.eps",
+    "probe.every",
+    "probe.split",
+    "probe.steps",
+]
 
 WORDS = ["cpu", "cuda", "auto", "val", "test", "oracle", "acc", "eval", "train", "mlp", "shallow/acc", "true", "none"]
 VALUES = st.one_of(
@@ -75,9 +115,14 @@ def one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 # no shrinking: a failure names its example at once (shrinking re-ran failing training runs for minutes, and their
 # tracebacks held the memory of each); the examples drawn can vary with timing, so a failure may show in one run only
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          phases=[Phase.explicit, Phase.reuse, Phase.generate],
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(key=st.sampled_from(KEYS), value=VALUES)
 @example(key="optimizer.betas", value=[])  # found by this test: torch's IndexError
 @example(key="threads", value=2**31)  # found by this test: torch started them all

@@ -42,8 +42,17 @@ def cifar_tree(tmp_path_factory) -> Path:
 
 
 def _ccifar(source, cache, **kw):
-    args = dict(name="ccifar10", root="/nonexistent", source=str(source), severity=4, conflict_pct=5,
-                val_size=50, seed=0, cache_dir=str(cache), workers=2)  # fmt: skip
+    args = dict(
+        name="ccifar10",
+        root="/nonexistent",
+        source=str(source),
+        severity=4,
+        conflict_pct=5,
+        val_size=50,
+        seed=0,
+        cache_dir=str(cache),
+        workers=2,
+    )
     return CorruptedCIFAR10(**{**args, **kw})
 
 
@@ -114,9 +123,17 @@ def test_bffhq_bad_names_and_empty_splits_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
-    args = [*COMMON, "dataset=ccifar10", f"dataset.source={cifar_tree}", "dataset.val_size=50",
-            "dataset.eval_subset=50", "stage1.epochs=1", "stage2.epochs=1",
-            "stage1.batch_size=64", "stage2.batch_size=64"]  # fmt: skip
+    args = [
+        *COMMON,
+        "dataset=ccifar10",
+        f"dataset.source={cifar_tree}",
+        "dataset.val_size=50",
+        "dataset.eval_subset=50",
+        "stage1.epochs=1",
+        "stage2.epochs=1",
+        "stage1.batch_size=64",
+        "stage2.batch_size=64",
+    ]
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = read_results(tmp_path / "r")
@@ -127,8 +144,16 @@ def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
 @pytest.mark.slow
 def test_bffhq_end_to_end(tmp_path):
     top = _bffhq_tree(tmp_path / "bffhq", "b", np.random.default_rng(3))
-    args = [*COMMON, "dataset=bffhq", f"dataset.root={top}", "dataset.image_size=48", "stage1.epochs=1",
-            "stage2.epochs=1", "stage1.batch_size=16", "stage2.batch_size=16"]  # fmt: skip
+    args = [
+        *COMMON,
+        "dataset=bffhq",
+        f"dataset.root={top}",
+        "dataset.image_size=48",
+        "stage1.epochs=1",
+        "stage2.epochs=1",
+        "stage1.batch_size=16",
+        "stage2.batch_size=16",
+    ]
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = read_results(tmp_path / "r")
@@ -152,8 +177,17 @@ def test_bffhq_refuses_arguments_it_would_ignore(tmp_path):
 
 def test_preview_writes_a_contact_sheet(tmp_path, capsys):
     out = tmp_path / "sheet.png"
-    preview_main(["dataset=synthetic", "dataset.train_size=600", "dataset.test_size=300", "dataset.val_size=50",
-                  "dataset.conflict_pct=5", "--out", str(out)])  # fmt: skip
+    preview_main(
+        [
+            "dataset=synthetic",
+            "dataset.train_size=600",
+            "dataset.test_size=300",
+            "dataset.val_size=50",
+            "dataset.conflict_pct=5",
+            "--out",
+            str(out),
+        ]
+    )
     img = Image.open(out)
     assert img.size[0] > 10 * 64 and img.size[1] > 10 * 64  # 10 x 10 cells of 64 px
     assert "10 classes x 10 bias values" in capsys.readouterr().out

@@ -135,8 +135,9 @@ def test_groupdro_samples_groups_as_the_references_weighted_sampler():
     counts = (torch.arange(16).unsqueeze(1) == groups).sum(1).float()  # group_DRO's DRODataset._group_counts
     weights = (len(groups) / counts)[groups]  # its get_loader(reweight_groups=True)
     assert torch.equal(method.draw_weights, weights.double())
-    reference = torch.utils.data.WeightedRandomSampler(weights, len(groups), replacement=True,
-                                                       generator=torch.Generator().manual_seed(5))  # fmt: skip
+    reference = torch.utils.data.WeightedRandomSampler(
+        weights, len(groups), replacement=True, generator=torch.Generator().manual_seed(5)
+    )
     ours = method.epoch_order(len(groups), torch.Generator().manual_seed(5))
     assert ours.tolist() == list(reference)
     # groups equally likely: over many epochs the rarest group is drawn about as often as the largest
@@ -172,8 +173,16 @@ def test_groupdro_weight_update():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("preset", ["mlp", pytest.param("cnn3_resnet20", marks=pytest.mark.slow)])
 def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset, tmp_path):
-    overrides = [*TINY, f"method={method}", f"backbone_depth={preset}", "dataset.train_size=300",
-                 "dataset.test_size=100", "dataset.val_size=50", "stage1.epochs=1", "stage2.epochs=2"]  # fmt: skip
+    overrides = [
+        *TINY,
+        f"method={method}",
+        f"backbone_depth={preset}",
+        "dataset.train_size=300",
+        "dataset.test_size=100",
+        "dataset.val_size=50",
+        "stage1.epochs=1",
+        "stage2.epochs=2",
+    ]
     if preset != "mlp":  # coloured shapes as 3x28x28 images: a CNN of one conv layer and ResNet-8 fit them
         overrides += ["model.shallow.depth=1", "model.deep.depth=8", "stage1.batch_size=128", "stage2.batch_size=128"]
     if method == "jtt":
@@ -200,16 +209,21 @@ def _history(values: dict[str, list[float]]) -> list[dict]:
     [("val", 1), ("oracle", 2), ("test", 2), ("val_nolabels", 0), ("val_biased_nolabels", 3), ("last", 3)],
 )
 def test_each_protocol_picks_its_documented_epoch(name, best):
-    history = _history({
-        "val/acc_unbiased": [0.2, 0.9, 0.5, 0.1], "val/acc": [0.8, 0.3, 0.4, 0.2],
-        "test/acc_unbiased": [0.1, 0.2, 0.95, 0.3], "val_biased/acc": [0.1, 0.2, 0.3, 0.99],
-    })  # fmt: skip
+    history = _history(
+        {
+            "val/acc_unbiased": [0.2, 0.9, 0.5, 0.1],
+            "val/acc": [0.8, 0.3, 0.4, 0.2],
+            "test/acc_unbiased": [0.1, 0.2, 0.95, 0.3],
+            "val_biased/acc": [0.1, 0.2, 0.3, 0.99],
+        }
+    )
     key = protocol(name).key("s", "target/acc_unbiased", "acc")
     scores = [len(history) if key is None else h[key] for h in history]
     chosen = len(history) - 1 if key is None else max(range(len(history)), key=scores.__getitem__)
     assert chosen == best
-    assert protocol(name).bias_labels == (PROTOCOLS[protocol(name).name].split in ("val", "test") and "nolabels"
-                                          not in name and name != "last")  # fmt: skip
+    assert protocol(name).bias_labels == (
+        PROTOCOLS[protocol(name).name].split in ("val", "test") and "nolabels" not in name and name != "last"
+    )
 
 
 def test_label_free_protocols_never_read_a_bias_labelled_metric():
@@ -275,8 +289,20 @@ def test_bench_times_every_phase_of_a_method(tmp_path):
     from denetdm import bench
     from denetdm.data.synthetic import SyntheticShapes
 
-    data = SyntheticShapes(name="synthetic", train_size=300, test_size=100, severity=4, conflict_pct=5, val_size=50,
-                           seed=0, cache_dir=str(tmp_path)).load().to("cpu")  # fmt: skip
+    data = (
+        SyntheticShapes(
+            name="synthetic",
+            train_size=300,
+            test_size=100,
+            severity=4,
+            conflict_pct=5,
+            val_size=50,
+            seed=0,
+            cache_dir=str(tmp_path),
+        )
+        .load()
+        .to("cpu")
+    )
     args = type("Args", (), {"epochs": 1, "device": "cpu"})()
     rows = bench._time_method("jtt", data, args)
     assert [r[0] for r in rows] == ["jtt_id", "jtt"] and all(r[1] > 0 for r in rows)

@@ -105,8 +105,11 @@ def test_stage2_head_starts_from_stage1_and_only_the_target_moves():
 
 def _bn_stage2(frozen_bn: str) -> DeNetDMStage2:
     """Stage 2 over CNN experts, whose BatchNorm statistics can move."""
-    specs = {"deep": {"name": "resnet_cifar", "depth": 8}, "shallow": {"name": "cnn", "depth": 3},
-             "target": {"name": "cnn", "depth": 3}}  # fmt: skip
+    specs = {
+        "deep": {"name": "resnet_cifar", "depth": 8},
+        "shallow": {"name": "cnn", "depth": 3},
+        "target": {"name": "cnn", "depth": 3},
+    }
     y = torch.arange(16) % 10
     ctx = BuildContext(SHAPE, 10, 10, specs, Split(torch.rand(16, *SHAPE), y, y), ADAM, lr=1e-2)
     torch.manual_seed(0)
@@ -194,12 +197,24 @@ def test_reference_cnn_presets():
 def _reference_bffhq_shallow() -> nn.Sequential:
     """The reference's BFFHQ shallow expert as its module/model.py writes it (facts: layers and their order)."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, kernel_size=7), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(64, 128, kernel_size=3), nn.BatchNorm2d(128), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(128, 512, kernel_size=3), nn.MaxPool2d(2, 2), nn.BatchNorm2d(512), nn.ReLU(),
-        nn.Conv2d(512, 512, kernel_size=3), nn.BatchNorm2d(512), nn.ReLU(),
-        nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(),
-    )  # fmt: skip
+        nn.Conv2d(3, 64, kernel_size=7),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(64, 128, kernel_size=3),
+        nn.BatchNorm2d(128),
+        nn.ReLU(),
+        nn.MaxPool2d(2, 2),
+        nn.Conv2d(128, 512, kernel_size=3),
+        nn.MaxPool2d(2, 2),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.Conv2d(512, 512, kernel_size=3),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+    )
 
 
 def _layer_list(model: nn.Module) -> list[tuple]:
@@ -277,10 +292,15 @@ def test_mlp_input_scale_multiplies_the_input_and_is_absent_by_default():
 
 @pytest.mark.parametrize(
     "name, kwargs, words",
-    [("mlp", {"depth": 2**31}, "at most 2000"), ("resnet_cifar", {"depth": 6 * 10**6 + 2}, "at most 2000"),
-     ("mlp", {"width": 65536}, "parameters"), ("cnn", {"channels": [100000]}, "parameters"),
-     ("mlp", {"width": 2**31}, "more than torch can index"), ("mlp", {"width": 2**63}, "past what torch can index")],
-)  # fmt: skip
+    [
+        ("mlp", {"depth": 2**31}, "at most 2000"),
+        ("resnet_cifar", {"depth": 6 * 10**6 + 2}, "at most 2000"),
+        ("mlp", {"width": 65536}, "parameters"),
+        ("cnn", {"channels": [100000]}, "parameters"),
+        ("mlp", {"width": 2**31}, "more than torch can index"),
+        ("mlp", {"width": 2**63}, "past what torch can index"),
+    ],
+)
 def test_models_too_large_to_build_are_one_error_before_any_memory_is_taken(name, kwargs, words):
     # found by tests/test_fuzz.py: model.deep.depth=2147483648 built layers until the machine swapped
     with pytest.raises(ConfigError, match=words):

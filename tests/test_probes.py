@@ -82,8 +82,10 @@ def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
     from denetdm.runs import collect
 
     for seed in (0, 1):
-        train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=2", "probe.every=1", f"seed={seed}"]),
-              tmp_path / "sweep" / str(seed))  # fmt: skip
+        train(
+            compose_cfg([*TINY, "stage=stage1", "stage1.epochs=2", "probe.every=1", f"seed={seed}"]),
+            tmp_path / "sweep" / str(seed),
+        )
     assert probe_curves(collect([tmp_path / "sweep" / "0"]), tmp_path / "one.png") is not None  # a single run
     out = probe_curves(collect([tmp_path / "sweep"]), tmp_path / "two.png")  # mean and band over the seeds
     assert out is not None and out.stat().st_size > 10_000
@@ -99,9 +101,17 @@ def test_depth_analysis_runs_end_to_end_on_tiny_data(tmp_path):
     from denetdm.analysis.depth import analyse
     from denetdm.cli import CONF
 
-    overrides = ["dataset=synthetic", "dataset.train_size=300", "dataset.test_size=100", "dataset.val_size=100",
-                 "analysis.depths=[1,2,3]", "analysis.seeds=2", "analysis.epochs=1", "analysis.steps=20",
-                 "logger=none"]  # fmt: skip
+    overrides = [
+        "dataset=synthetic",
+        "dataset.train_size=300",
+        "dataset.test_size=100",
+        "dataset.val_size=100",
+        "analysis.depths=[1,2,3]",
+        "analysis.seeds=2",
+        "analysis.epochs=1",
+        "analysis.steps=20",
+        "logger=none",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="depth", overrides=overrides)
     result = analyse(cfg, tmp_path / "d")
@@ -121,6 +131,17 @@ def test_depth_analysis_bad_values_are_one_error_line(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "denetdm.analysis.depth", "dataset=synthetic", "analysis.depths=[a]",
-                           "logger=none", f"hydra.run.dir={tmp_path}"], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "denetdm.analysis.depth",
+            "dataset=synthetic",
+            "analysis.depths=[a]",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: analysis.depths")

@@ -23,8 +23,17 @@ def test_a_spent_budget_runs_nothing_and_says_so(tmp_path, capsys):
 @pytest.mark.slow
 def test_tiny_steps_come_back_as_records(cifar_tree, tmp_path):  # noqa: F811
     pack = tmp_path / "records.tar.gz"
-    args = ["--out", str(tmp_path / "o"), "--tiny", "--cifar-source", str(cifar_tree), "--pack", str(pack),
-            "--steps", "ccifar10_denetdm"]  # fmt: skip
+    args = [
+        "--out",
+        str(tmp_path / "o"),
+        "--tiny",
+        "--cifar-source",
+        str(cifar_tree),
+        "--pack",
+        str(pack),
+        "--steps",
+        "ccifar10_denetdm",
+    ]
     assert reproduce.main(args) == 0
     with tarfile.open(pack) as tar:
         records = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.isfile()}

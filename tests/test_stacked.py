@@ -72,8 +72,11 @@ def test_a_stack_of_3_gives_each_member_the_numbers_of_its_plain_run(family, met
 
 
 def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_path):
-    per_member = [["stage2.poe_weight=1.0"], ["stage2.poe_weight=0.3", "stage2.dist_weight=0.5", "stage2.lr=0.003"],
-                  ["stage2.temperature=4", "seed=2", "stage1.lr=0.002"]]  # fmt: skip
+    per_member = [
+        ["stage2.poe_weight=1.0"],
+        ["stage2.poe_weight=0.3", "stage2.dist_weight=0.5", "stage2.lr=0.003"],
+        ["stage2.temperature=4", "seed=2", "stage1.lr=0.002"],
+    ]
     for plain, stacked in _plain_and_stacked(tmp_path, per_member):
         assert _records(plain) == _records(stacked)
     data = compose_cfg(TINY)
@@ -98,8 +101,11 @@ def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_plain_runs(optimizer, tmp_path):
-    per_member = [["stage1.lr=0.001"], ["stage1.lr=0.002", "stage2.lr=0.003", "stage2.weight_decay=0.01"],
-                  ["stage1.weight_decay=0.02", "seed=2"]]  # fmt: skip
+    per_member = [
+        ["stage1.lr=0.001"],
+        ["stage1.lr=0.002", "stage2.lr=0.003", "stage2.weight_decay=0.01"],
+        ["stage1.weight_decay=0.02", "seed=2"],
+    ]
     if optimizer == "sgd":  # the preset's SGD momentum is in its yaml; larger steps suit it
         per_member = [[*m, "optimizer.momentum=0.9"] for m in per_member]
     pairs = _plain_and_stacked(tmp_path, [[f"optimizer={optimizer}", *m] for m in per_member], vectorize=True)

@@ -100,7 +100,12 @@ def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside()
     rows = published["stage1/shallow/test/acc_conflicting"]
     assert grid == {tuple(int(d) for d in row.split("(")[1].rstrip(")").split(", ")) for row in rows}
     assert preset["hydra"]["sweeper"]["params"]["seed"] == "0,1,2"
-    table = Table("stage1/shallow/test/acc_conflicting", ["val"], rows=[("DeNetDM stage 1", (3, 4))],
-                  cols=[("val", "cmnist", "4", 1.0)], names={"DeNetDM stage 1": "denetdm_stage1"})  # fmt: skip
+    table = Table(
+        "stage1/shallow/test/acc_conflicting",
+        ["val"],
+        rows=[("DeNetDM stage 1", (3, 4))],
+        cols=[("val", "cmnist", "4", 1.0)],
+        names={"DeNetDM stage 1": "denetdm_stage1"},
+    )
     add_published(table)
     assert table.published == {(table.rows[0], table.cols[0]): "72.20"}

@@ -69,16 +69,25 @@ def test_table_lists_incomplete_runs_and_counts_a_repeated_run_once(capsys):
 
 
 def _fake_run(path: str, seed: int, lr: float, val: float, test: float) -> Run:
-    config = {"model": {"shallow": {"depth": 3}, "deep": {"depth": 5}}, "severity": {"level": "4"}, "seed": seed,
-              "dataset": {"name": "toy", "conflict_pct": 1, "seed": seed}, "stage2": {"lr": lr}}  # fmt: skip
+    config = {
+        "model": {"shallow": {"depth": 3}, "deep": {"depth": 5}},
+        "severity": {"level": "4"},
+        "seed": seed,
+        "dataset": {"name": "toy", "conflict_pct": 1, "seed": seed},
+        "stage2": {"lr": lr},
+    }
     results = {"config": config, "selection": "val", "stages": ["stage1", "stage2"]}
     return Run(Path(path), {**results, "val/acc_unbiased": val, "test/acc_unbiased": test})
 
 
 def test_a_cell_with_several_settings_shows_the_one_best_on_validation():
     # lr 0.1 is better on validation, lr 0.01 on test: the table must not peek at test
-    runs = [_fake_run("a", 0, 0.1, 0.9, 0.5), _fake_run("b", 1, 0.1, 0.8, 0.6),
-            _fake_run("c", 0, 0.01, 0.7, 0.9), _fake_run("d", 1, 0.01, 0.7, 0.9)]  # fmt: skip
+    runs = [
+        _fake_run("a", 0, 0.1, 0.9, 0.5),
+        _fake_run("b", 1, 0.1, 0.8, 0.6),
+        _fake_run("c", 0, 0.01, 0.7, 0.9),
+        _fake_run("d", 1, 0.01, 0.7, 0.9),
+    ]
     table = build_table(Collection(runs=runs))
     (cell,) = table.cells.values()
     assert cell.values == pytest.approx([50.0, 60.0]) and cell.settings == 2
@@ -99,9 +108,11 @@ def test_best_reads_optimization_results_and_finds_the_run(capsys):
     assert f"best value (val/acc_unbiased): {top['value']:.4f}" in out
     assert f"best_trial: {top['number']}" in out
     assert f"model.shallow.depth={top['params']['model.shallow.depth']}" in out
-    run = next(j for j in (SWEEPS / "depth_gap").iterdir()
-               if j.is_dir() and json.loads((j / "results.json").read_text())["config"]["trial"]["number"]
-               == top["number"])  # fmt: skip
+    run = next(
+        j
+        for j in (SWEEPS / "depth_gap").iterdir()
+        if j.is_dir() and json.loads((j / "results.json").read_text())["config"]["trial"]["number"] == top["number"]
+    )
     assert f"best_run: depth_gap/{run.name}" in out
 
 
@@ -137,8 +148,14 @@ def test_wandb_summary_run_offline(tmp_path):
     sweep = tmp_path / "depth_gap"
     subprocess.run(["cp", "-r", str(SWEEPS / "depth_gap"), str(sweep)], check=True)
     env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.run([sys.executable, "sweep.py", "wandb", str(sweep)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "sweep.py", "wandb", str(sweep)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (path,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
     logged = read_run(path)
@@ -174,9 +191,14 @@ def collect_fixture() -> list[Run]:
 
 
 def _method_run(path: str, method: str, label: str, selection: str, test: float, seed: int = 0) -> Run:
-    config = {"model": {"target": {"depth": 5}, "shallow": {"depth": 3}, "deep": {"depth": 5}}, "seed": seed,
-              "severity": {"level": 4}, "dataset": {"name": "cmnist", "conflict_pct": 1, "seed": seed},
-              "method": {"name": method, "row_depths": ["target"]}, "selection": selection}  # fmt: skip
+    config = {
+        "model": {"target": {"depth": 5}, "shallow": {"depth": 3}, "deep": {"depth": 5}},
+        "seed": seed,
+        "severity": {"level": 4},
+        "dataset": {"name": "cmnist", "conflict_pct": 1, "seed": seed},
+        "method": {"name": method, "row_depths": ["target"]},
+        "selection": selection,
+    }
     results = {"config": config, "selection": selection, "stages": ["x"], "method": method, "method_label": label}
     return Run(Path(path), {**results, "objective": 0.5, "test/acc_unbiased": test})
 

@@ -22,8 +22,17 @@ def _jobs(sweep_dir):
 
 def test_depth_gap_samples_only_legal_pairs_and_records_the_best(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=3", *TINY, "stage1.epochs=1",
-                    "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=depth_gap",
+            "hydra.sweeper.n_trials=3",
+            *TINY,
+            "stage1.epochs=1",
+            "stage2.epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     jobs = _jobs(sweep)
     assert len(jobs) == 3
@@ -42,11 +51,23 @@ def test_depth_gap_samples_only_legal_pairs_and_records_the_best(tmp_path):
 def test_seeds_sweep_runs_each_combination(tmp_path):
     sweep = tmp_path / "sweep"
     # command-line sweeps take precedence over the ones in hparams_search/seeds.yaml
-    proc = run_cli(["-m", "hparams_search=seeds", *TINY, "seed=0,1", "dataset.conflict_pct=1,5", "stage1.epochs=1",
-                    "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=seeds",
+            *TINY,
+            "seed=0,1",
+            "dataset.conflict_pct=1,5",
+            "stage1.epochs=1",
+            "stage2.epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    combos = {(r["seed"], r["config"]["dataset"]["conflict_pct"])
-              for r in (json.loads((j / "results.json").read_text()) for j in _jobs(sweep))}  # fmt: skip
+    combos = {
+        (r["seed"], r["config"]["dataset"]["conflict_pct"])
+        for r in (json.loads((j / "results.json").read_text()) for j in _jobs(sweep))
+    }
     assert combos == {(0, 1), (0, 5), (1, 1), (1, 5)}
 
 
@@ -56,8 +77,14 @@ def _trials(sweep_dir):
 
 # with seed 0, TPE samples shallow depth 0 (an illegal MLP depth) in some trials of this space (the second is one),
 # and (1, 3) in the others
-BAD_DEPTHS = ["hparams_search=depth_gap", "search.shallow.low=0", "search.shallow.high=1", "search.deep.low=3",
-              "search.deep.high=3", "hydra.sweeper.n_trials=6"]  # fmt: skip
+BAD_DEPTHS = [
+    "hparams_search=depth_gap",
+    "search.shallow.low=0",
+    "search.shallow.high=1",
+    "search.deep.low=3",
+    "search.deep.high=3",
+    "hydra.sweeper.n_trials=6",
+]
 
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
@@ -97,8 +124,9 @@ def test_too_many_failures_stop_the_sweep_with_one_line_and_keep_the_finished_tr
 
 def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *TINY, "model.shallow.depth=0,3", "stage1.epochs=1", "stage2.epochs=1",
-                    f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        ["-m", *TINY, "model.shallow.depth=0,3", "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (sweep / "1" / "results.json").exists() and not (sweep / "0" / "results.json").exists()
     assert "trial failed: mlp depth" in (sweep / "0" / "run.log").read_text()
@@ -107,8 +135,10 @@ def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
 def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tmp_path):
     sweep = tmp_path / "sweep"
     args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "stage1.epochs=3", "stage2.epochs=1"]
-    proc = run_cli(["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *args, f"hydra.sweep.dir={sweep}"],
-                   env={"WANDB_MODE": "offline"})  # fmt: skip
+    proc = run_cli(
+        ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *args, f"hydra.sweep.dir={sweep}"],
+        env={"WANDB_MODE": "offline"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for t in _trials(sweep):
         if "job" not in t:
@@ -135,9 +165,19 @@ def test_two_workers_share_one_study(tmp_path):
     optuna.create_study(study_name="shared", storage=storage, direction="maximize")
     procs = []
     for worker in (0, 1):
-        args = ["-m", "hparams_search=distill", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
-                "hydra.sweeper.study_name=shared", f"hydra.sweeper.sampler.seed={worker}", "threads=1", *TINY,
-                "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={tmp_path / f'worker{worker}'}"]  # fmt: skip
+        args = [
+            "-m",
+            "hparams_search=distill",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.study_name=shared",
+            f"hydra.sweeper.sampler.seed={worker}",
+            "threads=1",
+            *TINY,
+            "stage1.epochs=1",
+            "stage2.epochs=1",
+            f"hydra.sweep.dir={tmp_path / f'worker{worker}'}",
+        ]
         cmd = [sys.executable, str(ROOT / "run.py"), *args]
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
@@ -157,16 +197,30 @@ def test_two_workers_share_one_study(tmp_path):
     from denetdm.runs import trial_records
 
     assert [r["number"] for r in trial_records(tmp_path)] == [0, 1, 2, 3]
-    best = subprocess.run([sys.executable, "sweep.py", "best", "--storage", storage, "--study-name", "shared"],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    best = subprocess.run(
+        [sys.executable, "sweep.py", "best", "--storage", storage, "--study-name", "shared"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert best.returncode == 0 and f"{max(ran.values()):.4f}" in best.stdout
 
 
 @pytest.mark.skipif(bool(missing_plugin("joblib")), reason="optional hydra-joblib-launcher not installed")
 def test_joblib_launcher_runs_trials_in_parallel_batches(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hparams_search=depth_gap", "launcher=joblib", "hydra.sweeper.n_trials=4", *TINY,
-                    "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=depth_gap",
+            "launcher=joblib",
+            "hydra.sweeper.n_trials=4",
+            *TINY,
+            "stage1.epochs=1",
+            "stage2.epochs=1",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("Joblib.Parallel(n_jobs=2") == 2  # two batches of two trials
     trials = _trials(sweep)
@@ -191,8 +245,19 @@ def test_a_fixed_value_of_a_searched_parameter_is_one_clear_line(tmp_path):
 
 def test_seeds_sweep_over_methods_gives_one_table_row_each(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hparams_search=seeds", "method=erm,groupdro,denetdm", "seed=0", "dataset.conflict_pct=1",
-                    *TINY, "stage1.epochs=1", "stage2.epochs=2", f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    proc = run_cli(
+        [
+            "-m",
+            "hparams_search=seeds",
+            "method=erm,groupdro,denetdm",
+            "seed=0",
+            "dataset.conflict_pct=1",
+            *TINY,
+            "stage1.epochs=1",
+            "stage2.epochs=2",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {json.loads((j / "results.json").read_text())["method"] for j in _jobs(sweep)} == {
         "erm",

@@ -91,16 +91,34 @@ def run_analysis(cfg: DictConfig) -> dict:
     for depth in depths:
         for seed in range(int(cfg.seed), int(cfg.seed) + int(cfg.analysis.seeds)):
             method = _network(cfg, data, depth, seed)
-            rows.append({"depth": depth, "seed": seed, "phase": "init",
-                         **_measure(method, data, cfg.analysis.split, seed, cfg.analysis.steps)})  # fmt: skip
+            rows.append(
+                {
+                    "depth": depth,
+                    "seed": seed,
+                    "phase": "init",
+                    **_measure(method, data, cfg.analysis.split, seed, cfg.analysis.steps),
+                }
+            )
             _train(method, data, cfg, seed)
-            rows.append({"depth": depth, "seed": seed, "phase": "trained",
-                         **_measure(method, data, cfg.analysis.split, seed, cfg.analysis.steps)})  # fmt: skip
-            log.info("depth %d seed %d: %s", depth, seed, {k: round(v, 3) for k, v in rows[-1].items()
-                                                          if k in MEASURES})  # fmt: skip
-    return {"dataset": data.name, "family": cfg.model[cfg.analysis.family].name, "depths": depths,
-            "analysis": OmegaConf.to_container(cfg.analysis, resolve=True), "rows": rows,
-            "summary": summarise(rows)}  # fmt: skip
+            rows.append(
+                {
+                    "depth": depth,
+                    "seed": seed,
+                    "phase": "trained",
+                    **_measure(method, data, cfg.analysis.split, seed, cfg.analysis.steps),
+                }
+            )
+            log.info(
+                "depth %d seed %d: %s", depth, seed, {k: round(v, 3) for k, v in rows[-1].items() if k in MEASURES}
+            )
+    return {
+        "dataset": data.name,
+        "family": cfg.model[cfg.analysis.family].name,
+        "depths": depths,
+        "analysis": OmegaConf.to_container(cfg.analysis, resolve=True),
+        "rows": rows,
+        "summary": summarise(rows),
+    }
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -124,10 +142,16 @@ def plot(result: dict, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = ((axes[0], (("probe_y", "core (class)"), ("probe_b", "bias")), "linear probe accuracy (%)", 100),
-              (axes[1], (("rank", "features"),), "effective rank of the features", 1),
-              (axes[2], (("rank_y", "class means"), ("rank_b", "bias-value means")),
-               "effective rank of an attribute's means", 1))  # fmt: skip
+    panels = (
+        (axes[0], (("probe_y", "core (class)"), ("probe_b", "bias")), "linear probe accuracy (%)", 100),
+        (axes[1], (("rank", "features"),), "effective rank of the features", 1),
+        (
+            axes[2],
+            (("rank_y", "class means"), ("rank_b", "bias-value means")),
+            "effective rank of an attribute's means",
+            1,
+        ),
+    )
     for ax, measures, ylabel, scale in panels:
         for phase, style in (("init", "--s"), ("trained", "-o")):
             for i, (m, name) in enumerate(measures):
@@ -137,16 +161,20 @@ def plot(result: dict, path: Path) -> Path:
                 std = [scale * v[1] for v in s.values()]
                 colour = plt.get_cmap("tab10")(i)
                 ax.plot(xs, mean, style, ms=3, color=colour, label=f"{name}, {phase}")
-                ax.fill_between(xs, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)],
-                                color=colour, alpha=0.12)  # fmt: skip
+                ax.fill_between(
+                    xs, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], color=colour, alpha=0.12
+                )
         ax.set_xlabel(f"depth ({result['family']})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, handlelength=3.5)
     n = result["analysis"]["seeds"]
-    fig.suptitle(f"{result['dataset']}: {result['family']} by depth, at init and after "
-                 f"{result['analysis']['epochs']} ERM epochs (mean +- std over {n} seeds)", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"{result['dataset']}: {result['family']} by depth, at init and after "
+        f"{result['analysis']['epochs']} ERM epochs (mean +- std over {n} seeds)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -163,8 +191,14 @@ def analyse(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir=str(run_dir), run_config=OmegaConf.to_container(cfg, resolve=True)
     )
     with logger:
-        logger.summary({f"depth/{phase}/{m}/{d}": v[0] for phase, ms in result["summary"].items()
-                        for m, ds in ms.items() for d, v in ds.items()})  # fmt: skip
+        logger.summary(
+            {
+                f"depth/{phase}/{m}/{d}": v[0]
+                for phase, ms in result["summary"].items()
+                for m, ds in ms.items()
+                for d, v in ds.items()
+            }
+        )
         logger.image("depth", png)
     print(f"wrote {run_dir / 'depth.json'} and {png}")
     return result

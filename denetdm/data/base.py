@@ -70,9 +70,17 @@ class BiasedDataset:
                 self.biased_val_size, generator(self.seed, "biased-val")
             )
         data = BiasedData(
-            self.name, split["train"], split["val"], split["test"], self.num_classes, self.num_biases, info,
-            normalize=self.normalize, augment=self.augmentation(), val_biased=val_biased,
-        )  # fmt: skip
+            self.name,
+            split["train"],
+            split["val"],
+            split["test"],
+            self.num_classes,
+            self.num_biases,
+            info,
+            normalize=self.normalize,
+            augment=self.augmentation(),
+            val_biased=val_biased,
+        )
         return data.subsets(self.subset, self.eval_subset, generator(self.seed, "subsets"))
 
 

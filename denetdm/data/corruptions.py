@@ -307,8 +307,9 @@ def _water(x: np.ndarray, liquid: np.ndarray, intensity: float) -> np.ndarray:
     m /= np.max(m, axis=(0, 1))
     m *= intensity
     ones = np.ones_like(m[..., :1])
-    color = cv2.cvtColor(np.concatenate([175 / 255.0 * ones, 238 / 255.0 * ones, 238 / 255.0 * ones], 2),
-                         cv2.COLOR_BGR2BGRA)  # fmt: skip
+    color = cv2.cvtColor(
+        np.concatenate([175 / 255.0 * ones, 238 / 255.0 * ones, 238 / 255.0 * ones], 2), cv2.COLOR_BGR2BGRA
+    )
     x = cv2.cvtColor(x, cv2.COLOR_BGR2BGRA)
     return cv2.cvtColor(np.clip(x + m * color, 0, 1), cv2.COLOR_BGRA2BGR) * 255
 
@@ -371,9 +372,19 @@ def original(img: np.ndarray, level: int, rng: Rng) -> np.ndarray:
 # bias index -> corruption, for the two protocols of LfF
 TYPES = {
     0: (snow, frost, fog, brightness, contrast, spatter, elastic, jpeg, pixelate, saturate),
-    1: (gaussian_noise, shot_noise, impulse_noise, speckle_noise, gaussian_blur, defocus_blur, glass_blur,
-        motion_blur, zoom_blur, original),
-}  # fmt: skip
+    1: (
+        gaussian_noise,
+        shot_noise,
+        impulse_noise,
+        speckle_noise,
+        gaussian_blur,
+        defocus_blur,
+        glass_blur,
+        motion_blur,
+        zoom_blur,
+        original,
+    ),
+}
 
 
 def corrupt(img: np.ndarray, fn, level: int, rng: Rng) -> np.ndarray:

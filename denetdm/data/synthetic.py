@@ -85,8 +85,9 @@ class SyntheticShapes(ColoredDataset):
 
     def __init__(self, train_size: int = 11000, test_size: int = 2000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.train_size, self.test_size = (_size(f"dataset.{k}", v) for k, v in (("train_size", train_size),
-                                                                                 ("test_size", test_size)))  # fmt: skip
+        self.train_size, self.test_size = (
+            _size(f"dataset.{k}", v) for k, v in (("train_size", train_size), ("test_size", test_size))
+        )
 
     def source_params(self) -> dict:
         return {"shapes": "v3", "train_size": self.train_size, "test_size": self.test_size}

@@ -25,9 +25,15 @@ class GroupDRO(ERM):
     """A network of the `arch` spec trained on the worst-weighted mixture of group losses."""
 
     def __init__(
-        self, model: Classifier, optimizer: torch.optim.Optimizer | None, groups: torch.Tensor, num_groups: int,
-        eta: float = 0.01, adjustment: float = 0.0, sampler: str = "balanced",
-    ) -> None:  # fmt: skip
+        self,
+        model: Classifier,
+        optimizer: torch.optim.Optimizer | None,
+        groups: torch.Tensor,
+        num_groups: int,
+        eta: float = 0.01,
+        adjustment: float = 0.0,
+        sampler: str = "balanced",
+    ) -> None:
         super().__init__(model, optimizer)
         self.eta, self.num_groups = float(eta), num_groups
         counts = torch.bincount(groups, minlength=num_groups).float()
@@ -40,9 +46,14 @@ class GroupDRO(ERM):
 
     @classmethod
     def check(
-        cls, phase: str, schedules: dict, arch: str = "target", eta: float = 0.01, adjustment: float = 0.0,
+        cls,
+        phase: str,
+        schedules: dict,
+        arch: str = "target",
+        eta: float = 0.01,
+        adjustment: float = 0.0,
         sampler: str = "balanced",
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`eta` > 0, `adjustment` >= 0, a known sampler."""
         check_arch(arch)
         number("method.eta", eta, strict=True)
@@ -52,9 +63,14 @@ class GroupDRO(ERM):
 
     @classmethod
     def build(
-        cls, ctx: BuildContext, previous: Method | None = None, arch="target", eta=0.01, adjustment=0.0,
+        cls,
+        ctx: BuildContext,
+        previous: Method | None = None,
+        arch="target",
+        eta=0.01,
+        adjustment=0.0,
         sampler="balanced",
-    ) -> "GroupDRO":  # fmt: skip
+    ) -> "GroupDRO":
         """A fresh network; groups from the training split's class and bias labels."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         groups = ctx.train.y * ctx.num_biases + ctx.train.b

@@ -33,8 +33,12 @@ def errors_of(model: Method, x: torch.Tensor, y: torch.Tensor, batch_size: int =
     """Boolean mask of the samples that `model`'s `target` head misclassifies (eval mode)."""
     was_training = model.training
     model.eval()
-    wrong = torch.cat([model.predict(x[i : i + batch_size])["target"].argmax(1) != y[i : i + batch_size]
-                       for i in range(0, len(y), batch_size)])  # fmt: skip
+    wrong = torch.cat(
+        [
+            model.predict(x[i : i + batch_size])["target"].argmax(1) != y[i : i + batch_size]
+            for i in range(0, len(y), batch_size)
+        ]
+    )
     model.train(was_training)
     return wrong
 
@@ -66,9 +70,13 @@ class JTT(ERM):
     """The final training: a fresh network on the training set with the error set upsampled (or upweighted)."""
 
     def __init__(
-        self, model: Classifier, optimizer: torch.optim.Optimizer | None, wrong: torch.Tensor, upweight: int,
+        self,
+        model: Classifier,
+        optimizer: torch.optim.Optimizer | None,
+        wrong: torch.Tensor,
+        upweight: int,
         weighting: str = "upsample",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(model, optimizer)
         extra = upweight if weighting == "loss" else 0
         self.register_buffer("weights", 1.0 + extra * wrong.float())
@@ -78,9 +86,14 @@ class JTT(ERM):
 
     @classmethod
     def check(
-        cls, phase: str, schedules: dict, arch: str = "target", upweight: int = 50, weighting: str = "upsample",
+        cls,
+        phase: str,
+        schedules: dict,
+        arch: str = "target",
+        upweight: int = 50,
+        weighting: str = "upsample",
         error_set: str = "online",
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`upweight` a positive integer, known options, and the identification phase shorter than this one."""
         check_arch(arch)
         positive_int("method.upweight", upweight)
@@ -97,17 +110,25 @@ class JTT(ERM):
 
     @classmethod
     def build(
-        cls, ctx: BuildContext, previous: Method | None = None, arch="target", upweight=50, weighting="upsample",
+        cls,
+        ctx: BuildContext,
+        previous: Method | None = None,
+        arch="target",
+        upweight=50,
+        weighting="upsample",
         error_set="online",
-    ) -> "JTT":  # fmt: skip
+    ) -> "JTT":
         """The error set of `previous` (the identification phase), then a fresh network."""
         if not isinstance(previous, JTTIdentify):
             raise TypeError("JTT's final phase follows its identification phase (JTTIdentify)")
         wrong = previous.wrong.clone() if error_set == "online" else errors_of(previous, ctx.train.x, ctx.train.y)
         conflicting = ctx.train.y != ctx.train.b  # only to report how well the error set finds them
-        log.info("jtt: error set of %d training samples (%.1f %% of them bias-conflicting; %d conflicting in all)",
-                 int(wrong.sum()), 100 * float(conflicting[wrong].float().mean()) if wrong.any() else 0.0,
-                 int(conflicting.sum()))  # fmt: skip
+        log.info(
+            "jtt: error set of %d training samples (%.1f %% of them bias-conflicting; %d conflicting in all)",
+            int(wrong.sum()),
+            100 * float(conflicting[wrong].float().mean()) if wrong.any() else 0.0,
+            int(conflicting.sum()),
+        )
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         return cls(model, ctx.make_optimizer(model.parameters()), wrong, upweight, weighting)
 

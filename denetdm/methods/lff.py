@@ -39,9 +39,15 @@ class LfF(Method):
     """Biased (`biased` head) and debiased (`target` head, the result) networks trained together."""
 
     def __init__(
-        self, biased: Classifier, debiased: Classifier, labels: torch.Tensor, num_classes: int,
-        optimizer: torch.optim.Optimizer | None, q: float = 0.7, alpha: float = 0.7,
-    ) -> None:  # fmt: skip
+        self,
+        biased: Classifier,
+        debiased: Classifier,
+        labels: torch.Tensor,
+        num_classes: int,
+        optimizer: torch.optim.Optimizer | None,
+        q: float = 0.7,
+        alpha: float = 0.7,
+    ) -> None:
         super().__init__()
         self.biased, self.debiased, self.optimizer = biased, debiased, optimizer
         self.q, self.alpha, self.num_classes = float(q), float(alpha), num_classes
@@ -82,8 +88,12 @@ class LfF(Method):
         loss_b, loss_d = gce(logit_b, y, self.q).mean(), (ce_d * w).mean()
         loss = loss_b + loss_d
         self.step(loss)
-        return {"loss": loss.detach(), "loss_biased": loss_b.detach(), "loss_debiased": loss_d.detach(),
-                "weight": w.mean()}  # fmt: skip
+        return {
+            "loss": loss.detach(),
+            "loss_biased": loss_b.detach(),
+            "loss_debiased": loss_d.detach(),
+            "weight": w.mean(),
+        }
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast(x):

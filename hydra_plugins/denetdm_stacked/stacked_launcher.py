@@ -76,9 +76,12 @@ class StackedLauncher(Launcher):
 
     def _run_job(self, task_function: TaskFunction, cfg: DictConfig) -> JobReturn:
         return run_job(
-            hydra_context=self.hydra_context, task_function=task_function, config=cfg,
-            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-        )  # fmt: skip
+            hydra_context=self.hydra_context,
+            task_function=task_function,
+            config=cfg,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def _plain(self, cfg: DictConfig) -> JobReturn:
         ret = self._run_job(self.task_function, cfg)

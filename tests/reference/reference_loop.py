@@ -40,8 +40,15 @@ BRANCHES = {"debias": (1, 0), "bias": (0, 1), "poe": (1, 1)}  # (debias_weight, 
 
 def load_data(a: argparse.Namespace):
     """Our splits for the setting, on the CPU (normalised where the dataset normalises)."""
-    common = dict(severity=4, conflict_pct=a.pct, val_size=1000, seed=a.seed, cache_dir=a.cache_dir,
-                  subset=a.subset, eval_subset=a.eval_subset)  # fmt: skip
+    common = dict(
+        severity=4,
+        conflict_pct=a.pct,
+        val_size=1000,
+        seed=a.seed,
+        cache_dir=a.cache_dir,
+        subset=a.subset,
+        eval_subset=a.eval_subset,
+    )
     if a.dataset == "cmnist":
         from denetdm.data.cmnist import ColoredMNIST
 
@@ -154,8 +161,10 @@ def main() -> None:
         chosen = [r for r in rows if r["stage"] == stage]
         if chosen:
             val = best1 if stage == 1 else best2
-            print(f"stage {stage}: {key} chosen on val (epoch {val['epoch']}) {val[key]:.4f}; "
-                  f"on test (oracle) {max(r[key] for r in chosen):.4f}")  # fmt: skip
+            print(
+                f"stage {stage}: {key} chosen on val (epoch {val['epoch']}) {val[key]:.4f}; "
+                f"on test (oracle) {max(r[key] for r in chosen):.4f}"
+            )
 
 
 if __name__ == "__main__":

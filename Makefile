@@ -40,14 +40,14 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 bench: install
-	$(PY) -m denetdm.bench $(ARGS)
+	PYTHONPATH=. $(PY) tests/bench.py $(ARGS)
 
 # The GPU measurements of issue 13 in one go, for a session that is lent a GPU (about 10 minutes on an H200):
 # the CUDA tests, the bench's CUDA rows, one Colored MNIST paper run with captured steps, 16 stacked seeds.
 GPU_OUT ?= outputs/gpu-check
 gpu-check: install
 	$(PY) -m pytest -q -x tests/test_captured.py
-	$(PY) -m denetdm.bench --device cuda --skip-mnist --cifar-steps 4 --stack-steps 50
+	PYTHONPATH=. $(PY) tests/bench.py --device cuda --skip-mnist --cifar-steps 4 --stack-steps 50
 	t=$$(date +%s); $(PY) run.py experiment=paper_cmnist captured=true logger=none progress=false \
 		hydra.run.dir=$(GPU_OUT)/one && echo "$$(( $$(date +%s) - t )) s: one paper run, captured"
 	t=$$(date +%s); $(PY) run.py -m experiment=paper_cmnist 'seed=range(16)' launcher=stacked captured=true \
@@ -56,7 +56,7 @@ gpu-check: install
 # The paper cells still unmeasured, on a lent GPU (docs/results.md, "On a GPU"). Here: `make gpu-pack` puts what the
 # device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB).
 # There: carry .gpu and run `make gpu-reproduce PY=python3 GPU_OUT=$$OUT`: it unpacks them and runs the steps of
-# denetdm/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
+# denetdm/sweeps/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
 # the records come back in $$OUT/records.tar.gz.
 GPU_PACK := .gpu
 WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 imagecorruptions-imaug==1.1.5
@@ -72,7 +72,7 @@ gpu-pack: install
 gpu-reproduce:
 	$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_PACK)/wheels/*.whl
 	mkdir -p data $(GPU_OUT) && tar -C data -xJf $(GPU_PACK)/cifar10.tar.xz && tar -C data -xJf $(GPU_PACK)/mnist.tar.xz
-	PYTHONPATH=/tmp/site DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) -m denetdm.reproduce --out /tmp/reproduce \
+	PYTHONPATH=/tmp/site DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) -m denetdm.sweeps.reproduce --out /tmp/reproduce \
 		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
 
 clean:

@@ -1,6 +1,6 @@
 """Train and evaluate DeNetDM: `python run.py dataset=cmnist severity=4` (Hydra overrides; `-m` sweeps).
 
-The command line only: denetdm.pipeline.train builds everything from the config and runs the stages. The
+The command line only: denetdm.training.pipeline.train builds everything from the config and runs the stages. The
 return value of `main` is the validation unbiased accuracy of the selected target model (the sweep objective).
 """
 
@@ -12,17 +12,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from denetdm.cli import (
-    check_group_choices,
-    check_launcher,
-    check_overrides,
-    job_value,
-    quote_numeric_choices,
-    record_swept_values,
-    trial_pruning,
-)
+from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices
 from denetdm.errors import DenetdmError
-from denetdm.pipeline import train
+from denetdm.sweeps.jobs import job_value, record_swept_values, trial_pruning
+from denetdm.training.pipeline import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -17,13 +17,13 @@ from pathlib import Path
 import yaml
 
 from denetdm.errors import DenetdmError
-from denetdm.runs import Collection, collect, finite
+from denetdm.reporting.runs import Collection, collect, finite
 
 
 def cmd_table(args: argparse.Namespace) -> None:
     """Print a DomainBed-style table of the runs below the given directories."""
-    from denetdm.selection import protocol
-    from denetdm.tables import FORMATS, add_published, build_table
+    from denetdm.reporting.tables import FORMATS, add_published, build_table
+    from denetdm.training.selection import protocol
 
     selections = [protocol(s.strip()).name for s in args.selection.split(",")]
     coll = collect(args.dirs)
@@ -43,7 +43,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Write the PNGs of a sweep directory."""
-    from denetdm.plots import plot_all
+    from denetdm.reporting.plots import plot_all
 
     out = Path(args.out) if args.out else Path(args.dir) / "plots"
     made = plot_all(collect([args.dir]), Path(args.dir), out)
@@ -58,7 +58,7 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
     if storage:
         import optuna
 
-        from denetdm.sweeper import study_summary
+        from denetdm.sweeps.sweeper import study_summary
 
         try:
             summary = study_summary(optuna.load_study(study_name=study, storage=storage))
@@ -109,9 +109,9 @@ def cmd_best(args: argparse.Namespace) -> None:
 
 def cmd_wandb(args: argparse.Namespace) -> None:
     """Log one summary run (table of trials + plots) into the sweep's W&B group."""
-    from denetdm.plots import plot_all
-    from denetdm.tables import runs_table
-    from denetdm.tracking import log_sweep_summary
+    from denetdm.reporting.loggers import log_sweep_summary
+    from denetdm.reporting.plots import plot_all
+    from denetdm.reporting.tables import runs_table
 
     sweep_dir = Path(args.dir)
     coll = collect([sweep_dir])
@@ -131,7 +131,7 @@ def cmd_wandb(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Write a record per finished run into the results store."""
-    from denetdm import store
+    from denetdm.reporting import store
 
     to = Path(args.to)
     if to.exists() and not to.is_dir():
@@ -152,7 +152,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     """Regenerate the store's tables in a markdown file (or check that they are current)."""
-    from denetdm.docgen import report
+    from denetdm.reporting.docgen import report
 
     current = report(Path(args.file), check=args.check)
     if args.check and not current:
@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         help="runs with this selection protocol (val, val_nolabels, "
         "val_biased_nolabels, oracle, last); several, comma-separated, side by side",
     )
-    t.add_argument("--published", action="store_true", help="the paper's numbers beside ours (denetdm/published.yaml)")
+    t.add_argument(
+        "--published", action="store_true", help="the paper's numbers beside ours (denetdm/reporting/published.yaml)"
+    )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)
     pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves as PNGs")

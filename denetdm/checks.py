@@ -23,3 +23,20 @@ def number(key: str, value: object, low: float = 0.0, strict: bool = False, high
         bound = f"{'>' if strict else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
         raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
     return float(value)
+
+
+def instantiate_checked(node, **kwargs):
+    """hydra.utils.instantiate, with our own errors unwrapped and a bad argument named in one line."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from denetdm.errors import ConfigError, DenetdmError
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, DenetdmError):
+            raise cause from None
+        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
+        raise ConfigError(f"cannot build {target}: {cause or e}".replace("\n", " ")) from None

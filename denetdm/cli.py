@@ -1,4 +1,4 @@
-"""Command-line helpers shared by run.py and the tests."""
+"""The command line, checked before Hydra runs: group choices, overrides, optional launcher plugins."""
 
 import re
 from pathlib import Path
@@ -67,23 +67,6 @@ def check_launcher(args: list[str]) -> str | None:
     return None
 
 
-def instantiate_checked(node, **kwargs):
-    """hydra.utils.instantiate, with our own errors unwrapped and a bad argument named in one line."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from denetdm.errors import ConfigError, DenetdmError
-
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, DenetdmError):
-            raise cause from None
-        target = node.get("_target_", "?") if hasattr(node, "get") else "?"
-        raise ConfigError(f"cannot build {target}: {cause or e}".replace("\n", " ")) from None
-
-
 def _first_line(e: Exception) -> str:
     return " ".join(str(e).split("\n")[0].split())
 
@@ -140,51 +123,3 @@ def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     problem, sweep = _parse_problem(args, conf)
     # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs are composed later, one by one
     return problem or (None if sweep else _compose_problem(args, conf))
-
-
-def _scalar(text: str):
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def record_swept_values(cfg, hc) -> None:
-    """The basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params."""
-    from omegaconf import open_dict
-
-    chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
-    with open_dict(cfg):
-        cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
-
-
-def trial_pruning(cfg, hc) -> dict | None:
-    """What a trial of a denetdm_optuna sweep with a pruner reports each epoch to: its trial in the study's
-    storage (None outside such sweeps). `hc`: the job's Hydra config."""
-    pruner = hc.sweeper.get("pruner")
-    if pruner is None or cfg.trial.number is None:
-        return None
-    from denetdm.pruning import study_storage
-
-    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir)
-    return {"storage": storage, "study": cfg.trial.study, "number": int(cfg.trial.number), "pruner": pruner}
-
-
-def job_value(outcome, records_failures: bool):
-    """What a sweep job returns to its sweeper (run.py and the stacked launcher alike): the run's objective; for a
-    run stopped by an error or the pruner, one log line, then the error itself to a sweeper that records failures
-    (denetdm_optuna), NaN to any other (the basic sweeper would end the grid at the first failed job)."""
-    import logging
-    import math
-
-    from denetdm.pruning import TrialPruned
-    from denetdm.report import objective
-
-    if isinstance(outcome, dict):
-        return objective(outcome)
-    pruned = isinstance(outcome, TrialPruned)
-    level, word = (logging.INFO, "pruned") if pruned else (logging.ERROR, "failed")
-    logging.getLogger("denetdm").log(level, "trial %s: %s", word, outcome)
-    return outcome if records_failures else math.nan

@@ -25,7 +25,7 @@ def _die() -> None:
 
 def _on_write(name: str, nth: int, fail) -> None:
     """Call `fail(real_file, data)` instead of the n-th atomic write of a file whose name starts with `name`."""
-    import denetdm.atomic as atomic
+    import denetdm.files.atomic as atomic
 
     original, seen = atomic.atomic_write, [0]
 
@@ -80,11 +80,11 @@ def arm(fault: str) -> None:
         nth = int(parts[1]) if len(parts) > 1 else 1
         _on_write(parts[0], nth, _half_then_die if kind == "kill-mid-write" else _no_space)
     elif kind == "kill-at-stage":
-        from denetdm.engine import Trainer
+        from denetdm.training.engine import Trainer
 
         _wrap_method(Trainer, "begin", before=lambda stage, *a: stage == parts[0] and _die())
     elif kind == "kill-after-epoch":
-        from denetdm.engine import Recorder
+        from denetdm.training.engine import Recorder
 
         stage, epoch = parts[0], int(parts[1])
         _wrap_method(Recorder, "_report", after=lambda s, e, *a: (s, e) == (stage, epoch) and _die())

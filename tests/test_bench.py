@@ -1,6 +1,6 @@
 """`make bench` runs (a smoke test: it measures and prints, and never fails on a timing)."""
 
-from denetdm import bench
+import bench
 
 
 def test_cifar_comparison_runs_and_prints(monkeypatch, tmp_path, capsys):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from denetdm.errors import ConfigError
-from denetdm.pipeline import train
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
+from denetdm.training.pipeline import train
 
 from conftest import TINY, compose_cfg
 
@@ -47,7 +47,7 @@ def test_captured_steps_on_cuda_are_deterministic_and_close_to_eager_ones(extra,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captured steps need CUDA; no GPU here")
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_captured_stacks_on_cuda_are_deterministic_and_close_to_eager_plain_runs(vectorize, tmp_path):
-    from denetdm.pipeline import train_runs
+    from denetdm.training.pipeline import train_runs
 
     base = [*TINY, "device=cuda", "dataset.train_size=1100"]
     members = [["seed=0"], ["seed=1", "stage2.dist_weight=0.5"], ["seed=2", "stage1.lr=0.002"]]

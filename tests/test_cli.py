@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
 
 from conftest import ROOT, TINY, read_results, run_cli
 from wandb_files import read_run

@@ -5,12 +5,12 @@ import torch
 
 from denetdm.data.splits import BiasedData, Split
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Trainer
 from denetdm.errors import TrainingError
+from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
-from denetdm.phases import Schedule
-from denetdm.selection import protocol
-from denetdm.tracking import JsonLines
+from denetdm.training.engine import Trainer
+from denetdm.training.phases import Schedule
+from denetdm.training.selection import protocol
 
 
 class Constant(Method):
@@ -114,7 +114,7 @@ def test_drop_last_with_a_batch_larger_than_the_data_is_one_clear_error(tmp_path
 
 
 def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):
-    from denetdm.plan import resolve_device
+    from denetdm.training.plan import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # a faked 3-GPU machine
@@ -132,8 +132,8 @@ def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):
 
 
 def test_background_checkpoints_hold_the_values_of_when_they_were_saved_and_report_write_errors(tmp_path):
-    from denetdm.checkpoint import CheckpointWriter, load_checkpoint
     from denetdm.errors import CheckpointError
+    from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint
 
     writer, w = CheckpointWriter(), torch.arange(6.0)
     writer.save({"kind": "stage1", "method": {"w": w}}, tmp_path / "a.pt", "checkpoint", background=True)

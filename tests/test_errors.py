@@ -8,7 +8,7 @@ import pytest
 
 from denetdm.cli import check_group_choices
 from denetdm.errors import CheckpointError, ConfigError, DataError, DenetdmError
-from denetdm.pipeline import train
+from denetdm.training.pipeline import train
 
 from conftest import COMMON, TINY, compose_cfg
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from denetdm.cli import missing_plugin
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
 
 from conftest import ROOT, TINY, run_cli
 
@@ -154,7 +154,7 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(lau
     assert not (job / "results.json").exists() and (job / "checkpoints" / "stage2_last.pt").exists()
     assert "trial pruned" in (job / "run.log").read_text()
     assert ("launcher=stacked" in launcher) == (job / "stack.json").exists()
-    from denetdm.runs import collect
+    from denetdm.reporting.runs import collect
 
     assert all(reason.startswith("pruned after epoch 1 of stage2") for _, reason in collect([sweep]).incomplete)
     # a bad pruner is one error line before anything runs
@@ -194,7 +194,7 @@ def test_a_second_process_on_a_run_directory_stops_with_one_line_and_a_dead_one_
     import fcntl
 
     from denetdm.errors import BusyError
-    from denetdm.pipeline import train
+    from denetdm.training.pipeline import train
 
     from conftest import compose_cfg
 
@@ -299,7 +299,7 @@ def test_no_space_during_a_checkpoint_write_is_one_line_and_the_rerun_continues(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: could not write the stage1 checkpoint") and "No space left on device" in line
     assert "run the same command again" in line
-    from denetdm.checkpoint import load_checkpoint
+    from denetdm.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(run_dir / "checkpoints" / "stage1_last.pt")["epoch"] == 1  # the previous one, intact
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))  # no half-written file left behind
@@ -324,8 +324,8 @@ def _cut(path: Path, at: float) -> None:
 def test_every_single_bit_flip_of_a_checkpoint_is_found_or_harmless(tmp_path):
     import torch
 
-    from denetdm.checkpoint import load_checkpoint, save_checkpoint
     from denetdm.errors import CheckpointError
+    from denetdm.training.checkpoint import load_checkpoint, save_checkpoint
 
     net = torch.nn.Linear(20, 3)
     ckpt = {"kind": "stage1", "epoch": 2, "method": net.state_dict(), "optimizer": {"lr": 0.1, "state": {}}}
@@ -357,7 +357,7 @@ def test_every_single_bit_flip_of_a_checkpoint_is_found_or_harmless(tmp_path):
 
 
 def test_a_jsonl_line_that_does_not_parse_is_named_and_the_rest_read(tmp_path, caplog):
-    from denetdm.tracking import JsonLines
+    from denetdm.files.jsonlines import JsonLines
 
     records = [{"stage": "stage1", "epoch": e, "stage1/val/acc": 0.1234 * e, "note": "x"} for e in (1, 2, 3)]
     path = tmp_path / "metrics.jsonl"
@@ -373,7 +373,7 @@ def test_a_jsonl_line_that_does_not_parse_is_named_and_the_rest_read(tmp_path, c
 
 
 def _tiny(run_dir: Path, *extra: str) -> dict:
-    from denetdm.pipeline import train
+    from denetdm.training.pipeline import train
 
     from conftest import compose_cfg
 
@@ -409,8 +409,8 @@ class _Killed(BaseException):
 
 @pytest.mark.parametrize("damage", ["flip", "cut"])
 def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_else(damage, tmp_path, monkeypatch):
-    from denetdm.engine import Recorder
     from denetdm.errors import CheckpointError
+    from denetdm.training.engine import Recorder
 
     _tiny(tmp_path / "plain", "stage1.epochs=3")
     run = tmp_path / "run"
@@ -437,7 +437,7 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_e
 
 
 def test_a_damaged_metrics_line_is_named_and_kept_and_the_rest_read(tmp_path, caplog):
-    from denetdm.runs import collect
+    from denetdm.reporting.runs import collect
 
     _tiny(tmp_path / "r")
     path = tmp_path / "r" / "metrics.jsonl"
@@ -452,7 +452,7 @@ def test_a_damaged_metrics_line_is_named_and_kept_and_the_rest_read(tmp_path, ca
 
 @pytest.mark.slow
 def test_a_damaged_trials_line_is_skipped_with_a_warning_and_the_sweep_command_rewrites_it(tmp_path, caplog):
-    from denetdm.runs import trial_records
+    from denetdm.reporting.runs import trial_records
 
     sweep = tmp_path / "s"
     args = [

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from denetdm.cli import check_group_choices, check_overrides
-from denetdm.engine import Trainer
 from denetdm.errors import DenetdmError
-from denetdm.pipeline import train
+from denetdm.training.engine import Trainer
+from denetdm.training.pipeline import train
 
 from conftest import COMMON, compose_cfg
 

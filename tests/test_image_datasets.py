@@ -13,7 +13,7 @@ from denetdm.data.bffhq import BFFHQ
 from denetdm.data.ccifar10 import CorruptedCIFAR10
 from denetdm.data.preview import main as preview_main
 from denetdm.errors import ConfigError, DataError
-from denetdm.pipeline import train
+from denetdm.training.pipeline import train
 
 from conftest import COMMON, compose_cfg, read_results, run_cli
 

@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from denetdm.data.splits import Split
-from denetdm.engine import Trainer
 from denetdm.errors import ConfigError
 from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
 from denetdm.methods.jtt import errors_of
 from denetdm.methods.lff import class_max, ema_update, gce
-from denetdm.phases import Schedule
-from denetdm.pipeline import train
-from denetdm.selection import PROTOCOLS, protocol
+from denetdm.training.engine import Trainer
+from denetdm.training.phases import Schedule
+from denetdm.training.pipeline import train
+from denetdm.training.selection import PROTOCOLS, protocol
 
 from conftest import CONF, TINY, compose_cfg, read_results
 
@@ -286,7 +286,8 @@ def test_label_free_protocol_end_to_end_reads_no_bias_labelled_objective(tmp_pat
 
 
 def test_bench_times_every_phase_of_a_method(tmp_path):
-    from denetdm import bench
+    import bench
+
     from denetdm.data.synthetic import SyntheticShapes
 
     data = (

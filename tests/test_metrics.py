@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from denetdm.metrics import cell_accuracy, group_metrics
+from denetdm.training.metrics import cell_accuracy, group_metrics
 
 
 def test_hand_built_two_by_two():

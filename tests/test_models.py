@@ -11,7 +11,7 @@ from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
 from denetdm.methods import BuildContext, DeNetDMStage1, DeNetDMStage2
 from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
-from denetdm.pipeline import uses_channels_last
+from denetdm.training.pipeline import uses_channels_last
 
 SHAPE = (3, 32, 32)
 

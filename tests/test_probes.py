@@ -5,8 +5,8 @@ import torch
 
 from denetdm.analysis.probes import class_mean_rank, effective_rank, probe_accuracy
 from denetdm.errors import ConfigError
-from denetdm.pipeline import train
-from denetdm.tracking import JsonLines
+from denetdm.files.jsonlines import JsonLines
+from denetdm.training.pipeline import train
 
 from conftest import TINY, compose_cfg
 
@@ -78,8 +78,8 @@ def test_bad_probe_values_are_one_clear_error(tmp_path):
 
 
 def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
-    from denetdm.plots import probe_curves
-    from denetdm.runs import collect
+    from denetdm.reporting.plots import probe_curves
+    from denetdm.reporting.runs import collect
 
     for seed in (0, 1):
         train(

@@ -1,4 +1,4 @@
-"""`make gpu-reproduce` (denetdm/reproduce.py): its steps run at a tiny size here and come back as store records."""
+"""`make gpu-reproduce` (denetdm/sweeps/reproduce.py): its steps run at a tiny size and come back as store records."""
 
 import json
 import tarfile
@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from test_image_datasets import cifar_tree  # noqa: F401 (a fixture)
 
-from denetdm import reproduce
+from denetdm.sweeps import reproduce
 
 
 def test_unknown_step_is_one_clear_error(tmp_path):

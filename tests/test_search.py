@@ -5,7 +5,7 @@ import pytest
 
 from denetdm.errors import ConfigError
 from denetdm.models import build_backbone
-from denetdm.search import depth_gap_space
+from denetdm.sweeps.search import depth_gap_space
 
 from conftest import CONF, compose_cfg
 
@@ -72,10 +72,10 @@ def test_equal_depths_are_sampled_only_when_allowed():
 
 
 def test_equal_depth_runs_are_marked_in_tables_and_plots(tmp_path):
-    from denetdm.pipeline import train
-    from denetdm.plots import heatmap, separation_plot
-    from denetdm.runs import collect
-    from denetdm.tables import EQUAL_DEPTH_MARK, build_table, runs_table
+    from denetdm.reporting.plots import heatmap, separation_plot
+    from denetdm.reporting.runs import collect
+    from denetdm.reporting.tables import EQUAL_DEPTH_MARK, build_table, runs_table
+    from denetdm.training.pipeline import train
 
     from conftest import TINY
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from denetdm.engine import Recorder
-from denetdm.pipeline import evaluate_checkpoint, train, train_runs
-from denetdm.stacked import stack_key
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
+from denetdm.training.engine import Recorder
+from denetdm.training.pipeline import evaluate_checkpoint, train, train_runs
+from denetdm.training.stacked import stack_key
 
 from conftest import TINY, compose_cfg, run_cli
 
@@ -80,7 +80,7 @@ def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_pa
     for plain, stacked in _plain_and_stacked(tmp_path, per_member):
         assert _records(plain) == _records(stacked)
     data = compose_cfg(TINY)
-    from denetdm.pipeline import load_data, plan
+    from denetdm.training.pipeline import load_data, plan
 
     (loaded, _) = load_data(plan(data, tmp_path / "x"))
     got = evaluate_checkpoint(str(tmp_path / "stack1" / "checkpoints" / "stage2_selected.pt"), loaded)
@@ -162,8 +162,8 @@ def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize,
 
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_a_member_stopped_by_the_pruner_leaves_the_others_to_train_on(vectorize, tmp_path, monkeypatch):
-    import denetdm.pipeline as pipeline
-    from denetdm.pruning import TrialPruned
+    import denetdm.training.pipeline as pipeline
+    from denetdm.sweeps.pruning import TrialPruned
 
     cfgs = [compose_cfg([*TINY, "stage2.epochs=3", f"seed={s}"]) for s in range(3)]
     whole = [tmp_path / f"whole{k}" for k in range(3)]
@@ -242,9 +242,9 @@ def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
 
 
 def test_a_vmapped_stack_evaluates_its_members_at_once_as_each_would_alone(tmp_path):
-    from denetdm.engine import evaluate_all
-    from denetdm.pipeline import load_data, open_run, plan, prepare
-    from denetdm.stacked import Stack
+    from denetdm.training.engine import evaluate_all
+    from denetdm.training.pipeline import load_data, open_run, plan, prepare
+    from denetdm.training.stacked import Stack
 
     runners = []
     for s in range(3):

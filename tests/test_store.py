@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from denetdm import store
-from denetdm.docgen import regenerate, report
-from denetdm.runs import collect
-from denetdm.tables import Table, add_published, build_table
+from denetdm.reporting import store
+from denetdm.reporting.docgen import regenerate, report
+from denetdm.reporting.runs import collect
+from denetdm.reporting.tables import Table, add_published, build_table
 from sweep import main as sweep_main
 
 from conftest import ROOT
@@ -96,7 +96,7 @@ def test_docs_results_md_is_what_the_committed_store_gives(monkeypatch):
 def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside():
     preset = yaml.safe_load((ROOT / "conf" / "hparams_search" / "depth_pairs.yaml").read_text())
     grid = {tuple(json.loads(f"[{p}]")) for p in preset["hydra"]["sweeper"]["params"]["depth_pair"][1:-1].split("],[")}
-    published = yaml.safe_load((ROOT / "denetdm" / "published.yaml").read_text())["results"]["cmnist"]
+    published = yaml.safe_load((ROOT / "denetdm" / "reporting" / "published.yaml").read_text())["results"]["cmnist"]
     rows = published["stage1/shallow/test/acc_conflicting"]
     assert grid == {tuple(int(d) for d in row.split("(")[1].rstrip(")").split(", ")) for row in rows}
     assert preset["hydra"]["sweeper"]["params"]["seed"] == "0,1,2"

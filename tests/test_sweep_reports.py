@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from denetdm.runs import Collection, Run
-from denetdm.tables import build_table, to_markdown
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
+from denetdm.reporting.runs import Collection, Run
+from denetdm.reporting.tables import build_table, to_markdown
 from sweep import main as sweep_main
 
 from conftest import ROOT
@@ -185,7 +185,7 @@ def test_damaged_sweep_files_are_handled(tmp_path, capsys):
 
 
 def collect_fixture() -> list[Run]:
-    from denetdm.runs import collect
+    from denetdm.reporting.runs import collect
 
     return collect([SWEEPS]).runs
 
@@ -204,7 +204,7 @@ def _method_run(path: str, method: str, label: str, selection: str, test: float,
 
 
 def test_protocols_side_by_side_with_the_published_numbers():
-    from denetdm.tables import add_published
+    from denetdm.reporting.tables import add_published
 
     runs = [_method_run("a", "erm", "ERM", "val", 0.5), _method_run("b", "erm", "ERM", "val", 0.52, seed=1)]
     runs += [_method_run("c", "erm", "ERM", "val_nolabels", 0.4), _method_run("d", "lff", "LfF", "test", 0.7)]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from denetdm.cli import LAUNCHER_PLUGINS, check_launcher, missing_plugin
-from denetdm.tracking import parse_line
+from denetdm.files.jsonlines import parse_line
 
 from conftest import ROOT, TINY, run_cli
 from wandb_files import read_run
@@ -194,7 +194,7 @@ def test_two_workers_share_one_study(tmp_path):
             ran[r["config"]["trial"]["number"]] = r["val/acc_unbiased"]
     assert ran == {t.number: pytest.approx(t.value) for t in study.trials}
     # sweep.py reads the workers' folders as one study
-    from denetdm.runs import trial_records
+    from denetdm.reporting.runs import trial_records
 
     assert [r["number"] for r in trial_records(tmp_path)] == [0, 1, 2, 3]
     best = subprocess.run(

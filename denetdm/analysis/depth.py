@@ -18,14 +18,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from denetdm.analysis.probes import class_mean_rank, effective_rank, probe_accuracy, split_features
-from denetdm.checks import number, positive_int
-from denetdm.cli import instantiate_checked
+from denetdm.checks import instantiate_checked, number, positive_int
 from denetdm.errors import ConfigError, DenetdmError
+from denetdm.files.jsonlines import write_json
 from denetdm.methods.erm import ERM
 from denetdm.models.experts import Classifier, build_backbone
-from denetdm.search import depth_grid
 from denetdm.seeding import derive_seed
-from denetdm.tracking import write_json
+from denetdm.sweeps.search import depth_grid
 
 log = logging.getLogger("denetdm.depth")
 MEASURES = ("probe_y", "probe_b", "rank", "rank_y", "rank_b")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from denetdm.atomic import atomic_save, tree_digest
+from denetdm.files.atomic import atomic_save
+from denetdm.files.digest import tree_digest
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from denetdm.cli import CONF, check_group_choices, instantiate_checked, quote_numeric_choices
+from denetdm.checks import instantiate_checked
+from denetdm.cli import CONF, check_group_choices, quote_numeric_choices
 from denetdm.errors import DenetdmError
 
 

@@ -1,6 +1,6 @@
-"""`launcher=stacked`: the jobs of a multirun batch that can train as one stacked model do (denetdm.stacked).
+"""`launcher=stacked`: the jobs of a multirun batch that can train as one stacked model do (denetdm.training.stacked).
 
-Jobs are grouped by `denetdm.stacked.stack_key` (equal configs but for seeds, stage-2 loss weights, learning
+Jobs are grouped by `denetdm.training.stacked.stack_key` (equal configs but for seeds, stage-2 loss weights, learning
 rates and weight decays); a group
 of several trains as one stack, a job alone runs as the basic launcher would run it. Each member still gets its
 own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B run), plus `stack.json`.
@@ -90,7 +90,7 @@ class StackedLauncher(Launcher):
 
     def _stack(self, cfgs: list[DictConfig]) -> list[JobReturn]:
         """Set each member's run directory up as Hydra does, then train them all as one stack."""
-        from denetdm.cli import record_swept_values, trial_pruning
+        from denetdm.sweeps.jobs import record_swept_values, trial_pruning
 
         members = []
 
@@ -113,7 +113,7 @@ class StackedLauncher(Launcher):
 
 
 def _key(cfg: DictConfig) -> str:
-    from denetdm.stacked import stack_key
+    from denetdm.training.stacked import stack_key
 
     job = OmegaConf.to_container(cfg, resolve=False)
     job.pop("hydra", None)
@@ -124,9 +124,9 @@ def _key(cfg: DictConfig) -> str:
 def _train(members: list, vectorize: bool | None, records: bool) -> list:
     """The members' job values (run.py's error policy: an error for each stopped member where the sweeper
     records failures, else NaN)."""
-    from denetdm.cli import job_value
     from denetdm.errors import DenetdmError
-    from denetdm.pipeline import train_runs
+    from denetdm.sweeps.jobs import job_value
+    from denetdm.training.pipeline import train_runs
 
     cfgs, dirs, prunings = (list(x) for x in zip(*members, strict=True))
     try:

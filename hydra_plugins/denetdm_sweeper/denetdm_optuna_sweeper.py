@@ -1,7 +1,7 @@
 """denetdm's Optuna sweeper as a Hydra plugin, chosen with `override /hydra/sweeper: denetdm_optuna`.
 
 It keeps hydra-optuna-sweeper's configuration (samplers, `params` grammar, custom search spaces) and runs
-denetdm's loop (denetdm/sweeper.py): a failure limit over the whole sweep, repeats answered from the study,
+denetdm's loop (denetdm/sweeps/sweeper.py): a failure limit over the whole sweep, repeats answered from the study,
 trials.jsonl and optimization_results.yaml. Optuna is imported only when a sweep starts (it costs ~3 s).
 """
 
@@ -23,7 +23,7 @@ class DenetdmOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.denetdm_sweeper.denetdm_optuna_sweeper.DenetdmOptunaSweeper"
     n_jobs: int = 1
     max_failure_rate: float = 0.5  # of n_trials, over the whole sweep
-    # null, median or successive_halving (denetdm.pruning.PRUNERS), or a node with _target_: each job reports its
+    # null, median or successive_halving (denetdm.sweeps.pruning.PRUNERS), or a node with _target_: each job reports its
     # objective's metric per epoch of the final phase, and a pruned trial stops (PRUNED, not a failure)
     pruner: Any = None
     # Read by run.py in each job: this sweeper records a failed trial itself, so the job re-raises its error
@@ -41,7 +41,7 @@ ConfigStore.instance().store(
 
 
 class DenetdmOptunaSweeper(Sweeper):
-    """The Hydra-facing plugin; the loop itself is denetdm.sweeper.OptunaLoop."""
+    """The Hydra-facing plugin; the loop itself is denetdm.sweeps.sweeper.OptunaLoop."""
 
     def __init__(self, records_failures: bool = True, **kwargs: Any) -> None:
         self.kwargs = kwargs  # sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate, ...
@@ -49,7 +49,7 @@ class DenetdmOptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Build the loop (importing Optuna) and its launcher."""
-        from denetdm.sweeper import OptunaLoop
+        from denetdm.sweeps.sweeper import OptunaLoop
 
         self.loop = OptunaLoop(**self.kwargs)
         self.loop.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -3,7 +3,7 @@ docs can be checked and regenerated after the run directories are gone.
 
 `python sweep.py export <run or sweep dirs> --to results/<name>` writes `<id>.record.json` per finished run:
 results.json without its resolved config, of which it keeps the part that can change numbers (the fingerprint),
-plus the per-epoch curves of a few keys. `collect` (denetdm.runs) reads records like run directories, so
+plus the per-epoch curves of a few keys. `collect` (denetdm.reporting.runs) reads records like run directories, so
 `sweep.py table results/...` and `sweep.py report` work on the store.
 """
 
@@ -12,9 +12,9 @@ import json
 import math
 from pathlib import Path
 
-from denetdm.atomic import atomic_write
 from denetdm.errors import DataError
-from denetdm.fingerprint import fingerprint
+from denetdm.files.atomic import atomic_write
+from denetdm.training.fingerprint import fingerprint
 
 FORMAT = 1  # bump when a record's layout changes, and re-export the store
 SUFFIX = ".record.json"

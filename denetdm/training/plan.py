@@ -13,16 +13,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from denetdm import phases as ph
 from denetdm.analysis.probes import ProbeSchedule
-from denetdm.checks import number, positive_int
-from denetdm.cli import instantiate_checked
+from denetdm.checks import instantiate_checked, number, positive_int
 from denetdm.errors import ConfigError
-from denetdm.fingerprint import fingerprint
-from denetdm.metrics import METRICS
-from denetdm.phases import Schedule
 from denetdm.seeding import derive_seed
-from denetdm.selection import Protocol, check_label_free_metric, protocol
+from denetdm.training import phases as ph
+from denetdm.training.fingerprint import fingerprint
+from denetdm.training.metrics import METRICS
+from denetdm.training.phases import Schedule
+from denetdm.training.selection import Protocol, check_label_free_metric, protocol
 
 EVAL_SPLITS = ("val", "test", "val_biased")
 MAX_THREADS = 1024  # torch would start them all

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from denetdm import store
 from denetdm.errors import DataError
-from denetdm.fingerprint import fingerprint, setting
-from denetdm.report import objective
-from denetdm.selection import SYNONYMS
-from denetdm.tracking import JsonLines
+from denetdm.files.jsonlines import JsonLines
+from denetdm.reporting import store
+from denetdm.reporting.summary import objective
+from denetdm.training.fingerprint import fingerprint, setting
+from denetdm.training.selection import SYNONYMS
 
 BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
@@ -30,7 +30,7 @@ class Run:
 
     @property
     def objective(self) -> float:
-        """The sweep objective (what the run's selection protocol lets it read; see denetdm.report.objective)."""
+        """The sweep objective (what the run's selection protocol lets it read; see reporting.summary.objective)."""
         return objective(self.results)
 
     @property
@@ -75,7 +75,7 @@ class Run:
 
     @property
     def fingerprint(self) -> str:
-        """Everything in the config that changes the numbers (denetdm.fingerprint), as a comparable string."""
+        """Everything in the config that changes the numbers (denetdm.training.fingerprint), as a comparable string."""
         return json.dumps(fingerprint(self.config, (self.results.get("stages") or ["stage2"])[-1]), sort_keys=True)
 
     @property
@@ -130,7 +130,7 @@ def _why_incomplete(job: Path) -> str:
 
 def collect(dirs: list[str | Path]) -> Collection:
     """Every run below `dirs`: a directory with results.json is a run, and so is a store record
-    (`*.record.json`, denetdm.store); a directory with .hydra/ but no results.json is listed as incomplete
+    (`*.record.json`, denetdm.reporting.store); a directory with .hydra/ but no results.json is listed as incomplete
     (failed, stopped or still running)."""
     out = Collection(roots=[Path(d).resolve() for d in dirs])
     for root in out.roots:

@@ -16,14 +16,15 @@ from pathlib import Path
 import torch
 
 from denetdm.analysis.probes import ProbeSchedule
-from denetdm.checkpoint import CheckpointWriter, load_checkpoint
 from denetdm.data.splits import BiasedData, Split
 from denetdm.errors import CheckpointError, ConfigError, TrainingError
+from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
-from denetdm.metrics import group_metrics
-from denetdm.phases import Schedule
-from denetdm.selection import PROTOCOLS, Protocol
-from denetdm.tracking import JsonLines, NullLogger
+from denetdm.reporting.loggers import NullLogger
+from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint
+from denetdm.training.metrics import group_metrics
+from denetdm.training.phases import Schedule
+from denetdm.training.selection import PROTOCOLS, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class Trainer:
         captured: bool = False,
     ) -> None:
         self.recorder = Recorder(Path(run_dir), logger or NullLogger(), protocol, label_free_metric)
-        self.captured = captured  # CUDA graphs for the training steps of methods on a GPU (denetdm.captured)
+        self.captured = captured  # CUDA graphs for the training steps of methods on a GPU (denetdm.training.captured)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.probe = probe or ProbeSchedule()
 
@@ -262,7 +263,7 @@ class Trainer:
         on_gpu = any(p.is_cuda for p in method.parameters())
         if not (self.captured and method.capturable and method.optimizer is not None and on_gpu):
             return lambda idx: method.update(*fit.batch(idx))
-        from denetdm.captured import CapturedStep, make_capturable
+        from denetdm.training.captured import CapturedStep, make_capturable
 
         make_capturable([method.optimizer])  # after the restore, which brings the checkpoint's settings back
         if fit.augment is not None:  # augmentation draws from the host generator: outside the graph

@@ -10,7 +10,7 @@ from hydra.utils import get_class
 from denetdm.checks import positive_int
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
-from denetdm.selection import Protocol, protocol
+from denetdm.training.selection import Protocol, protocol
 
 RESERVED = ("_target_", "schedule", "schedule_overrides")  # phase keys that are not hyperparameters
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")

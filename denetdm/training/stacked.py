@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from denetdm.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
 from denetdm.errors import DenetdmError
-from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
+from denetdm.training.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
+from denetdm.training.fingerprint import setting
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def stack_key(config: Mapping) -> str:
     """Runs with equal keys can train as one stack: their configs differ at most in the seeds, the optimiser
     settings of their phases' schedules, and what each phase's Method declares in `stack_apart` (dropped from the
     phase's node and from its schedule node, where the method yamls interpolate them from)."""
-    from denetdm.phases import phase_class
+    from denetdm.training.phases import phase_class
 
     stages = (config.get("stage") or {}).get("stages") or ["stage2"]
     fp = setting(config, [s for s in stages if s != "eval"] or ["stage2"])
@@ -292,7 +292,7 @@ class Vmapped:
         self.step: Callable = lambda idxs: stack.update(fetch(idxs))
         if not captured:
             return
-        from denetdm.captured import CapturedStep, make_capturable
+        from denetdm.training.captured import CapturedStep, make_capturable
 
         make_capturable([stack.optimizer])
         if all(f.augment is None for f in fits):  # one (K, B) index copy per replayed step

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from denetdm import phases as ph
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
-from denetdm.engine import Trainer
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
-from denetdm.pipeline import context
-from denetdm.selection import PROTOCOLS
+from denetdm.training import phases as ph
+from denetdm.training.engine import Trainer
+from denetdm.training.pipeline import context
+from denetdm.training.selection import PROTOCOLS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the cnn3_resnet20 preset (conf/backbone_depth/): CNN-3 vs ResNet-20, target = ResNet-20
@@ -217,7 +217,7 @@ def _stacked_step_s(
 ) -> list[float]:
     """Seconds per step of K DeNetDM members (stage 1, stage 2): vmapped as one Stack, or stepped in turn; their
     steps captured as CUDA graphs or not."""
-    from denetdm.captured import make_capturable
+    from denetdm.training.captured import make_capturable
 
     adam = functools.partial(torch.optim.Adam, fused=True)
     out, previous = [], [None] * k
@@ -250,8 +250,8 @@ def _stacked_step_s(
 
 def _bench_step(members: list, vectorize: bool, captured: bool):
     """One step of K members on their flat (x, y, idx) triples: vmapped as one Stack or in turn, captured or not."""
-    from denetdm.captured import CapturedStep, make_capturable
-    from denetdm.stacked import Stack
+    from denetdm.training.captured import CapturedStep, make_capturable
+    from denetdm.training.stacked import Stack
 
     def triples(flat: tuple) -> list[tuple]:
         return [flat[i : i + 3] for i in range(0, len(flat), 3)]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from denetdm.runs import BIAS_LABEL_MARK, Collection, Run, finite
-from denetdm.selection import PROTOCOLS, SYNONYMS
+from denetdm.reporting.runs import BIAS_LABEL_MARK, Collection, Run, finite
+from denetdm.training.selection import PROTOCOLS, SYNONYMS
 
 PUBLISHED = Path(__file__).with_name("published.yaml")  # the paper's Tables 1 and 2 (docs/protocols.md §7)
 

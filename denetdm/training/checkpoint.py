@@ -5,8 +5,9 @@ from pathlib import Path
 
 import torch
 
-from denetdm.atomic import atomic_save, tree_digest
 from denetdm.errors import CheckpointError
+from denetdm.files.atomic import atomic_save
+from denetdm.files.digest import tree_digest
 
 __all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "save_checkpoint"]
 

@@ -6,7 +6,7 @@ Each step is one `run.py -m ... launcher=stacked` sweep; after it, its finished 
 stacks exported. `--tiny` runs the same steps at a tiny size, so that the script is tested on a CPU before a GPU
 session spends its minutes on it.
 
-    python -m denetdm.reproduce --out OUT [--budget 540] [--steps a,b] [--cifar-source PATH] [--pack F] [--tiny]
+    python -m denetdm.sweeps.reproduce --out OUT [--budget 540] [--steps a,b] [--cifar-source PATH] [--pack F] [--tiny]
 """
 
 import argparse

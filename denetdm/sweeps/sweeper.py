@@ -30,9 +30,9 @@ from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
 from denetdm.errors import DenetdmError
-from denetdm.pruning import TrialPruned, build_pruner, study_storage
+from denetdm.files.jsonlines import JsonLines
 from denetdm.seeding import derive_seed
-from denetdm.tracking import JsonLines
+from denetdm.sweeps.pruning import TrialPruned, build_pruner, study_storage
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE

@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from denetdm.runs import Collection, Run, finite, trial_records  # noqa: E402
-from denetdm.search import depth_grid  # noqa: E402
+from denetdm.reporting.runs import Collection, Run, finite, trial_records  # noqa: E402
+from denetdm.sweeps.search import depth_grid  # noqa: E402
 
 HEATMAPS = (
     ("val/acc_unbiased", "objective: val unbiased acc. (%)"),

@@ -1,89 +1,16 @@
-"""Results are files first (metrics.jsonl, results.json, a `done` marker), W&B second."""
+"""The experiment trackers beside the files: none, or W&B (offline unless WANDB_MODE says otherwise, always
+finished), and the summary run of a sweep."""
 
 import json
 import logging
 import math
-import os
 import secrets
 from pathlib import Path
-from typing import Any
 
-from denetdm.atomic import atomic_write
 from denetdm.errors import ConfigError
+from denetdm.files.jsonlines import write_json
 
 log = logging.getLogger(__name__)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
-def json_line(record: dict) -> str:
-    """A record as one JSON line."""
-    return json.dumps(record, sort_keys=True) + "\n"
-
-
-def parse_line(line: str) -> dict | None:
-    """The record of a JSON line, or None when it does not parse as a JSON object."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return record if isinstance(record, dict) else None
-
-
-class JsonLines:
-    """An append-only file of JSON records, one a line (metrics.jsonl per run, trials.jsonl per sweep)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def append(self, record: dict) -> None:
-        """Append one record and flush it to disk."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json_line(record))
-            f.flush()
-            os.fsync(f.fileno())
-
-    def write_all(self, records: list[dict]) -> None:
-        """Replace the file with `records` (atomically)."""
-        with atomic_write(self.path) as f:
-            f.writelines(json_line(r) for r in records)
-
-    def _lines(self) -> list[tuple[str, dict | None]]:
-        """(raw line, record or None if damaged); a last line cut by a crash (no newline) is left out."""
-        if not self.path.exists():
-            return []
-        text = self.path.read_text(errors="replace")
-        lines = text.split("\n")[:-1]  # the piece after the last newline is empty, or a torn write
-        return [(line, parse_line(line)) for line in lines if line.strip()]
-
-    def read(self) -> list[dict]:
-        """All records; lines that do not parse are skipped with one warning naming them."""
-        lines = self._lines()
-        if bad := [i + 1 for i, (_, r) in enumerate(lines) if r is None]:
-            log.warning(
-                "%s: line %s damaged (not a JSON object); skipped",
-                self.path,
-                ", ".join(map(str, bad)),
-            )
-        return [r for _, r in lines if r is not None]
-
-    def truncate(self, stage: str, after_epoch: int) -> None:
-        """Drop the records of `stage` past `after_epoch` (written after the checkpoint we resume from); damaged
-        lines stay as they are, for a person to look at."""
-        keep = []
-        for line, r in self._lines():
-            if r is None:
-                keep.append(line + "\n")
-            elif not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch):
-                keep.append(json_line(r))
-        with atomic_write(self.path) as f:
-            f.writelines(keep)
 
 
 class NullLogger:
@@ -186,7 +113,7 @@ class WandbLogger(NullLogger):
 
     def log(self, stage: str, epoch: int, record: dict) -> None:
         if self.run is not None:
-            # the record's keys are already `<stage>/...` (denetdm.engine.metric_key)
+            # the record's keys are already `<stage>/...` (denetdm.training.engine.metric_key)
             data = {k: v for k, v in record.items() if isinstance(v, int | float) and k.startswith(f"{stage}/")}
             if stage not in self.stages:
                 self.stages.add(stage)

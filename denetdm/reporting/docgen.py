@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from denetdm.errors import DataError
-from denetdm.runs import Run, collect, finite
-from denetdm.selection import protocol
-from denetdm.tables import add_published, build_table, is_fraction, to_markdown
+from denetdm.reporting.runs import Run, collect, finite
+from denetdm.reporting.tables import add_published, build_table, is_fraction, to_markdown
+from denetdm.training.selection import protocol
 
 BLOCK = re.compile(r"^<!-- (table|runs): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
 

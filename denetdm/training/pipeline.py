@@ -18,24 +18,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from denetdm import phases as ph
-from denetdm import provenance
-from denetdm.atomic import run_lock
-from denetdm.checkpoint import load_checkpoint
-from denetdm.cli import instantiate_checked
+from denetdm.checks import instantiate_checked
 from denetdm.data.splits import BiasedData
-from denetdm.engine import StageResult, Trainer, evaluate_all, metric_key
 from denetdm.errors import ConfigError, DenetdmError
-from denetdm.fingerprint import fingerprint
+from denetdm.files.jsonlines import write_json
+from denetdm.files.lock import run_lock
 from denetdm.methods import BuildContext, Method
 from denetdm.methods.base import PARTS
-from denetdm.metrics import METRICS
 from denetdm.models import is_convolutional
-from denetdm.plan import EVAL_SPLITS, Plan, plan
-from denetdm.report import summary_table
+from denetdm.reporting.summary import summary_table
 from denetdm.seeding import derive_seed
-from denetdm.stacked import fit_together
-from denetdm.tracking import write_json
+from denetdm.training import phases as ph
+from denetdm.training import provenance
+from denetdm.training.checkpoint import load_checkpoint
+from denetdm.training.engine import StageResult, Trainer, evaluate_all, metric_key
+from denetdm.training.fingerprint import fingerprint
+from denetdm.training.metrics import METRICS
+from denetdm.training.plan import EVAL_SPLITS, Plan, plan
+from denetdm.training.stacked import fit_together
 
 log = logging.getLogger("denetdm")
 
@@ -230,7 +230,7 @@ def open_run(p: Plan, data: tuple[BiasedData, bool], pruning: dict | None) -> St
     logger = logger(run_dir=str(p.run_dir), run_config=p.config)
     trainer = Trainer(p.run_dir, logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured)
     if pruning is not None:
-        from denetdm.pruning import Reporter
+        from denetdm.sweeps.pruning import Reporter
 
         key = f"{p.final['phase']}/{p.final['head']}/{p.objective_key}"
         trainer.recorder.on_epoch = Reporter(**pruning, phase=p.final["phase"], key=key, run_dir=p.run_dir)
@@ -280,9 +280,9 @@ def train_runs(
     slot: int | None = None,
     vectorize: bool | None = None,
 ) -> list[dict | DenetdmError]:
-    """Train runs (one, or a stack whose configs share `denetdm.stacked.stack_key`), each into its own directory;
-    their results, or the error that stopped each. Finished runs are read back. `prunings`: each run's sweep
-    trial to report to; `vectorize`: vmap the members (None: on CUDA, where it pays)."""
+    """Train runs (one, or a stack whose configs share `stacked.stack_key`), each into its own directory; their
+    results, or the error that stopped each. Finished runs are read back. `prunings`: each run's sweep trial to
+    report to; `vectorize`: vmap the members (None: on CUDA, where it pays)."""
     plans = [plan(cfg, d, slot) for cfg, d in zip(cfgs, run_dirs, strict=True)]
     prunings = prunings or [None] * len(plans)
     out: list = [finished(p) for p in plans]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from denetdm.errors import ConfigError, DenetdmError
-from denetdm.tracking import write_json
+from denetdm.files.jsonlines import write_json
 
 # the named pruners: what `hydra.sweeper.pruner=<name>` builds (a node with `_target_` builds any other)
 PRUNERS = {

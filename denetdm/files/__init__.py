@@ -1,0 +1,1 @@
+"""Files: atomic writes, the run lock, content digests and JSON lines."""

@@ -1,0 +1,1 @@
+"""Sweeps: the Optuna loop, pruning, search spaces, the sweep jobs' error policy, the GPU reproduction."""

@@ -1,0 +1,50 @@
+"""A sweep job (run.py under -m, or a member of a stack): the values its sweeper chose, the trial it reports to,
+and the value it returns: one error policy for run.py and the stacked launcher."""
+
+
+def _scalar(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def record_swept_values(cfg, hc) -> None:
+    """The basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params."""
+    from omegaconf import open_dict
+
+    chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
+    with open_dict(cfg):
+        cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
+
+
+def trial_pruning(cfg, hc) -> dict | None:
+    """What a trial of a denetdm_optuna sweep with a pruner reports each epoch to: its trial in the study's
+    storage (None outside such sweeps). `hc`: the job's Hydra config."""
+    pruner = hc.sweeper.get("pruner")
+    if pruner is None or cfg.trial.number is None:
+        return None
+    from denetdm.sweeps.pruning import study_storage
+
+    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir)
+    return {"storage": storage, "study": cfg.trial.study, "number": int(cfg.trial.number), "pruner": pruner}
+
+
+def job_value(outcome, records_failures: bool):
+    """What a sweep job returns to its sweeper (run.py and the stacked launcher alike): the run's objective; for a
+    run stopped by an error or the pruner, one log line, then the error itself to a sweeper that records failures
+    (denetdm_optuna), NaN to any other (the basic sweeper would end the grid at the first failed job)."""
+    import logging
+    import math
+
+    from denetdm.reporting.summary import objective
+    from denetdm.sweeps.pruning import TrialPruned
+
+    if isinstance(outcome, dict):
+        return objective(outcome)
+    pruned = isinstance(outcome, TrialPruned)
+    level, word = (logging.INFO, "pruned") if pruned else (logging.ERROR, "failed")
+    logging.getLogger("denetdm").log(level, "trial %s: %s", word, outcome)
+    return outcome if records_failures else math.nan

@@ -11,7 +11,6 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.reporting import store
 from denetdm.reporting.summary import objective
 from denetdm.training.fingerprint import fingerprint, setting
-from denetdm.training.selection import SYNONYMS
 
 BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
@@ -35,8 +34,8 @@ class Run:
 
     @property
     def selection(self) -> str:
-        """The selection protocol's name (`test` in older runs is `oracle`)."""
-        return SYNONYMS.get(self.results.get("selection"), self.results.get("selection"))
+        """The selection protocol's name."""
+        return self.results.get("selection")
 
     @property
     def is_eval(self) -> bool:
@@ -51,27 +50,19 @@ class Run:
 
     @property
     def method(self) -> str:
-        """The method's label, marked when it trains with bias labels (older runs: DeNetDM or its stage 1)."""
-        if "method_label" in self.results:
-            mark = BIAS_LABEL_MARK if self.results.get("uses_bias_labels") else ""
-            return self.results["method_label"] + mark
-        stages = self.results.get("stages", [])
-        return "DeNetDM" if "stage2" in stages else "DeNetDM stage 1" if "stage1" in stages else "eval"
+        """The method's label, marked when it trains with bias labels."""
+        return self.results["method_label"] + (BIAS_LABEL_MARK if self.results.get("uses_bias_labels") else "")
 
     @property
     def method_name(self) -> str:
-        """The method's name (conf/method/<name>.yaml); older runs: denetdm or denetdm_stage1."""
-        if "method" in self.results:
-            return self.results["method"]
-        return "denetdm" if "stage2" in (self.results.get("stages") or []) else "denetdm_stage1"
+        """The method's name (conf/method/<name>.yaml)."""
+        return self.results["method"]
 
     @property
     def depths(self) -> tuple[int, ...]:
         """The depths that tell this method's rows apart: the (shallow, deep) pair of DeNetDM, the depth of the
-        one architecture a single-network method trains (`row_depths` in conf/method/)."""
-        parts = (self.config.get("method") or {}).get("row_depths") or ["shallow", "deep"]
-        model = self.config.get("model", {})
-        return tuple(int(model[part]["depth"]) for part in parts)
+        one architecture a single-network method trains (`row_depths` in conf/method/, resolved in results.json)."""
+        return tuple(self.results["depths"])
 
     @property
     def fingerprint(self) -> str:

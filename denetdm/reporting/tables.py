@@ -119,6 +119,7 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
     groups, left = _group(coll, table)
     for (row, col), runs in groups.items():
         chosen, n_settings = _choose(runs)
+        chosen = sorted(chosen, key=lambda r: str(r.results.get("seed")))  # values in seed order, wherever read
         scale = 100 if is_fraction(metric) else 1
         table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings)
     table.rows = sorted({row for row, _ in table.cells})

@@ -18,6 +18,8 @@ NOT_NUMERIC = (
     "logger",  # where metrics are mirrored
     "trial",  # which sweep asked for the run
     "experiment_name",  # a label; the experiment's values themselves count
+    "method.label",  # presentation: how tables name the method (results.json keeps it as method_label)
+    "method.row_depths",  # presentation: which depths tell table rows apart (results.json keeps them as depths)
     "probe",  # probes read features; they change no trained number
     "search",  # the depth ranges a search samples from, not this run's depths
     "stage.name",  # which stages this process runs: each stage's own inputs are counted instead

@@ -160,6 +160,7 @@ def _describe(p: Plan) -> dict:
     return {
         "method": m["name"],
         "method_label": m.get("label", m["name"]),
+        "depths": [int(p.config["model"][part]["depth"]) for part in m["row_depths"]],
         "uses_bias_labels": bool(m.get("uses_bias_labels")),
         "seed": p.seed,
         "selection": p.protocol.name,

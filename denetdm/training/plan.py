@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from denetdm.analysis.probes import ProbeSchedule
 from denetdm.checks import instantiate_checked, number, positive_int
 from denetdm.errors import ConfigError
+from denetdm.methods.base import PARTS
 from denetdm.seeding import derive_seed
 from denetdm.training import phases as ph
 from denetdm.training.fingerprint import fingerprint
@@ -176,6 +177,12 @@ def _schedules(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, S
         for name, node in ph.phases(method).items()
     }
     ph.check(method, schedules)
+    rows = method.get("row_depths")
+    if not (isinstance(rows, list) and rows and all(part in PARTS for part in rows)):
+        raise ConfigError(
+            f"method.row_depths must list the model parts whose depths tell this method's table rows apart "
+            f"({', '.join(PARTS)}), got {rows!r}"
+        )
     if method.get("final", {}).get("phase") not in schedules:
         raise ConfigError(f"method.final.phase must be one of the phases {list(schedules)}, got {method.get('final')}")
     if proto.split == "val_biased" and not cfg.dataset.get("biased_val_size"):

@@ -17,6 +17,7 @@ def _numbers(run_dir) -> list[dict]:
     return [{k: v for k, v in parse_line(x).items() if "/time/" not in k} for x in lines]
 
 
+@pytest.mark.slow
 def test_on_a_cpu_captured_runs_the_plain_steps(tmp_path):
     train(compose_cfg([*TINY, "device=cpu"]), tmp_path / "plain")
     train(compose_cfg([*TINY, "device=cpu", "captured=true"]), tmp_path / "captured")

@@ -27,6 +27,7 @@ def cmnist(tmp_path_factory):
     return ColoredMNIST(cache_dir=str(cache), **kw), kw, cache
 
 
+@pytest.mark.slow
 def test_splits_follow_the_protocol(cmnist):
     ds, _, _ = cmnist
     data = ds.load()
@@ -38,6 +39,7 @@ def test_splits_follow_the_protocol(cmnist):
     assert data.train.x.shape[1:] == (3, 28, 28) and data.train.x.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_damage_is_repaired(cmnist, caplog):
     ds, kw, cache = cmnist
     first = ds.load()
@@ -51,6 +53,7 @@ def test_cache_is_reused_and_damage_is_repaired(cmnist, caplog):
     assert torch.equal(repaired.test.x, first.test.x) and torch.equal(repaired.train.b, first.train.b)
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(cmnist, tmp_path):
     ds, kw, _ = cmnist
     a = ds.load()

@@ -64,6 +64,7 @@ def test_truncate_drops_only_later_records_of_that_stage(tmp_path):
     assert [(r["stage"], r["epoch"]) for r in log.read()] == [("stage1", 1), ("stage2", 1)]
 
 
+@pytest.mark.slow
 def test_damaged_cache_is_regenerated_and_the_data_root_is_untouched(tmp_path, caplog):
     kw = dict(name="synthetic", train_size=300, test_size=100, severity=4, conflict_pct=5, val_size=50, seed=0)
     first = SyntheticShapes(cache_dir=str(tmp_path / "cache"), **kw).load()

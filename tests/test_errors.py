@@ -93,6 +93,7 @@ def test_damaged_or_missing_checkpoint_is_reported(tmp_path):
     assert "does not exist" in _error(["stage=eval", f"stage.ckpt={tmp_path}/none.pt"], tmp_path, CheckpointError)
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_and_names_the_key(tmp_path):
     run_dir = tmp_path / "r"
     train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=1"]), run_dir)

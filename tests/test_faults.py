@@ -164,6 +164,7 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(lau
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.pruner")
 
 
+@pytest.mark.slow
 def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(tmp_path):
     import optuna
 
@@ -190,6 +191,7 @@ def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(t
     assert [r["state"] for r in rows[1:]] == ["COMPLETE", "COMPLETE"] and not any("retry_of" in r for r in rows)
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_directory_stops_with_one_line_and_a_dead_one_leaves_no_lock(tmp_path):
     import fcntl
 
@@ -387,6 +389,7 @@ def _plain_numbers(run_dir: Path) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "cut"])
 def test_a_damaged_cache_file_is_regenerated_with_one_warning(damage, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("DENETDM_CACHE", str(tmp_path / "cache"))
@@ -407,6 +410,7 @@ class _Killed(BaseException):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "cut"])
 def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_else(damage, tmp_path, monkeypatch):
     from denetdm.errors import CheckpointError
@@ -436,6 +440,7 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_e
     assert _plain_numbers(run) == _plain_numbers(tmp_path / "plain")
 
 
+@pytest.mark.slow
 def test_a_damaged_metrics_line_is_named_and_kept_and_the_rest_read(tmp_path, caplog):
     from denetdm.reporting.runs import collect
 

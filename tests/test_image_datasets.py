@@ -56,6 +56,7 @@ def _ccifar(source, cache, **kw):
     return CorruptedCIFAR10(**{**args, **kw})
 
 
+@pytest.mark.slow
 def test_ccifar10_protocol_counts_and_seeding(cifar_tree, tmp_path):
     a = _ccifar(cifar_tree, tmp_path / "a").load()
     assert (len(a.train), len(a.val), len(a.test)) == (350, 50, 100)
@@ -175,6 +176,7 @@ def test_bffhq_refuses_arguments_it_would_ignore(tmp_path):
         train(compose_cfg([*COMMON, "dataset=bffhq", "dataset.root=x", "+dataset.severity=4"]), tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_preview_writes_a_contact_sheet(tmp_path, capsys):
     out = tmp_path / "sheet.png"
     preview_main(

@@ -170,6 +170,7 @@ def test_groupdro_weight_update():
     assert (method.q[absent] < 1 / 16).all()  # groups without samples in the batch lose weight
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("preset", ["mlp", pytest.param("cnn3_resnet20", marks=pytest.mark.slow)])
 def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset, tmp_path):
@@ -285,6 +286,7 @@ def test_label_free_protocol_end_to_end_reads_no_bias_labelled_objective(tmp_pat
     assert read_results(tmp_path / "run")["selection"] == "val_biased_nolabels"
 
 
+@pytest.mark.slow
 def test_bench_times_every_phase_of_a_method(tmp_path):
     import bench
 

@@ -53,6 +53,7 @@ def test_class_mean_rank_counts_the_directions_that_separate_the_values():
     assert class_mean_rank(flat, y, 4) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_probes_every_k_epochs_are_recorded_deterministic_and_do_not_change_training(tmp_path):
     args = [*TINY, "stage1.epochs=4", "stage2.epochs=1"]
     plain = train(compose_cfg(args), tmp_path / "plain")
@@ -77,6 +78,7 @@ def test_bad_probe_values_are_one_clear_error(tmp_path):
         train(compose_cfg([*TINY, "probe.split=val_biased"]), tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
     from denetdm.reporting.plots import probe_curves
     from denetdm.reporting.runs import collect

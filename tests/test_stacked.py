@@ -51,6 +51,7 @@ def test_the_stack_key_ignores_seeds_stage2_loss_weights_and_learning_rates_only
     assert key("seed=0") != key("stage=stage1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "family,method",
     [
@@ -71,6 +72,7 @@ def test_a_stack_of_3_gives_each_member_the_numbers_of_its_plain_run(family, met
         assert json.loads((stacked / "stack.json").read_text())["members"][0].endswith("stack0")
 
 
+@pytest.mark.slow
 def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_path):
     per_member = [
         ["stage2.poe_weight=1.0"],
@@ -89,6 +91,7 @@ def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_pa
     assert got == want  # its checkpoints are ordinary ones: stage=eval reads them
 
 
+@pytest.mark.slow
 def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
     # vmap's batched kernels sum in another order: ulp-sized differences, which Adam can grow (docs/stacking-gpu.md)
     for plain, stacked in _plain_and_stacked(tmp_path, [[f"seed={s}"] for s in range(3)], vectorize=True):
@@ -160,6 +163,7 @@ def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize,
         assert _records(a) == _records(b) and _results(a) == _results(b)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_a_member_stopped_by_the_pruner_leaves_the_others_to_train_on(vectorize, tmp_path, monkeypatch):
     import denetdm.training.pipeline as pipeline

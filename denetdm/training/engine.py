@@ -210,20 +210,10 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.probe = probe or ProbeSchedule()
 
-    def fit(
-        self,
-        stage: str,
-        method: Method,
-        data: BiasedData,
-        schedule: Schedule,
-        meta: dict,
-        resume: bool = True,
-        augment: Augment | None = None,
-    ) -> StageResult:
-        """Train `method` by `schedule`, evaluating every epoch and keeping the checkpoint chosen by the
-        selection rule. `meta` is stored in every checkpoint (model specs, config fingerprint); its "config"
-        entry must match on resume."""
-        return self.fit_from(self.begin(stage, method, data, schedule, meta, resume, augment))
+    def fit(self, *args, **kwargs) -> StageResult:
+        """A whole stage (`begin`'s arguments): train the method by its schedule, evaluating every epoch and keeping
+        the checkpoint the selection rule chooses."""
+        return self.fit_from(self.begin(*args, **kwargs))
 
     def fit_from(self, fit: Fit) -> StageResult:
         """The epochs left of a begun stage, one method at a time."""
@@ -242,7 +232,8 @@ class Trainer:
         resume: bool = True,
         augment: Augment | None = None,
     ) -> Fit:
-        """Restore the stage's loop state (the start of `fit`; a stack calls it per member)."""
+        """Restore the stage's loop state (the start of `fit`; a stack calls it per member). `meta` is stored in every
+        checkpoint (model specs, config fingerprint); its "config" entry must match on resume."""
         if schedule.drop_last and len(data.train) < schedule.batch_size:
             raise ConfigError(
                 f"{stage}.drop_last=true drops every batch: {stage}.batch_size={schedule.batch_size} is more than "

@@ -12,6 +12,7 @@ from conftest import COMMON, MNIST_ROOT, needs_mnist, read_results, run_cli
 pytestmark = [pytest.mark.real_data, needs_mnist]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pct,expected", [(0.5, 300), (1, 598), (2, 1199), (5, 3000)])
 def test_exact_counts_on_the_full_training_set(pct, expected):
     _, y, _, _ = load_grayscale("mnist", MNIST_ROOT, download=False)

@@ -95,6 +95,7 @@ def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
     assert probe_curves(collect([tmp_path / "plain"]), tmp_path / "none.png") is None  # no probes, no figure
 
 
+@pytest.mark.slow
 def test_depth_analysis_runs_end_to_end_on_tiny_data(tmp_path):
     import json
 

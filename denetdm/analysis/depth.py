@@ -141,28 +141,22 @@ def plot(result: dict, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    means = (("rank_y", "class means"), ("rank_b", "bias-value means"))
     panels = (
         (axes[0], (("probe_y", "core (class)"), ("probe_b", "bias")), "linear probe accuracy (%)", 100),
         (axes[1], (("rank", "features"),), "effective rank of the features", 1),
-        (
-            axes[2],
-            (("rank_y", "class means"), ("rank_b", "bias-value means")),
-            "effective rank of an attribute's means",
-            1,
-        ),
+        (axes[2], means, "effective rank of an attribute's means", 1),
     )
     for ax, measures, ylabel, scale in panels:
         for phase, style in (("init", "--s"), ("trained", "-o")):
             for i, (m, name) in enumerate(measures):
                 s = result["summary"][phase][m]
                 xs = [int(d) for d in s]
-                mean = [scale * v[0] for v in s.values()]
-                std = [scale * v[1] for v in s.values()]
+                mean, std = ([scale * v[k] for v in s.values()] for k in (0, 1))
                 colour = plt.get_cmap("tab10")(i)
                 ax.plot(xs, mean, style, ms=3, color=colour, label=f"{name}, {phase}")
-                ax.fill_between(
-                    xs, [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], color=colour, alpha=0.12
-                )
+                low, high = [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)]
+                ax.fill_between(xs, low, high, color=colour, alpha=0.12)
         ax.set_xlabel(f"depth ({result['family']})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)

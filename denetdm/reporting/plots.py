@@ -35,6 +35,32 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _pair_grid(runs: list, key: str, shallows: list, deeps: list) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of `key` (%) and the number of runs per (shallow, deep) pair; NaN where none ran."""
+    grid = np.full((len(shallows), len(deeps)), np.nan)
+    counts = np.zeros_like(grid, dtype=int)
+    for i, s in enumerate(shallows):
+        for j, d in enumerate(deeps):
+            vals = [100 * r.results[key] for r in runs if r.pair == (s, d) and finite(r.results.get(key))]
+            if vals:
+                grid[i, j], counts[i, j] = statistics.fmean(vals), len(vals)
+    return grid, counts
+
+
+def _annotate(ax, grid: np.ndarray, counts: np.ndarray, shallows: list, deeps: list) -> None:
+    """White over illegal pairs, hatching over equal-depth controls, each run cell's mean and n."""
+    for i, s in enumerate(shallows):
+        for j, d in enumerate(deeps):
+            if d < s or (d == s and not counts[i, j]):  # not a legal pair (equal: only a control run)
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="white"))
+            elif counts[i, j]:
+                if d == s:  # the control without a depth gap (search.allow_equal): hatched, marked "="
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0))
+                text = ("= " if d == s else "") + f"{grid[i, j]:.1f}\n(n={counts[i, j]})"
+                color = "white" if grid[i, j] < np.nanmean(grid) else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color)
+
+
 def heatmap(coll: Collection, path: Path) -> Path | None:
     """Mean of the objective and of conflicting accuracy per (shallow, deep) depth pair; None without runs."""
     runs = [r for r in coll.runs if not r.is_eval and len(r.depths) == 2]  # DeNetDM's depth pairs, no baselines
@@ -47,42 +73,17 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     for ax, (key, title) in zip(np.atleast_1d(axes), HEATMAPS):
         if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
             key, title = "stage1/shallow/" + key, "stage-1 shallow " + title
-        grid = np.full((len(shallows), len(deeps)), np.nan)
-        counts = np.zeros_like(grid, dtype=int)
-        for i, s in enumerate(shallows):
-            for j, d in enumerate(deeps):
-                vals = [100 * r.results[key] for r in runs if r.pair == (s, d) and finite(r.results.get(key))]
-                if vals:
-                    grid[i, j], counts[i, j] = statistics.fmean(vals), len(vals)
+        grid, counts = _pair_grid(runs, key, shallows, deeps)
         cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: not run
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
-        for i, s in enumerate(shallows):
-            for j, d in enumerate(deeps):
-                if d < s or (d == s and not counts[i, j]):  # not a legal pair (equal: only a control run)
-                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, color="white"))
-                elif counts[i, j]:
-                    if d == s:  # the control without a depth gap (search.allow_equal): hatched, marked "="
-                        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", lw=0))
-                    text = ("= " if d == s else "") + f"{grid[i, j]:.1f}\n(n={counts[i, j]})"
-                    ax.text(
-                        j,
-                        i,
-                        text,
-                        ha="center",
-                        va="center",
-                        fontsize=8,
-                        color="white" if grid[i, j] < np.nanmean(grid) else "black",
-                    )
+        _annotate(ax, grid, counts, shallows, deeps)
         ax.set_xticks(range(len(deeps)), deeps)
         ax.set_yticks(range(len(shallows)), shallows)
-        ax.set_xlabel("deep depth")
-        ax.set_ylabel("shallow depth")
+        ax.set(xlabel="deep depth", ylabel="shallow depth")
         ax.set_title(title, fontsize=10)
         fig.colorbar(im, ax=ax)
-    fig.suptitle(
-        "mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth control)",
-        fontsize=9,
-    )
+    legend = "mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth control)"
+    fig.suptitle(legend, fontsize=9)
     return _save(fig, path)
 
 

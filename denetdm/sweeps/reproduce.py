@@ -20,7 +20,7 @@ from pathlib import Path
 from denetdm.errors import ConfigError
 from denetdm.models.resnet_imagenet import check_pretrained_available
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 C10 = ["experiment=paper_ccifar10", "seed=0,1,2"]
 CM = ["experiment=paper_cmnist"]
 RATIOS = "dataset.conflict_pct=0.5,1,2,5"

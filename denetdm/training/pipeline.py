@@ -254,12 +254,20 @@ def conclude(runner: StageRunner, t_data: float) -> dict:
 
 
 def train_phases(runners: Sequence[StageRunner], vectorize: bool) -> list[DenetdmError | None]:
-    """Every run's phases in order, trained together phase by phase; the error that stopped each run (a pruned
-    trial, a non-finite loss), or None. A run stopped in one phase trains no later one."""
-    if len({tuple(r.p.trained) for r in runners}) > 1:
-        raise ConfigError("the runs of one stack must train the same phases (the stacked launcher groups them so)")
+    """Every run's phases in order, trained together phase by phase (runs with other phases: one group after
+    another); the error that stopped each run (a pruned trial, a non-finite loss), or None. A run stopped in one
+    phase trains no later one."""
+    groups: dict[tuple, list[int]] = {}
+    for k, r in enumerate(runners):
+        groups.setdefault(tuple(r.p.trained), []).append(k)
+    if len(groups) > 1:
+        errors: list[DenetdmError | None] = [None] * len(runners)
+        for ks in groups.values():
+            for k, e in zip(ks, train_phases([runners[k] for k in ks], vectorize), strict=True):
+                errors[k] = e
+        return errors
     previous = [r.start() for r in runners]
-    errors: list[DenetdmError | None] = [None] * len(runners)
+    errors = [None] * len(runners)
     for phase in runners[0].p.trained if runners else []:
         live = [k for k, e in enumerate(errors) if e is None]
         for k in live:

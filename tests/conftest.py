@@ -23,8 +23,8 @@ TINY = [
     "dataset.train_size=1200",
     "dataset.test_size=400",
     "dataset.val_size=200",
-    "stage1.epochs=2",
-    "stage2.epochs=2",
+    "experts.epochs=2",
+    "target.epochs=2",
     *COMMON,
 ]
 

@@ -33,7 +33,7 @@ def test_captured_is_auto_true_or_false(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="captured steps need CUDA; no GPU here")
-@pytest.mark.parametrize("extra", [[], ["method=erm"], ["method=lff"], ["stage2.drop_last=false"]])
+@pytest.mark.parametrize("extra", [[], ["method=erm"], ["method=lff"], ["target.drop_last=false"]])
 def test_captured_steps_on_cuda_are_deterministic_and_close_to_eager_ones(extra, tmp_path):
     base = [*TINY, "device=cuda", "dataset.train_size=1100", *extra]  # 1000 training images: a partial batch
     train(compose_cfg([*base, "captured=false"]), tmp_path / "eager")
@@ -51,7 +51,7 @@ def test_captured_stacks_on_cuda_are_deterministic_and_close_to_eager_plain_runs
     from denetdm.training.pipeline import train_runs
 
     base = [*TINY, "device=cuda", "dataset.train_size=1100"]
-    members = [["seed=0"], ["seed=1", "stage2.dist_weight=0.5"], ["seed=2", "stage1.lr=0.002"]]
+    members = [["seed=0"], ["seed=1", "method.dist_weight=0.5"], ["seed=2", "experts.lr=0.002"]]
     cfgs = [compose_cfg([*base, *m, "captured=true"]) for m in members]
     for rep in (0, 1):
         train_runs(cfgs, [tmp_path / f"stack{rep}_{k}" for k in range(3)], vectorize=vectorize)

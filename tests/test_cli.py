@@ -90,7 +90,7 @@ def test_finished_run_is_not_retrained(tiny_run):
     [("denetdm", "stage1_last.pt"), ("denetdm", "stage2_last.pt"), ("jtt", "jtt_last.pt"), ("lff", "lff_last.pt")],
 )  # during DeNetDM's stage 1 and stage 2, during JTT's second phase, during LfF (per-sample state)
 def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, method, kill_at):
-    args = [*TINY, "dataset.train_size=4000", "stage1.epochs=3", "stage2.epochs=3", f"method={method}"]
+    args = [*TINY, "dataset.train_size=4000", "experts.epochs=3", "target.epochs=3", f"method={method}"]
     ref = tmp_path / "ref"
     assert run_cli(args, ref).returncode == 0
     run_dir = tmp_path / "killed"
@@ -119,7 +119,7 @@ def test_stage1_then_stage2_then_eval(tiny_run, tmp_path):
     r1 = read_results(s1)
     assert "stage1/shallow/val/acc_unbiased" in r1 and "test/acc_unbiased" not in r1
     s2 = tmp_path / "s2"
-    proc = run_cli([*TINY, "stage=stage2", f"stage.stage1_ckpt={s1}/checkpoints/stage1_selected.pt"], s2)
+    proc = run_cli([*TINY, "stage=stage2", f"stage.previous_ckpt={s1}/checkpoints/stage1_selected.pt"], s2)
     assert proc.returncode == 0, proc.stderr[-2000:]
     full = read_results(tiny_run)
     assert read_results(s2)["test/acc_unbiased"] == full["test/acc_unbiased"]  # same as stage 1 + 2 in one run
@@ -130,7 +130,7 @@ def test_stage1_then_stage2_then_eval(tiny_run, tmp_path):
 
 
 def test_selection_test_is_labelled_oracle(tmp_path):
-    proc = run_cli([*TINY, "selection=test", "stage1.epochs=1", "stage2.epochs=1"], tmp_path / "o")
+    proc = run_cli([*TINY, "selection=test", "experts.epochs=1", "target.epochs=1"], tmp_path / "o")
     assert proc.returncode == 0
     assert read_results(tmp_path / "o")["selection_oracle"] is True
     assert "TEST set" in proc.stdout and "oracle" in proc.stdout
@@ -152,7 +152,7 @@ def _one_clear_line(proc, *words):
         (["dataset=foo"], ["dataset", "cmnist", "synthetic"]),
         (["severity=9"], ["severity", "1, 2, 3, 4"]),
         (["dataset.conflict_pct=150"], ["conflict_pct", "150"]),
-        (["stage=stage2"], ["stage.stage1_ckpt"]),
+        (["stage=stage2"], ["stage.previous_ckpt"]),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, overrides, words):

@@ -66,7 +66,7 @@ def test_same_seed_same_bytes_other_seed_differs(cmnist, tmp_path):
 
 @pytest.mark.slow
 def test_short_cmnist_run_debiases(tmp_path):
-    proc = run_cli([*COMMON, "dataset=cmnist", "stage1.epochs=2", "stage2.epochs=1"], tmp_path / "r")
+    proc = run_cli([*COMMON, "dataset=cmnist", "experts.epochs=2", "target.epochs=1"], tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = read_results(tmp_path / "r")
     assert r["stage1/shallow/test/acc_conflicting"] > r["stage1/deep/test/acc_conflicting"] + 0.2

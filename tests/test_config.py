@@ -44,8 +44,9 @@ def _option_values(group: str, option: str) -> dict[str, object]:
     path = CONF / group / f"{option}.yaml"
     node = OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
     node = {k: v for k, v in node.items() if k not in ("defaults", "hydra")}
-    is_global = path.read_text().startswith("# @package _global_")
-    return _leaves(node if is_global else {group: node})
+    first = path.read_text().splitlines()[0]
+    package = first.removeprefix("# @package ").strip() if first.startswith("# @package ") else group
+    return _leaves(node if package == "_global_" else {package: node})
 
 
 @pytest.mark.parametrize("group,option", [_case(g, o) for g, o in CASES])
@@ -108,11 +109,11 @@ PAPER_MODELS = {
 def test_paper_experiment_carries_the_paper_hyperparameters(name):
     cfg = compose_cfg([f"experiment=paper_{name}"])
     assert cfg.dataset.name == name and cfg.severity.level == 4 and cfg.dataset.conflict_pct in (1, 0.5)
-    for stage, want in zip(("stage1", "stage2"), PAPER[name][:2]):
+    for stage, want in zip(("experts", "target"), PAPER[name][:2]):
         node = cfg[stage]
         assert (node.lr, node.batch_size, node.weight_decay, node.epochs) == want, stage
         assert isinstance(node.epochs, int) and isinstance(node.batch_size, int)
-    assert (cfg.stage2.poe_weight, cfg.stage2.dist_weight, cfg.stage2.temperature) == PAPER[name][2]
+    assert (cfg.method.poe_weight, cfg.method.dist_weight, cfg.method.temperature) == PAPER[name][2]
     shallow, deep, target = PAPER_MODELS[name]
     assert (cfg.model.shallow.name, cfg.model.shallow.depth) == shallow
     assert (cfg.model.deep.name, cfg.model.deep.depth) == deep
@@ -120,13 +121,13 @@ def test_paper_experiment_carries_the_paper_hyperparameters(name):
     assert cfg.selection == "val" and cfg.optimizer._target_ == "torch.optim.Adam"
     # the reference's checkpoint rules: stage 1 the shallow expert's conflicting accuracy; stage 2 the target's
     # unbiased accuracy, except on BFFHQ (its conflicting accuracy)
-    assert cfg.stage1.select == "shallow/acc_conflicting"
-    assert cfg.stage2.select == ("target/acc_conflicting" if name == "bffhq" else "target/acc_unbiased")
+    assert cfg.experts.select == "shallow/acc_conflicting"
+    assert cfg.target.select == ("target/acc_conflicting" if name == "bffhq" else "target/acc_unbiased")
 
 
 @pytest.mark.parametrize("overrides", [["dataset=bffhq"], ["experiment=paper_bffhq"]])
 def test_bffhq_stage2_selects_on_conflicting_accuracy_in_both_presets(overrides):
-    assert compose_cfg(overrides).stage2.select == "target/acc_conflicting"
+    assert compose_cfg(overrides).target.select == "target/acc_conflicting"
 
 
 def test_every_protocol_citation_names_a_section_of_the_document():
@@ -181,3 +182,14 @@ def test_the_seeds_search_says_which_setting_it_runs(overrides, study):
     cfg = compose_cfg([*overrides, "hparams_search=seeds"])
     assert cfg.trial.study == study
     assert cfg.model.target.get("pretrained") is (True if "experiment=paper_ccifar10" in overrides else None)
+
+
+def test_a_dataset_specialises_a_method_only_where_a_method_dataset_yaml_says_so(tmp_path):
+    from denetdm.training.plan import plan
+
+    def phase_node(overrides: list[str], phase: str) -> dict:
+        return plan(compose_cfg(["dataset=bffhq", "dataset.root=/data/bffhq", *overrides]), tmp_path).phases[phase]
+
+    assert phase_node([], "stage2")["dist_weight"] == 0.0  # conf/method_dataset/denetdm_bffhq.yaml
+    assert (phase_node(["method=denetdm_distill_only"], "stage2")["dist_weight"]) == 1.0  # its own ablation
+    assert "dist_weight" not in phase_node(["method=erm"], "erm")  # a baseline on BFFHQ takes none of it

@@ -38,9 +38,9 @@ def tiny_data() -> BiasedData:
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tmp_path, progress=False)
     try:
-        trainer.fit("stage1", Constant(float("nan")), tiny_data(), Schedule(3, 4, "only/acc", 0), {})
+        trainer.fit("stage1", Constant(float("nan")), tiny_data(), Schedule(3, 4, "only/acc", 0, source="experts"), {})
     except TrainingError as e:
-        assert "not finite" in str(e) and "stage1.lr" in str(e)
+        assert "not finite" in str(e) and "experts.lr" in str(e)
     else:
         raise AssertionError("a NaN loss must stop training")
     assert not (tmp_path / "checkpoints" / "stage1_last.pt").exists()  # nothing poisoned is saved
@@ -106,12 +106,12 @@ def test_drop_last_with_a_batch_larger_than_the_data_is_one_clear_error(tmp_path
 
     from denetdm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="stage1.drop_last=true drops every batch.*16 training images"):
+    with pytest.raises(ConfigError, match="experts.drop_last=true drops every batch.*16 training images"):
         Trainer(tmp_path, progress=False).fit(
-            "stage1", Counting(), tiny_data(), Schedule(2, 32, "only/acc", 0, drop_last=True), {}
+            "stage1", Counting(), tiny_data(), Schedule(2, 32, "only/acc", 0, drop_last=True, source="experts"), {}
         )
-    with pytest.raises(ConfigError, match="stage1.drop_last must be true or false"):
-        Schedule(2, 4, "only/acc", 0, drop_last="yes").check("stage1")
+    with pytest.raises(ConfigError, match="experts.drop_last must be true or false"):
+        Schedule(2, 4, "only/acc", 0, drop_last="yes", source="experts").check()
 
 
 def test_sweep_jobs_take_one_gpu_each_round_robin(monkeypatch):

@@ -21,8 +21,8 @@ SWEEP = [
     "hparams_search=depth_gap",
     "hydra.sweeper.n_trials=4",
     *TINY,
-    "stage1.epochs=3",
-    "stage2.epochs=2",
+    "experts.epochs=3",
+    "target.epochs=2",
     "threads=1",
 ]
 
@@ -142,7 +142,7 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(lau
     # launcher=stacked the two trials train as one stack, each member reporting to its own trial
     sweep = tmp_path / "p"
     pruner = "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1.5}"  # prunes every report
-    args = ["-m", "hydra.sweeper.n_trials=2", *TINY, "stage2.epochs=3", pruner, *launcher]
+    args = ["-m", "hydra.sweeper.n_trials=2", *TINY, "target.epochs=3", pruner, *launcher]
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], timeout=600)
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no trial of study")  # none COMPLETE, one line
     rows = _trials(sweep)
@@ -180,8 +180,8 @@ def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(t
             "hparams_search=depth_gap",
             "hydra.sweeper.n_trials=2",
             *TINY,
-            "stage1.epochs=1",
-            "stage2.epochs=1",
+            "experts.epochs=1",
+            "target.epochs=1",
             f"hydra.sweep.dir={sweep}",
         ]
     )
@@ -236,7 +236,7 @@ def test_wandb_online_with_an_unreachable_server_costs_one_warning_not_a_hang(tm
 
 # --- one run killed at the moments a sweep's kill points do not reach, then run again -------------------------------
 
-RUN = [*TINY, "stage1.epochs=3", "stage2.epochs=3", "threads=1"]
+RUN = [*TINY, "experts.epochs=3", "target.epochs=3", "threads=1"]
 
 
 def _run_with_fault(fault: str, run_dir: Path, cache: Path) -> subprocess.CompletedProcess:
@@ -416,7 +416,7 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_e
     from denetdm.errors import CheckpointError
     from denetdm.training.engine import Recorder
 
-    _tiny(tmp_path / "plain", "stage1.epochs=3")
+    _tiny(tmp_path / "plain", "experts.epochs=3")
     run = tmp_path / "run"
     report = Recorder._report
 
@@ -427,16 +427,16 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_e
 
     monkeypatch.setattr(Recorder, "_report", die_after_epoch_2)
     with pytest.raises(_Killed):
-        _tiny(run, "stage1.epochs=3")
+        _tiny(run, "experts.epochs=3")
     monkeypatch.undo()
     last = run / "checkpoints" / "stage1_last.pt"
     _flip(last, 0.7) if damage == "flip" else _cut(last, 0.7)
     before = {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]}
     with pytest.raises(CheckpointError, match="stage1 checkpoint .* is damaged.*delete it to retrain that stage"):
-        _tiny(run, "stage1.epochs=3")
+        _tiny(run, "experts.epochs=3")
     assert {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]} == before
     last.unlink()  # as the error says
-    _tiny(run, "stage1.epochs=3")
+    _tiny(run, "experts.epochs=3")
     assert _plain_numbers(run) == _plain_numbers(tmp_path / "plain")
 
 
@@ -465,8 +465,8 @@ def test_a_damaged_trials_line_is_skipped_with_a_warning_and_the_sweep_command_r
         "hparams_search=depth_gap",
         "hydra.sweeper.n_trials=3",
         *TINY,
-        "stage1.epochs=1",
-        "stage2.epochs=1",
+        "experts.epochs=1",
+        "target.epochs=1",
         f"hydra.sweep.dir={sweep}",
     ]
     assert run_cli(args).returncode == 0

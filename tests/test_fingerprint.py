@@ -54,7 +54,7 @@ def test_the_listed_keys_do_not_change_it(key):
         ("dataset.severity", 2),
         ("dataset.conflict_pct", 5),
         ("optimizer.fused", False),
-        ("stage1.lr", 0.1),
+        ("experts.lr", 0.1),
         ("model.shallow.depth", 2),
         ("selection", "test"),
     ],
@@ -78,5 +78,5 @@ def test_runs_and_tables_use_the_same_function():
     assert other_seed.fingerprint != run.fingerprint
     _set(other_seed.results["config"], "dataset.seed", config["dataset"]["seed"])
     assert other_seed.setting == run.setting  # the same setting: repeats over seeds
-    stage1_only = Run(Path("t"), {"config": _set(_config(), "stage2.lr", 0.5), "stages": ["stage1"]})
+    stage1_only = Run(Path("t"), {"config": _set(_config(), "target.lr", 0.5), "stages": ["stage1"]})
     assert json.loads(stage1_only.fingerprint) == fingerprint(config, "stage1")

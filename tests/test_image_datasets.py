@@ -130,10 +130,10 @@ def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
         f"dataset.source={cifar_tree}",
         "dataset.val_size=50",
         "dataset.eval_subset=50",
-        "stage1.epochs=1",
-        "stage2.epochs=1",
-        "stage1.batch_size=64",
-        "stage2.batch_size=64",
+        "experts.epochs=1",
+        "target.epochs=1",
+        "experts.batch_size=64",
+        "target.batch_size=64",
     ]
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -150,10 +150,10 @@ def test_bffhq_end_to_end(tmp_path):
         "dataset=bffhq",
         f"dataset.root={top}",
         "dataset.image_size=48",
-        "stage1.epochs=1",
-        "stage2.epochs=1",
-        "stage1.batch_size=16",
-        "stage2.batch_size=16",
+        "experts.epochs=1",
+        "target.epochs=1",
+        "experts.batch_size=16",
+        "target.batch_size=16",
     ]
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -181,11 +181,11 @@ def test_every_method_builds_and_trains_one_epoch_on_every_preset(method, preset
         "dataset.train_size=300",
         "dataset.test_size=100",
         "dataset.val_size=50",
-        "stage1.epochs=1",
-        "stage2.epochs=2",
+        "experts.epochs=1",
+        "target.epochs=2",
     ]
     if preset != "mlp":  # coloured shapes as 3x28x28 images: a CNN of one conv layer and ResNet-8 fit them
-        overrides += ["model.shallow.depth=1", "model.deep.depth=8", "stage1.batch_size=128", "stage2.batch_size=128"]
+        overrides += ["model.shallow.depth=1", "model.deep.depth=8", "experts.batch_size=128", "target.batch_size=128"]
     if method == "jtt":
         overrides.append("method.id_epochs=1")
     results = train(compose_cfg(overrides), tmp_path / "run")
@@ -257,7 +257,7 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
         (["method=erm", "method.arch=middle"], ["method.arch", "middle"]),
         (["method=groupdro", "method.eta=abc"], ["method.eta", "abc"]),
         (["method=lff", "method.q=2"], ["method.q"]),
-        (["method=jtt", "method.id_epochs=3", "stage2.epochs=3"], ["id_epochs", "3"]),
+        (["method=jtt", "method.id_epochs=3", "target.epochs=3"], ["id_epochs", "3"]),
         (["method=jtt", "method.upweight=0.5"], ["method.upweight"]),
         (["method=jtt", "method.weighting=twice"], ["method.weighting", "twice"]),
         (["method=jtt", "method.error_set=oracle"], ["method.error_set", "oracle"]),

@@ -138,7 +138,7 @@ def test_frozen_deep_expert_batchnorm_eval_by_default_train_as_the_reference(fro
 
 
 def test_frozen_bn_takes_eval_or_train():
-    with pytest.raises(ConfigError, match="stage2.frozen_bn must be eval or train"):
+    with pytest.raises(ConfigError, match="method.frozen_bn must be eval or train"):
         DeNetDMStage2.check("stage2", {}, frozen_bn="frozen")
 
 

@@ -55,7 +55,7 @@ def test_class_mean_rank_counts_the_directions_that_separate_the_values():
 
 @pytest.mark.slow
 def test_probes_every_k_epochs_are_recorded_deterministic_and_do_not_change_training(tmp_path):
-    args = [*TINY, "stage1.epochs=4", "stage2.epochs=1"]
+    args = [*TINY, "experts.epochs=4", "target.epochs=1"]
     plain = train(compose_cfg(args), tmp_path / "plain")
     probed = [train(compose_cfg([*args, "probe.every=2"]), tmp_path / f"p{i}") for i in range(2)]
     records = [list(JsonLines(tmp_path / f"p{i}" / "metrics.jsonl").read()) for i in range(2)]
@@ -85,13 +85,13 @@ def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
 
     for seed in (0, 1):
         train(
-            compose_cfg([*TINY, "stage=stage1", "stage1.epochs=2", "probe.every=1", f"seed={seed}"]),
+            compose_cfg([*TINY, "stage=stage1", "experts.epochs=2", "probe.every=1", f"seed={seed}"]),
             tmp_path / "sweep" / str(seed),
         )
     assert probe_curves(collect([tmp_path / "sweep" / "0"]), tmp_path / "one.png") is not None  # a single run
     out = probe_curves(collect([tmp_path / "sweep"]), tmp_path / "two.png")  # mean and band over the seeds
     assert out is not None and out.stat().st_size > 10_000
-    train(compose_cfg([*TINY, "stage=stage1", "stage1.epochs=1"]), tmp_path / "plain")
+    train(compose_cfg([*TINY, "stage=stage1", "experts.epochs=1"]), tmp_path / "plain")
     assert probe_curves(collect([tmp_path / "plain"]), tmp_path / "none.png") is None  # no probes, no figure
 
 

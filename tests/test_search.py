@@ -81,7 +81,7 @@ def test_equal_depth_runs_are_marked_in_tables_and_plots(tmp_path):
 
     for s, d in ((2, 2), (2, 4)):
         args = [*TINY, "backbone_depth=mlp", f"model.shallow.depth={s}", f"model.deep.depth={d}", "stage=stage1"]
-        results = train(compose_cfg([*args, "stage1.epochs=1"]), tmp_path / f"{s}-{d}")
+        results = train(compose_cfg([*args, "experts.epochs=1"]), tmp_path / f"{s}-{d}")
         sep = results["stage1/shallow/val/acc_conflicting"] - results["stage1/deep/val/acc_conflicting"]
         assert results["stage1/separation"] == pytest.approx(sep)
     coll = collect([tmp_path])

@@ -45,9 +45,9 @@ def test_the_stack_key_ignores_seeds_stage2_loss_weights_and_learning_rates_only
     def key(*extra):
         return stack_key(OmegaConf.to_container(compose_cfg([*TINY, *extra]), resolve=True))
 
-    assert key("seed=0") == key("seed=3") == key("seed=1", "stage2.poe_weight=0.2", "stage2.temperature=4")
-    assert key("seed=0") == key("stage1.lr=0.01", "stage2.weight_decay=0.1")
-    assert key("seed=0") != key("stage1.epochs=3") and key("seed=0") != key("method=erm")
+    assert key("seed=0") == key("seed=3") == key("seed=1", "method.poe_weight=0.2", "method.temperature=4")
+    assert key("seed=0") == key("experts.lr=0.01", "target.weight_decay=0.1")
+    assert key("seed=0") != key("experts.epochs=3") and key("seed=0") != key("method=erm")
     assert key("seed=0") != key("stage=stage1")
 
 
@@ -75,9 +75,9 @@ def test_a_stack_of_3_gives_each_member_the_numbers_of_its_plain_run(family, met
 @pytest.mark.slow
 def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_path):
     per_member = [
-        ["stage2.poe_weight=1.0"],
-        ["stage2.poe_weight=0.3", "stage2.dist_weight=0.5", "stage2.lr=0.003"],
-        ["stage2.temperature=4", "seed=2", "stage1.lr=0.002"],
+        ["method.poe_weight=1.0"],
+        ["method.poe_weight=0.3", "method.dist_weight=0.5", "target.lr=0.003"],
+        ["method.temperature=4", "seed=2", "experts.lr=0.002"],
     ]
     for plain, stacked in _plain_and_stacked(tmp_path, per_member):
         assert _records(plain) == _records(stacked)
@@ -105,9 +105,9 @@ def test_vectorized_members_stay_close_to_their_plain_runs(tmp_path):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_plain_runs(optimizer, tmp_path):
     per_member = [
-        ["stage1.lr=0.001"],
-        ["stage1.lr=0.002", "stage2.lr=0.003", "stage2.weight_decay=0.01"],
-        ["stage1.weight_decay=0.02", "seed=2"],
+        ["experts.lr=0.001"],
+        ["experts.lr=0.002", "target.lr=0.003", "target.weight_decay=0.01"],
+        ["experts.weight_decay=0.02", "seed=2"],
     ]
     if optimizer == "sgd":  # the preset's SGD momentum is in its yaml; larger steps suit it
         per_member = [[*m, "optimizer.momentum=0.9"] for m in per_member]
@@ -126,7 +126,7 @@ def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numb
     for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
         assert _records(plain) == _records(stacked)
     # runs that share nothing (another method, other epochs) given to one stack: each the plain way
-    mixed = [["method=erm"], ["stage1.epochs=3", "seed=4"]]
+    mixed = [["method=erm"], ["experts.epochs=3", "seed=4"]]
     for plain, stacked in _plain_and_stacked(tmp_path / "mixed", mixed, vectorize=True):
         assert _records(plain) == _records(stacked)
 
@@ -141,7 +141,7 @@ class _Killed(BaseException):
     [(("stage1", 2, 1), False), (("stage2", 1, 2), False), (("stage2", 1, 2), True)],
 )  # (phase, epoch, member reporting): at stage-1 epoch 2 members 0 and 1 are checkpointed, member 2 is not
 def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize, tmp_path, monkeypatch):
-    cfgs = [compose_cfg([*TINY, "stage1.epochs=3", f"seed={s}"]) for s in range(3)]
+    cfgs = [compose_cfg([*TINY, "experts.epochs=3", f"seed={s}"]) for s in range(3)]
     whole = [tmp_path / f"whole{k}" for k in range(3)]
     train_runs(cfgs, whole, vectorize=vectorize)
     runs = [tmp_path / f"killed{k}" for k in range(3)]
@@ -169,7 +169,7 @@ def test_a_member_stopped_by_the_pruner_leaves_the_others_to_train_on(vectorize,
     import denetdm.training.pipeline as pipeline
     from denetdm.sweeps.pruning import TrialPruned
 
-    cfgs = [compose_cfg([*TINY, "stage2.epochs=3", f"seed={s}"]) for s in range(3)]
+    cfgs = [compose_cfg([*TINY, "target.epochs=3", f"seed={s}"]) for s in range(3)]
     whole = [tmp_path / f"whole{k}" for k in range(3)]
     train_runs(cfgs, whole, vectorize=vectorize)
     open_run = pipeline.open_run

@@ -37,7 +37,7 @@ def test_export_writes_one_record_per_run_and_tables_read_the_store_as_the_runs(
     assert len(records) == 4
     rec = json.loads(records[0].read_text())
     assert rec["format"] == store.FORMAT and "trial" not in rec["config"] and rec["source"].startswith("seeds/")
-    assert len(rec["curves"]["stage1/shallow/val/acc_conflicting"]) == rec["config"]["stage1"]["epochs"]
+    assert len(rec["curves"]["stage1/shallow/val/acc_conflicting"]) == rec["config"]["experts"]["epochs"]
     # the same cells from the store as from the run directories
     assert build_table(collect([to])).cells == build_table(collect([SEEDS])).cells
     sweep_main(["export", str(SEEDS), "--to", str(to)])  # again: the same records, nothing new

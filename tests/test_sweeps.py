@@ -28,8 +28,8 @@ def test_depth_gap_samples_only_legal_pairs_and_records_the_best(tmp_path):
             "hparams_search=depth_gap",
             "hydra.sweeper.n_trials=3",
             *TINY,
-            "stage1.epochs=1",
-            "stage2.epochs=1",
+            "experts.epochs=1",
+            "target.epochs=1",
             f"hydra.sweep.dir={sweep}",
         ]
     )
@@ -58,8 +58,8 @@ def test_seeds_sweep_runs_each_combination(tmp_path):
             *TINY,
             "seed=0,1",
             "dataset.conflict_pct=1,5",
-            "stage1.epochs=1",
-            "stage2.epochs=1",
+            "experts.epochs=1",
+            "target.epochs=1",
             f"hydra.sweep.dir={sweep}",
         ]
     )
@@ -89,7 +89,7 @@ BAD_DEPTHS = [
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *BAD_DEPTHS, *TINY, "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(["-m", *BAD_DEPTHS, *TINY, "experts.epochs=1", "target.epochs=1", f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     trials = _trials(sweep)
     assert [t["number"] for t in trials] == list(range(len(trials)))
@@ -110,7 +110,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_too_many_failures_stop_the_sweep_with_one_line_and_keep_the_finished_trials(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", *BAD_DEPTHS, "hydra.sweeper.max_failure_rate=0", *TINY, "stage1.epochs=1", "stage2.epochs=1"]
+    args = ["-m", *BAD_DEPTHS, "hydra.sweeper.max_failure_rate=0", *TINY, "experts.epochs=1", "target.epochs=1"]
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
@@ -125,7 +125,7 @@ def test_too_many_failures_stop_the_sweep_with_one_line_and_keep_the_finished_tr
 def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", *TINY, "model.shallow.depth=0,3", "stage1.epochs=1", "stage2.epochs=1", f"hydra.sweep.dir={sweep}"]
+        ["-m", *TINY, "model.shallow.depth=0,3", "experts.epochs=1", "target.epochs=1", f"hydra.sweep.dir={sweep}"]
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (sweep / "1" / "results.json").exists() and not (sweep / "0" / "results.json").exists()
@@ -134,7 +134,7 @@ def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
 
 def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tmp_path):
     sweep = tmp_path / "sweep"
-    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "stage1.epochs=3", "stage2.epochs=1"]
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "experts.epochs=3", "target.epochs=1"]
     proc = run_cli(
         ["-m", "hparams_search=depth_gap", "hydra.sweeper.n_trials=2", *args, f"hydra.sweep.dir={sweep}"],
         env={"WANDB_MODE": "offline"},
@@ -174,8 +174,8 @@ def test_two_workers_share_one_study(tmp_path):
             f"hydra.sweeper.sampler.seed={worker}",
             "threads=1",
             *TINY,
-            "stage1.epochs=1",
-            "stage2.epochs=1",
+            "experts.epochs=1",
+            "target.epochs=1",
             f"hydra.sweep.dir={tmp_path / f'worker{worker}'}",
         ]
         cmd = [sys.executable, str(ROOT / "run.py"), *args]
@@ -216,8 +216,8 @@ def test_joblib_launcher_runs_trials_in_parallel_batches(tmp_path):
             "launcher=joblib",
             "hydra.sweeper.n_trials=4",
             *TINY,
-            "stage1.epochs=1",
-            "stage2.epochs=1",
+            "experts.epochs=1",
+            "target.epochs=1",
             f"hydra.sweep.dir={sweep}",
         ]
     )
@@ -253,8 +253,8 @@ def test_seeds_sweep_over_methods_gives_one_table_row_each(tmp_path):
             "seed=0",
             "dataset.conflict_pct=1",
             *TINY,
-            "stage1.epochs=1",
-            "stage2.epochs=2",
+            "experts.epochs=1",
+            "target.epochs=2",
             f"hydra.sweep.dir={sweep}",
         ]
     )

@@ -2,7 +2,8 @@
 
 A method runs as one or more phases (DeNetDM: stage1, stage2; JTT: jtt_id, jtt). Each phase is a `Method`
 class that `build`s itself from a `BuildContext` and the previous phase's trained method, and `check`s its
-hyperparameters before anything is loaded or trained. conf/method/<name>.yaml lists the phases.
+hyperparameters before anything is loaded or trained. conf/method/<name>.yaml lists the phases and sets each
+hyperparameter once, at the method level; a phase receives those its `build` names as keyword parameters.
 """
 
 from collections.abc import Callable, Iterable, Mapping
@@ -66,6 +67,12 @@ class Method(nn.Module):
     def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:
         """Raise a ConfigError for a hyperparameter of the wrong type or value (before any data is loaded);
         `schedules` are every phase's Schedule, by phase name."""
+
+    @classmethod
+    def schedule(cls, base: Any, **hparams: Any) -> Any:
+        """The phase's Schedule, from the schedule node it names (`base`); a phase may adapt it (JTT's
+        identification model trains its own number of epochs)."""
+        return base
 
     @classmethod
     def build(cls, ctx: BuildContext, previous: "Method | None", **hparams: Any) -> "Method":

@@ -76,19 +76,28 @@ class DeNetDMStage2(Method):
         cls, phase: str, schedules: dict, poe_weight=1.0, dist_weight=1.0, temperature=2.0, frozen_bn="eval"
     ) -> None:
         """The loss weights are numbers >= 0, the temperature > 0, frozen_bn eval or train."""
-        number("stage2.poe_weight", poe_weight)
-        number("stage2.dist_weight", dist_weight)
-        number("stage2.temperature", temperature, strict=True)
+        number("method.poe_weight", poe_weight)
+        number("method.dist_weight", dist_weight)
+        number("method.temperature", temperature, strict=True)
         if frozen_bn not in ("eval", "train"):
-            raise ConfigError(f"stage2.frozen_bn must be eval or train, got {frozen_bn!r}")
+            raise ConfigError(f"method.frozen_bn must be eval or train, got {frozen_bn!r}")
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None, **hparams) -> "DeNetDMStage2":
+    def build(
+        cls,
+        ctx: BuildContext,
+        previous: Method | None = None,
+        poe_weight: float = 1.0,
+        dist_weight: float = 1.0,
+        temperature: float = 2.0,
+        frozen_bn: str = "eval",
+    ) -> "DeNetDMStage2":
         """A fresh target of the target spec next to the stage-1 experts of `previous`, its head copied."""
         if not isinstance(previous, DeNetDMStage1):
             raise TypeError("DeNetDM's stage 2 follows its stage 1")
         target = TargetModel(ctx.backbone("target"), previous.model.head)
-        return cls(previous.model, target, ctx.optimizer, lr=ctx.lr, weight_decay=ctx.weight_decay, **hparams)
+        weights = {"poe_weight": poe_weight, "dist_weight": dist_weight, "temperature": temperature}
+        return cls(previous.model, target, ctx.optimizer, ctx.lr, ctx.weight_decay, **weights, frozen_bn=frozen_bn)
 
     def train(self, mode: bool = True) -> "DeNetDMStage2":
         super().train(mode)

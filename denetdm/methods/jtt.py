@@ -11,7 +11,9 @@ with the trained identification model in eval mode; `weighting: loss` keeps epoc
 error-set sample's loss upweight + 1 (normalised by the batch's total weight: the same objective in expectation).
 """
 
+import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,10 @@ from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
 from denetdm.methods.erm import ERM, check_arch
 from denetdm.models.experts import Classifier
+from denetdm.training.selection import protocol
+
+if TYPE_CHECKING:  # phases imports the methods
+    from denetdm.training.phases import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +58,21 @@ class JTTIdentify(ERM):
         self.register_buffer("wrong", torch.zeros(n, dtype=torch.bool))
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None, arch: str = "target") -> "JTTIdentify":
-        """A fresh network of the `arch` spec."""
+    def check(cls, phase: str, schedules: dict, arch: str = "target", id_epochs: int = 2) -> None:
+        """`arch` names a model spec (`id_epochs` is checked with the schedule)."""
+        check_arch(arch)
+
+    @classmethod
+    def schedule(cls, base: "Schedule", arch: str = "target", id_epochs: int = 2) -> "Schedule":
+        """The target's schedule for `id_epochs` epochs, its last epoch kept (JTT selects nothing here)."""
+        positive_int("method.id_epochs", id_epochs)
+        return dataclasses.replace(base, epochs=id_epochs, selection=protocol("last"))
+
+    @classmethod
+    def build(
+        cls, ctx: BuildContext, previous: Method | None = None, arch: str = "target", id_epochs: int = 2
+    ) -> "JTTIdentify":
+        """A fresh network of the `arch` spec (`id_epochs` sets its schedule)."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         return cls(model, ctx.make_optimizer(model.parameters()), len(ctx.train))
 

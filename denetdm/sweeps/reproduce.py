@@ -38,7 +38,7 @@ STEPS = [
     ),
 ]
 # the tiny size of the CPU test: few samples and epochs, the same sweeps
-TINY = ["dataset.subset=256", "dataset.val_size=50", "dataset.eval_subset=100", "stage1.epochs=1", "stage2.epochs=1"]
+TINY = ["dataset.subset=256", "dataset.val_size=50", "dataset.eval_subset=100", "experts.epochs=1", "target.epochs=1"]
 
 
 def cifar_overrides(source: str | None) -> list[str]:

@@ -236,8 +236,9 @@ class Trainer:
         checkpoint (model specs, config fingerprint); its "config" entry must match on resume."""
         if schedule.drop_last and len(data.train) < schedule.batch_size:
             raise ConfigError(
-                f"{stage}.drop_last=true drops every batch: {stage}.batch_size={schedule.batch_size} is more than "
-                f"the {len(data.train)} training images; lower the batch size or set {stage}.drop_last=false"
+                f"{schedule.source}.drop_last=true drops every batch: {schedule.source}.batch_size="
+                f"{schedule.batch_size} is more than the {len(data.train)} training images; lower the batch size or "
+                f"set {schedule.source}.drop_last=false"
             )
         gen = torch.Generator().manual_seed(int(schedule.seed))
         state = self.recorder.restore(stage, method, gen, meta, resume)
@@ -299,16 +300,17 @@ class Trainer:
         for idx in self.epoch_indices(fit, epoch):
             add_losses(sums, fit.step(idx))
             n += 1
-        return self.train_means(fit.stage, epoch, sums, n)
+        return self.train_means(fit, epoch, sums, n)
 
-    def train_means(self, stage: str, epoch: int, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+    def train_means(self, fit: Fit, epoch: int, sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:
         """`<stage>/train/<loss>` from losses summed over `n` batches on the device (read once per epoch)."""
+        stage = fit.stage
         train = {f"{stage}/train/{k}": v.item() / n for k, v in sums.items()}
         if not all(math.isfinite(v) for v in train.values()):
             saved = self.recorder.checkpoint_path(stage, "last")
             raise TrainingError(
                 f"{stage} epoch {epoch}: the training loss is {train.get(f'{stage}/train/loss')} (not finite); "
-                f"lower {stage}.lr or check the data. Epochs before it are saved in {saved}"
+                f"lower {fit.schedule.source}.lr or check the data. Epochs before it are saved in {saved}"
             )
         return train
 

@@ -33,7 +33,7 @@ NOT_NUMERIC = (
     "dataset.workers",
 )
 # What stage 1 does not read: left out of its fingerprint, so `stage=stage1` and `stage=full` share stage 1.
-LATER_STAGE_KEYS = ("stage2", "model.target", "stage.stage1_ckpt", "stage.ckpt")
+LATER_STAGE_KEYS = ("target", "model.target", "stage.previous_ckpt", "stage.ckpt")
 
 
 def _drop(tree: dict, dotted: str) -> None:

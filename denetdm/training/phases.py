@@ -1,6 +1,7 @@
 """A method's phases from its config (conf/method/<name>.yaml): classes, hyperparameters, schedules, and
 building them, freshly or as the skeleton of a checkpoint."""
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,9 +11,11 @@ from hydra.utils import get_class
 from denetdm.checks import positive_int
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
-from denetdm.training.selection import Protocol, protocol
+from denetdm.training.selection import Protocol
 
-RESERVED = ("_target_", "schedule", "schedule_overrides")  # phase keys that are not hyperparameters
+PHASE_KEYS = ("_target_", "schedule")  # a phase node names its class and its schedule node, nothing else
+# a method node's keys that are not hyperparameters: how it is named and shown, which model it delivers, its phases
+METHOD_KEYS = ("name", "label", "uses_bias_labels", "row_depths", "final", "phases")
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
 
 
@@ -30,9 +33,11 @@ class Schedule:
     drop_last: bool = False  # drop the last partial training batch of each epoch (the reference's stage 1 does)
     lr: float = 0.0
     weight_decay: float = 0.0
+    source: str = "target"  # the config node it comes from (`experts`, `target`): what error messages name
 
-    def check(self, stage: str) -> "Schedule":
-        """Raise a ConfigError naming `<stage>.<key>` for a value torch would reject or misuse."""
+    def check(self) -> "Schedule":
+        """Raise a ConfigError naming `<source>.<key>` for a value torch would reject or misuse."""
+        stage = self.source
         for name in ("epochs", "batch_size"):
             positive_int(f"{stage}.{name}", getattr(self, name))
         if not isinstance(self.drop_last, bool):
@@ -65,27 +70,56 @@ def phase_class(name: str, node: Mapping) -> type[Method]:
     return cls
 
 
+def takes(cls: type[Method]) -> tuple[str, ...]:
+    """The hyperparameters a phase class declares: the keyword parameters of its `build`."""
+    params = inspect.signature(cls.build).parameters.values()
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(p.name for p in params if p.name not in ("ctx", "previous") and p.kind in named)
+
+
+def resolve(method: Mapping) -> dict:
+    """The method node with each hyperparameter (a method-level key, written once in its yaml) moved into the
+    nodes of the phases whose class takes it, so that a phase node is complete (a checkpoint rebuilds from it). A
+    key set to null is absent (a preset that drops a phase drops its hyperparameters)."""
+    out = {k: v for k, v in method.items() if k in METHOD_KEYS}
+    given = {k: v for k, v in method.items() if k not in METHOD_KEYS and v is not None}
+    out["phases"], used = dict(method.get("phases") or {}), set()
+    for name, node in phases(method).items():
+        extra = sorted(set(node) - set(PHASE_KEYS))
+        if extra:
+            raise ConfigError(
+                f"method.phases.{name} holds {extra}: a phase names only _target_ and schedule; set hyperparameters "
+                f"once, at the method level (method.{extra[0]}=...)"
+            )
+        names = takes(phase_class(name, node))
+        missing = [k for k in names if k not in given]
+        if missing:
+            raise ConfigError(f"method.{missing[0]} is not set; phase {name} needs it (conf/method/)")
+        out["phases"][name] = {**node, **{k: given[k] for k in names}}
+        used.update(names)
+    unused = sorted(set(given) - used)
+    if unused:
+        raise ConfigError(
+            f"method.{unused[0]} is not a hyperparameter of method {method.get('name')!r} (its phases take: "
+            f"{', '.join(sorted(used)) or 'none'}); see conf/method/"
+        )
+    return out
+
+
 def hparams(node: Mapping) -> dict[str, Any]:
-    """The phase's hyperparameters: every key but the reserved ones."""
-    return {k: v for k, v in node.items() if k not in RESERVED}
+    """A resolved phase node's hyperparameters: every key but its class and schedule."""
+    return {k: v for k, v in node.items() if k not in PHASE_KEYS}
 
 
 def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
-    """The phase's schedule: the top-level node it names (`schedule: stage2`) with its `schedule_overrides`."""
+    """The phase's schedule: the top-level node it names (`schedule: target`), as its class adapts it."""
     source = node.get("schedule")
     if not isinstance(cfg.get(source) if isinstance(source, str) else None, Mapping):
-        raise ConfigError(f"method.phases.{name}.schedule must name a schedule node such as stage2, got {source!r}")
-    over = dict(node.get("schedule_overrides") or {})
-    unknown = set(over) - {*SCHEDULE_KEYS, "selection"}
-    if unknown:
-        raise ConfigError(f"method.phases.{name}.schedule_overrides: unknown keys {sorted(unknown)}")
-    if "epochs" in over:
-        # a method yaml sets it from one of its own keys (jtt: method.id_epochs)
-        positive_int(f"the epochs of phase {name} (method.phases.{name}.schedule_overrides.epochs)", over["epochs"])
-    values = {k: over.get(k, cfg[source].get(k)) for k in SCHEDULE_KEYS}
-    own = protocol(over["selection"]) if "selection" in over else None
+        raise ConfigError(f"method.phases.{name}.schedule must name a schedule node such as target, got {source!r}")
+    values = {k: cfg[source].get(k) for k in SCHEDULE_KEYS}
     lr, decay = cfg[source].get("lr"), cfg[source].get("weight_decay")
-    return Schedule(**values, seed=seed, selection=own, lr=lr, weight_decay=decay).check(source)
+    base = Schedule(**values, seed=seed, lr=lr, weight_decay=decay, source=source).check()
+    return phase_class(name, node).schedule(base, **hparams(node))
 
 
 def check(method: Mapping, schedules: Mapping[str, Schedule]) -> None:

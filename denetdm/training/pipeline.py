@@ -119,16 +119,17 @@ class StageRunner:
 
     def start(self) -> Method | None:
         """Before the first trained phase: stage=eval's evaluation, and the phase before it from its checkpoint
-        (`stage.stage1_ckpt`) when the run starts later than the method's first phase."""
+        (`stage.previous_ckpt`) when the run starts later than the method's first phase."""
         if self.p.eval_ckpt:
             self.results.update(evaluate_checkpoint(self.p.eval_ckpt, self.data))
         names, run = list(self.p.phases), self.p.trained
         if not run or run[0] == names[0]:
             return None
         phase = names[names.index(run[0]) - 1]
-        ckpt = load_checkpoint(self.p.stage1_ckpt, f"{phase} checkpoint")
+        ckpt = load_checkpoint(self.p.previous_ckpt, f"{phase} checkpoint")
         if ckpt["kind"] != phase:
-            raise ConfigError(f"stage.stage1_ckpt={self.p.stage1_ckpt} holds a {ckpt['kind']} checkpoint, not {phase}")
+            where = f"stage.previous_ckpt={self.p.previous_ckpt}"
+            raise ConfigError(f"{where} holds a {ckpt['kind']} checkpoint, not {phase}")
         self.specs.update({k: v for k, v in ckpt["meta"]["model"].items() if k != "target"})
         method = ph.rebuild(self.p.config["method"], phase, context(self.data, self.specs))
         method = method.to(self.p.device, memory_format=self.fmt)

@@ -48,7 +48,7 @@ class Plan:
     captured: bool
     threads: int | None
     progress: bool | None  # None: bars on a terminal only
-    stage1_ckpt: str | None  # the previous phase's checkpoint, when a later phase runs alone
+    previous_ckpt: str | None  # the previous phase's checkpoint, when a later phase runs alone
     eval_ckpt: str | None  # stage=eval's checkpoint
 
     @property
@@ -103,23 +103,21 @@ def _check_flags(cfg: DictConfig) -> None:
         raise ConfigError(f"progress must be auto, true or false, got {cfg.progress!r}")
 
 
-def check_optimizer(optimizer, cfg: DictConfig, sources: Iterable[str]) -> None:
-    """Build the optimizer once per schedule node on a dummy parameter, so that torch's own checks of its
-    values (lr, betas, momentum, ...) fail before any data is loaded, as one clear error."""
-    betas = (cfg.get("optimizer") or {}).get("betas")
+def check_optimizer(optimizer, betas: object, schedules: Iterable[Schedule]) -> None:
+    """Build the optimizer once per schedule on a dummy parameter, so that torch's own checks of its values (lr,
+    betas, momentum, ...) fail before any data is loaded, as one clear error."""
     if betas is not None and not (
         isinstance(betas, Sequence) and len(betas) == 2 and all(_fraction(b) for b in betas)
     ):  # torch indexes betas before it checks them
         raise ConfigError(f"optimizer.betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {betas!r}")
-    for source in sources:
-        node = cfg[source]
-        number(f"{source}.lr", node.lr, strict=True)
-        number(f"{source}.weight_decay", node.weight_decay)
+    for s in schedules:
+        number(f"{s.source}.lr", s.lr, strict=True)
+        number(f"{s.source}.weight_decay", s.weight_decay)
         try:
-            optimizer([torch.zeros(1, requires_grad=True)], lr=node.lr, weight_decay=node.weight_decay)
+            optimizer([torch.zeros(1, requires_grad=True)], lr=s.lr, weight_decay=s.weight_decay)
         except (ValueError, TypeError, RuntimeError) as e:
             raise ConfigError(
-                f"the optimizer rejects the {source} values: {e}; check optimizer.* and {source}.*"
+                f"the optimizer rejects the {s.source} values: {e}; check optimizer.* and {s.source}.*"
             ) from None
 
 
@@ -138,9 +136,10 @@ def _stages(cfg: DictConfig, names: list[str]) -> list[str]:
         )
     if "eval" in asked and not cfg.stage.ckpt:
         raise ConfigError("stage=eval needs stage.ckpt=<path to a .pt checkpoint written by run.py>")
-    if run and run[0] != names[0] and not cfg.stage.stage1_ckpt:
+    if run and run[0] != names[0] and not cfg.stage.previous_ckpt:
         before = names[names.index(run[0]) - 1]
-        raise ConfigError(f"stage={cfg.stage.name} needs stage.stage1_ckpt=<run dir>/checkpoints/{before}_selected.pt")
+        path = f"<run dir>/checkpoints/{before}_selected.pt"
+        raise ConfigError(f"stage={cfg.stage.name} needs stage.previous_ckpt={path}")
     return asked
 
 
@@ -204,10 +203,11 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
     # what the run does: CUDA graphs on a GPU (`auto` there); a CPU ignores the setting, so its runs compare equal
     config["captured"] = device.type == "cuda" and cfg.captured in ("auto", True)
     config["selection"] = proto.name  # `test` and `oracle` are one protocol
+    config["method"] = ph.resolve(config["method"])  # each phase node complete: the checkpoints rebuild from it
     stages = _stages(cfg, list(ph.phases(config["method"])))
     schedules = _schedules(cfg, config["method"], proto)
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
-    check_optimizer(optimizer, cfg, sorted({node["schedule"] for node in ph.phases(config["method"]).values()}))
+    check_optimizer(optimizer, (cfg.get("optimizer") or {}).get("betas"), schedules.values())
     return Plan(
         run_dir=Path(run_dir),
         config=config,
@@ -225,6 +225,6 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
         captured=config["captured"],
         threads=cfg.threads,
         progress=None if cfg.progress == "auto" else cfg.progress,
-        stage1_ckpt=cfg.stage.stage1_ckpt,
+        previous_ckpt=cfg.stage.previous_ckpt,
         eval_ckpt=cfg.stage.ckpt,
     )

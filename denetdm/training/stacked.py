@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from denetdm.errors import DenetdmError
+from denetdm.errors import ConfigError, DenetdmError
 from denetdm.methods.base import Method
 from denetdm.training.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
 from denetdm.training.fingerprint import setting
@@ -36,20 +36,22 @@ OWN_SETTINGS = ("lr", "weight_decay")  # every phase's optimiser settings may di
 
 def stack_key(config: Mapping) -> str:
     """Runs with equal keys can train as one stack: their configs differ at most in the seeds, the optimiser
-    settings of their phases' schedules, and what each phase's Method declares in `stack_apart` (dropped from the
-    phase's node and from its schedule node, where the method yamls interpolate them from)."""
-    from denetdm.training.phases import phase_class
+    settings of their phases' schedules, and what each phase's Method declares in `stack_apart`."""
+    from denetdm.training.phases import phase_class, resolve
 
+    try:
+        config = {**config, "method": resolve(config.get("method") or {})}
+    except ConfigError:  # a run alone, whose plan says what is wrong
+        return json.dumps(config, sort_keys=True, default=str)
     stages = (config.get("stage") or {}).get("stages") or ["stage2"]
     fp = setting(config, [s for s in stages if s != "eval"] or ["stage2"])
     for name, node in ((fp.get("method") or {}).get("phases") or {}).items():
         if not isinstance(node, dict):
             continue
-        source = fp.get(node.get("schedule"))
-        for key in (*OWN_SETTINGS, *phase_class(name, node).stack_apart):
+        for key in phase_class(name, node).stack_apart:
             node.pop(key, None)
-            if isinstance(source, dict):
-                source.pop(key, None)
+        for key in OWN_SETTINGS:
+            (fp.get(node.get("schedule")) or {}).pop(key, None)
     fp["stage"] = config.get("stage")
     return json.dumps(fp, sort_keys=True, default=str)
 
@@ -247,7 +249,7 @@ def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: boo
         evals = stack.evaluate_all([fits[k].data for k in live], fits[0].stage)
         for j, k in enumerate(live):
             try:
-                train = trainers[k].train_means(fits[k].stage, epoch, {key: v[j] for key, v in sums.items()}, n)
+                train = trainers[k].train_means(fits[k], epoch, {key: v[j] for key, v in sums.items()}, n)
                 trainers[k].end_epoch(fits[k], epoch, train, t0, evals[j] if evals else None)
             except DenetdmError as e:
                 out[k] = e

@@ -1,9 +1,9 @@
 """`launcher=stacked`: the jobs of a multirun batch that can train as one stacked model do (denetdm.training.stacked).
 
-Jobs are grouped by `denetdm.training.stacked.stack_key` (equal configs but for seeds, stage-2 loss weights, learning
-rates and weight decays); a group
-of several trains as one stack, a job alone runs as the basic launcher would run it. Each member still gets its
-own run directory from Hydra (`.hydra/`, run.log, results.json, checkpoints, W&B run), plus `stack.json`.
+Jobs are grouped by `denetdm.training.stacked.stack_key` (equal configs but for seeds, what their methods declare
+in `stack_apart`, learning rates and weight decays); a group of several trains as one stack, a job alone runs as
+the basic launcher would run it. Each member still gets its own run directory from Hydra (`.hydra/`, run.log,
+results.json, checkpoints, W&B run), plus `stack.json`.
 """
 
 import logging

@@ -25,11 +25,11 @@ run: install
 	$(PY) run.py $(ARGS)
 
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n auto $(ARGS)
 
 # The edit loop (under a minute): unit and in-process tests; no subprocess runs, sweeps or full datasets.
 test-fast: install
-	$(PY) -m pytest -m "not slow" -q $(ARGS)
+	$(PY) -m pytest -n auto -m "not slow" -q $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

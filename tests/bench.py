@@ -181,7 +181,8 @@ def _method_config(name: str) -> dict:
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=paper_cmnist", f"method={name}", "logger=none"])
-    return OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return config | {"method": ph.resolve(config["method"])}  # each phase node with its hyperparameters
 
 
 def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, float, float]]:
@@ -192,9 +193,8 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tmp, protocol=PROTOCOLS["last"], progress=False)
         for phase, node in ph.phases(config["method"]).items():
-            source = config[node["schedule"]]
             paper = ph.schedule(config, phase, node, 0)
-            ctx = context(data, config["model"], adam, source["lr"], source["weight_decay"])
+            ctx = context(data, config["model"], adam, paper.lr, paper.weight_decay)
             torch.manual_seed(0)
             previous = ph.build(phase, node, ctx, previous).to(args.device)
             epochs = min(args.epochs, paper.epochs)

@@ -28,7 +28,8 @@ TINY = [
     *COMMON,
 ]
 
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (make test runs two on these 2 cores), two in a single process
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @pytest.fixture(autouse=True, scope="session")

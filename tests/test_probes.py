@@ -130,6 +130,7 @@ def test_depth_analysis_runs_end_to_end_on_tiny_data(tmp_path):
     assert d1[0]["rank"] == d1[1]["rank"]
 
 
+@pytest.mark.slow
 def test_depth_analysis_bad_values_are_one_error_line(tmp_path):
     import subprocess
     import sys

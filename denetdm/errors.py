@@ -23,3 +23,7 @@ class BusyError(DenetdmError):
 
 class TrainingError(DenetdmError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class WriteError(DenetdmError):
+    """A file could not be written (a full disk, a size limit, permissions); what was written before is intact."""

@@ -2,14 +2,12 @@
 
 FAULT is one of
   kill-mid-write:<name>[:<n>]  SIGKILL after writing half of the n-th file (default the first) named <name>*
-  enospc:<name>[:<n>]          the n-th write of a file named <name>* fails with "No space left on device"
   kill-at-stage:<stage>        SIGKILL as <stage> begins (between the stages)
   kill-after-epoch:<stage>:<n> SIGKILL once epoch n of <stage> is checkpointed
   kill-after-generating        SIGKILL once the dataset is generated, before its cache file is written
 The hooks wrap denetdm's own functions from outside; nothing in the package knows about them.
 """
 
-import errno
 import io
 import os
 import runpy
@@ -53,11 +51,6 @@ def _half_then_die(f, data) -> None:
     _die()
 
 
-def _no_space(f, data) -> None:
-    f.write(data[: len(data) // 3])
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
 def _wrap_method(cls, name: str, before=None, after=None) -> None:
     original = getattr(cls, name)
 
@@ -76,9 +69,9 @@ def arm(fault: str) -> None:
     """Install the hook `fault` describes."""
     kind, _, rest = fault.partition(":")
     parts = rest.split(":") if rest else []
-    if kind in ("kill-mid-write", "enospc"):
+    if kind == "kill-mid-write":
         nth = int(parts[1]) if len(parts) > 1 else 1
-        _on_write(parts[0], nth, _half_then_die if kind == "kill-mid-write" else _no_space)
+        _on_write(parts[0], nth, _half_then_die)
     elif kind == "kill-at-stage":
         from denetdm.training.engine import Trainer
 

@@ -37,13 +37,31 @@ def tiny_data() -> BiasedData:
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     trainer = Trainer(tmp_path, progress=False)
-    try:
+    with pytest.raises(TrainingError, match="epoch 1: the training loss is nan .not finite.; lower experts.lr") as e:
         trainer.fit("stage1", Constant(float("nan")), tiny_data(), Schedule(3, 4, "only/acc", 0, source="experts"), {})
-    except TrainingError as e:
-        assert "not finite" in str(e) and "experts.lr" in str(e)
-    else:
-        raise AssertionError("a NaN loss must stop training")
-    assert not (tmp_path / "checkpoints" / "stage1_last.pt").exists()  # nothing poisoned is saved
+    assert "No epoch of stage1 was saved yet" in str(e.value)  # epoch 1: no checkpoint to name
+
+
+class Growing(Constant):
+    """A loss that is finite but grows tenfold each epoch (a learning rate far too high)."""
+
+    def on_epoch(self):
+        self.loss *= 10
+
+
+def test_a_diverging_loss_stops_at_max_loss_naming_the_saved_epochs(tmp_path):
+    method = Growing(50.0)  # 50, 500, 5000, 5e4: epoch 4 crosses the bound
+    trainer = Trainer(tmp_path, progress=False, max_loss=1e4)
+    trainer.recorder.on_epoch = lambda *a: method.on_epoch()
+    with pytest.raises(TrainingError, match=r"epoch 4: the training loss is 5e\+04, above max_loss=10000: it diverges"):
+        trainer.fit("stage1", method, tiny_data(), Schedule(5, 4, "only/acc", 0, source="experts"), {})
+    assert trainer.recorder.checkpoint_path("stage1", "last").exists()  # the message names it: epochs 1-3
+    with pytest.raises(TrainingError, match="No epoch of stage1 was saved yet"):
+        Trainer(tmp_path / "b", progress=False, max_loss=10.0).fit(
+            "stage1", Growing(50.0), tiny_data(), Schedule(2, 4, "only/acc", 0), {}
+        )
+    unbounded = Trainer(tmp_path / "c", progress=False, max_loss=None)  # max_loss=null: only non-finite stops
+    unbounded.fit("stage1", Growing(5e5), tiny_data(), Schedule(2, 4, "only/acc", 0), {})
 
 
 def test_selection_last_keeps_the_final_epoch(tmp_path):

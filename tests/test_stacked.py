@@ -216,6 +216,18 @@ def test_launcher_stacked_gives_each_job_a_run_directory_with_its_plain_numbers(
 
 
 @pytest.mark.slow
+def test_a_diverging_member_is_set_apart_the_others_finish_and_a_rerun_retries_only_it(tmp_path):
+    args = ["-m", "target.lr=1e-3,1e5", *TINY, "launcher=stacked", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli(args)  # Adam at lr 1e5 sends the target's loss to ~1e32 in its first epoch, finite
+    out = proc.stdout + proc.stderr
+    assert "as one stack" in out and "stage2 epoch 1: the training loss is" in out and "it diverges" in out
+    assert (tmp_path / "0" / "results.json").exists() and not (tmp_path / "1" / "results.json").exists()
+    assert "No epoch of stage2 was saved yet" in out  # never a file that does not exist
+    again = run_cli(args)
+    assert again.stdout.count("already finished") == 1 and "it diverges" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
 def test_bad_launcher_settings_are_one_error_line(tmp_path):
     for bad, words in (
         ("hydra.launcher.vectorize=maybe", "vectorize"),

@@ -1,4 +1,7 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename, so readers never see half a file."""
+"""Durable atomic file writes: a temporary file in the same folder, flushed to the disk, renamed over the target,
+and the folder's entry flushed too, so that readers never see half a file and a power cut leaves the old file or
+the new one, never an empty or torn one. Files get the permissions the process umask gives (0644 typically), so
+colleagues on a shared cluster can read results (mkstemp alone would make them 0600)."""
 
 import os
 import tempfile
@@ -8,24 +11,57 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # read once, at import: os.umask is process-wide and not safe to call from threads
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to the disk; a filesystem that cannot is left as it is."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems (and Windows) do not fsync folders
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file for writing; on success it replaces `path`, on failure it is removed."""
+    """Open a temporary file for writing; on success it is flushed and replaces `path`, on any failure (a full
+    disk, a size limit, an exception of the writer) it is removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
 
 
 def atomic_save(obj: object, path: str | Path) -> None:
-    """torch.save that readers never see half written (checkpoints, dataset caches)."""
+    """torch.save, durably and atomically (checkpoints, dataset caches). Serialised in memory first: torch's own
+    writer reports a refused write (ENOSPC, EFBIG) as an opaque RuntimeError, a plain write says which it was."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+        f.write(buffer.getbuffer())

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from denetdm.files.atomic import atomic_write
+from denetdm.files.atomic import FILE_MODE, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,22 @@ class JsonLines:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        """Append one record and flush it to disk."""
+        """Append one record and flush it to disk; a failed write (a full disk) is cut off again, so the file
+        ends with the last whole record, and raised as the OSError it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json_line(record))
-            f.flush()
-            os.fsync(f.fileno())
+        data = json_line(record).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, size)  # unbuffered: nothing is left to flush when the file closes
+                raise
+        finally:
+            os.close(fd)
 
     def write_all(self, records: list[dict]) -> None:
         """Replace the file with `records` (atomically)."""

@@ -18,9 +18,10 @@ def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint") -> None:
         ckpt = _on_host(ckpt)  # each tensor copied off the GPU once; the digest and the file read host memory
         atomic_save({**ckpt, "digest": tree_digest(ckpt)}, path)
     except OSError as e:
+        kept = "the previous one is intact" if path.exists() else "there is no earlier one"
         raise CheckpointError(
-            f"could not write the {what} {path} ({e.strerror or e}); the previous one is intact: free space "
-            "(or fix the folder's permissions) and run the same command again to continue from it"
+            f"could not write the {what} {path} ({e.strerror or e}); {kept}: free space (or fix the folder's "
+            "permissions) and run the same command again to continue"
         ) from None
 
 

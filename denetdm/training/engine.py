@@ -17,7 +17,7 @@ import torch
 
 from denetdm.analysis.probes import ProbeSchedule
 from denetdm.data.splits import BiasedData, Split
-from denetdm.errors import CheckpointError, ConfigError, TrainingError
+from denetdm.errors import CheckpointError, ConfigError, TrainingError, WriteError
 from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
 from denetdm.reporting.loggers import NullLogger
@@ -125,6 +125,13 @@ class Recorder:
         """Path of a stage's `last` or `selected` checkpoint."""
         return self.ckpt_dir / f"{stage}_{which}.pt"
 
+    def saved_so_far(self, stage: str) -> str:
+        """What a rerun continues from, for an error message (never a file that does not exist)."""
+        path = self.checkpoint_path(stage, "last")
+        if path.exists():
+            return f"The epochs before it are saved in {path}; a rerun continues after them."
+        return f"No epoch of {stage} was saved yet; a rerun starts it over."
+
     def restore(self, stage: str, method: Method, gen: torch.Generator, meta: dict, resume: bool) -> dict:
         """The loop state after the last saved epoch (method, optimizer and batch order restored), or a fresh one."""
         state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "elapsed_s": 0.0}
@@ -150,7 +157,13 @@ class Recorder:
 
     def record(self, fit: Fit, epoch: int, record: dict, metrics: dict[str, float]) -> None:
         """Append an epoch's record, log it, keep its checkpoint if selection prefers it, save the last one."""
-        self.records.append(record)
+        try:
+            self.records.append(record)
+        except OSError as e:
+            raise WriteError(
+                f"could not write {self.records.path} ({e.strerror or e}): free space (or fix the folder's "
+                f"permissions) and run the same command again. {self.saved_so_far(fit.stage)}"
+            ) from None
         self.logger.log(fit.stage, epoch, record)
         self._select_and_save(fit, epoch, metrics)
         self._report(fit.stage, epoch, fit.schedule, record)
@@ -204,8 +217,10 @@ class Trainer:
         progress: bool | None = None,
         probe: ProbeSchedule | None = None,
         captured: bool = False,
+        max_loss: float | None = None,
     ) -> None:
         self.recorder = Recorder(Path(run_dir), logger or NullLogger(), protocol, label_free_metric)
+        self.max_loss = max_loss  # a mean training loss above it has diverged (None: only a non-finite one)
         self.captured = captured  # CUDA graphs for the training steps of methods on a GPU (denetdm.training.captured)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.probe = probe or ProbeSchedule()
@@ -306,13 +321,15 @@ class Trainer:
         """`<stage>/train/<loss>` from losses summed over `n` batches on the device (read once per epoch)."""
         stage = fit.stage
         train = {f"{stage}/train/{k}": v.item() / n for k, v in sums.items()}
+        loss = train.get(f"{stage}/train/loss", 0.0)
         if not all(math.isfinite(v) for v in train.values()):
-            saved = self.recorder.checkpoint_path(stage, "last")
-            raise TrainingError(
-                f"{stage} epoch {epoch}: the training loss is {train.get(f'{stage}/train/loss')} (not finite); "
-                f"lower {fit.schedule.source}.lr or check the data. Epochs before it are saved in {saved}"
-            )
-        return train
+            why = f"the training loss is {loss} (not finite)"
+        elif self.max_loss is not None and loss > self.max_loss:
+            why = f"the training loss is {loss:.3g}, above max_loss={self.max_loss:g}: it diverges"
+        else:
+            return train
+        hint = f"lower {fit.schedule.source}.lr or check the data"
+        raise TrainingError(f"{stage} epoch {epoch}: {why}; {hint}. {self.recorder.saved_so_far(stage)}")
 
 
 def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> None:

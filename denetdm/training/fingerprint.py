@@ -15,6 +15,7 @@ NOT_NUMERIC = (
     "threads",  # speed only
     "progress",  # terminal output
     "resume",  # whether a directory continues, not what it computes
+    "max_loss",  # when a diverging run stops, not what a run that finishes computes
     "logger",  # where metrics are mirrored
     "trial",  # which sweep asked for the run
     "experiment_name",  # a label; the experiment's values themselves count

@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 
 from denetdm.checks import instantiate_checked
 from denetdm.data.splits import BiasedData
-from denetdm.errors import ConfigError, DenetdmError
+from denetdm.errors import ConfigError, DenetdmError, WriteError
+from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import write_json
 from denetdm.files.lock import run_lock
 from denetdm.methods import BuildContext, Method
@@ -230,7 +231,7 @@ def open_run(p: Plan, data: tuple[BiasedData, bool], pruning: dict | None) -> St
     """The run's logger, trainer (reporting to a pruning sweep's trial where one is given) and stage runner."""
     logger = instantiate_checked(p.config["logger"], _partial_=True, _convert_="all")
     logger = logger(run_dir=str(p.run_dir), run_config=p.config)
-    trainer = Trainer(p.run_dir, logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured)
+    trainer = Trainer(p.run_dir, logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured, p.max_loss)
     if pruning is not None:
         from denetdm.sweeps.pruning import Reporter
 
@@ -249,8 +250,15 @@ def conclude(runner: StageRunner, t_data: float) -> dict:
     results["provenance"] = {"commit": provenance.commit(), "machine": provenance.machine(p.device)}
     results |= {"stages": p.stages, "dataset": {"name": data.name, **data.info}, "config": p.config}
     runner.trainer.recorder.logger.summary(results)
-    write_json(p.run_dir / "results.json", results)
-    (p.run_dir / "done").write_text("")
+    try:
+        write_json(p.run_dir / "results.json", results)
+        with atomic_write(p.run_dir / "done"):
+            pass
+    except OSError as e:
+        raise WriteError(
+            f"could not write {p.run_dir / 'results.json'} ({e.strerror or e}); every phase is trained and its "
+            "checkpoints are saved: free space and run the same command again (nothing is trained again)"
+        ) from None
     return results
 
 

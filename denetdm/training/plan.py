@@ -49,6 +49,7 @@ class Plan:
     threads: int | None
     progress: bool | None  # None: bars on a terminal only
     previous_ckpt: str | None  # the previous phase's checkpoint, when a later phase runs alone
+    max_loss: float | None  # a phase whose mean training loss exceeds it has diverged
     eval_ckpt: str | None  # stage=eval's checkpoint
 
     @property
@@ -101,6 +102,8 @@ def _check_flags(cfg: DictConfig) -> None:
         )
     if cfg.progress not in ("auto", True, False):
         raise ConfigError(f"progress must be auto, true or false, got {cfg.progress!r}")
+    if cfg.max_loss is not None:
+        number("max_loss", cfg.max_loss, strict=True)
 
 
 def check_optimizer(optimizer, betas: object, schedules: Iterable[Schedule]) -> None:
@@ -226,5 +229,6 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
         threads=cfg.threads,
         progress=None if cfg.progress == "auto" else cfg.progress,
         previous_ckpt=cfg.stage.previous_ckpt,
+        max_loss=cfg.max_loss,
         eval_ckpt=cfg.stage.ckpt,
     )

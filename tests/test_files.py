@@ -1,0 +1,60 @@
+"""The file writers on their own: durable atomic writes with the umask's permissions, appends cut back on failure."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from denetdm.files.atomic import atomic_save, atomic_write
+from denetdm.files.jsonlines import JsonLines
+
+from conftest import ROOT
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.slow
+def test_written_files_follow_the_umask_so_colleagues_can_read_them(tmp_path):
+    script = (
+        "import os, sys; os.umask(int(sys.argv[2], 8)); from pathlib import Path; p = Path(sys.argv[1]);"
+        "from denetdm.files.atomic import atomic_write, atomic_save; from denetdm.files.jsonlines import JsonLines;"
+        'exec(\'with atomic_write(p / "a.json") as f: f.write("{}")\');'
+        "atomic_save({'x': 1}, p / 'b.pt'); JsonLines(p / 'c.jsonl').append({'epoch': 1})"
+    )
+    for umask, want in (("022", 0o644), ("077", 0o600), ("002", 0o664)):
+        folder = tmp_path / umask
+        folder.mkdir()
+        subprocess.run([sys.executable, "-c", script, str(folder), umask], cwd=ROOT, check=True)
+        assert {p.name: _mode(p) for p in folder.iterdir()} == {"a.json": want, "b.pt": want, "c.jsonl": want}
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_write(path) as f:
+        f.write("half")
+        raise RuntimeError("the writer failed")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    with pytest.raises(AttributeError):
+        atomic_save(lambda: None, path)  # torch cannot pickle it: nothing is written at all
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_an_append_that_fails_is_cut_back_to_the_last_whole_record(tmp_path, monkeypatch):
+    records = JsonLines(tmp_path / "metrics.jsonl")
+    records.append({"epoch": 1})
+    real_write = os.write
+
+    def short_then_full(fd, data):  # the disk takes a few bytes, then is full
+        monkeypatch.setattr(os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(28, "No space left")))
+        return real_write(fd, data[:5])
+
+    monkeypatch.setattr(os, "write", short_then_full)
+    with pytest.raises(OSError, match="No space"):
+        records.append({"epoch": 2})
+    monkeypatch.setattr(os, "write", real_write)
+    assert records.path.read_text() == '{"epoch": 1}\n' and records.read() == [{"epoch": 1}]

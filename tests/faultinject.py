@@ -2,6 +2,7 @@
 
 FAULT is one of
   kill-mid-write:<name>[:<n>]  SIGKILL after writing half of the n-th file (default the first) named <name>*
+  kill-after-write:<name>:<n>  SIGKILL once the n-th file named <name>* is written (before the next write)
   kill-at-stage:<stage>        SIGKILL as <stage> begins (between the stages)
   kill-after-epoch:<stage>:<n> SIGKILL once epoch n of <stage> is checkpointed
   kill-after-generating        SIGKILL once the dataset is generated, before its cache file is written
@@ -28,8 +29,8 @@ def _on_write(name: str, nth: int, fail) -> None:
     original, seen = atomic.atomic_write, [0]
 
     @contextmanager
-    def write(path, mode="w"):
-        with original(path, mode) as f:
+    def write(path, mode="w", previous=None):
+        with original(path, mode, previous) as f:
             if not Path(path).name.startswith(name):
                 yield f
                 return
@@ -40,6 +41,24 @@ def _on_write(name: str, nth: int, fail) -> None:
             buf = io.BytesIO() if "b" in mode else io.StringIO()
             yield buf
             fail(f, buf.getvalue())
+
+    atomic.atomic_write = write
+
+
+def _after_write(name: str, nth: int) -> None:
+    """SIGKILL once the n-th atomic write of a file whose name starts with `name` is complete."""
+    import denetdm.files.atomic as atomic
+
+    original, seen = atomic.atomic_write, [0]
+
+    @contextmanager
+    def write(path, mode="w", previous=None):
+        with original(path, mode, previous) as f:
+            yield f
+        if Path(path).name.startswith(name):
+            seen[0] += 1
+            if seen[0] == nth:
+                _die()
 
     atomic.atomic_write = write
 
@@ -72,6 +91,8 @@ def arm(fault: str) -> None:
     if kind == "kill-mid-write":
         nth = int(parts[1]) if len(parts) > 1 else 1
         _on_write(parts[0], nth, _half_then_die)
+    elif kind == "kill-after-write":
+        _after_write(parts[0], int(parts[1]))
     elif kind == "kill-at-stage":
         from denetdm.training.engine import Trainer
 

@@ -295,6 +295,36 @@ def test_a_run_killed_at_any_moment_reruns_to_the_uninterrupted_numbers(fault, p
     assert len(list(cache.glob("synthetic-*.pt"))) == 1
 
 
+@pytest.mark.slow
+def test_a_kill_between_the_two_checkpoint_writes_of_an_epoch_leaves_no_stale_selected_file(plain, tmp_path):
+    from denetdm.training.checkpoint import load_checkpoint
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    # stage 1's epoch 2 is a new best: its `last` is written, its `selected` not yet (still epoch 1)
+    proc = _run_with_fault("kill-after-write:stage1_last.pt:2", run_dir, cache)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert load_checkpoint(run_dir / "checkpoints" / "stage1_selected.pt")["epoch"] == 1
+    rerun = run_cli(RUN, run_dir, env={"DENETDM_CACHE": str(cache)})
+    assert rerun.returncode == 0 and "rewritten with the selected epoch 2" in rerun.stdout, rerun.stderr[-2000:]
+    assert _numbers(run_dir) == plain
+    results = json.loads((run_dir / "results.json").read_text())
+    for stage in ("stage1", "stage2"):
+        selected = load_checkpoint(run_dir / "checkpoints" / f"{stage}_selected.pt")
+        assert selected["epoch"] == results[f"{stage}/selected_epoch"]
+
+
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_generation(plain, tmp_path):
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _run_with_fault("kill-after-epoch:stage1:2", run_dir, cache)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _cut(run_dir / "checkpoints" / "stage1_last.pt", 0.5)  # epoch 2's; epoch 1's is stage1_previous.pt
+    rerun = run_cli(RUN, run_dir, env={"DENETDM_CACHE": str(cache)})
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "stage1_last.pt is damaged or missing; continuing from" in rerun.stdout and "(epoch 1)" in rerun.stdout
+    assert _numbers(run_dir) == plain
+
+
 @contextmanager
 def _tmpfs(path: Path, size: str) -> Iterator[None]:
     """A real small filesystem (tmpfs) mounted at `path`; the test skips where this machine cannot mount one."""

@@ -35,9 +35,10 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file for writing; on success it is flushed and replaces `path`, on any failure (a full
-    disk, a size limit, an exception of the writer) it is removed and `path` is left as it was."""
+def atomic_write(path: str | Path, mode: str = "w", previous: Path | None = None) -> Iterator[IO]:
+    """Open a temporary file for writing; on success it is flushed and replaces `path` (whose old version becomes
+    `previous`, where given), on any failure (a full disk, a size limit, an exception of the writer) it is
+    removed and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,6 +48,8 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)  # a crash before the next line leaves `previous`, which a reader falls back to
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,7 +57,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     fsync_dir(path.parent)
 
 
-def atomic_save(obj: object, path: str | Path) -> None:
+def atomic_save(obj: object, path: str | Path, previous: Path | None = None) -> None:
     """torch.save, durably and atomically (checkpoints, dataset caches). Serialised in memory first: torch's own
     writer reports a refused write (ENOSPC, EFBIG) as an opaque RuntimeError, a plain write says which it was."""
     import io
@@ -63,5 +66,5 @@ def atomic_save(obj: object, path: str | Path) -> None:
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_write(path, "wb") as f:
+    with atomic_write(path, "wb", previous) as f:
         f.write(buffer.getbuffer())

@@ -9,14 +9,15 @@ from denetdm.errors import CheckpointError
 from denetdm.files.atomic import atomic_save
 from denetdm.files.digest import tree_digest
 
-__all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "on_host", "save_checkpoint"]
 
 
-def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint") -> None:
-    """Write `ckpt` with a digest of its contents; a failed write (a full disk) leaves the old file as it was."""
+def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint", previous: Path | None = None) -> None:
+    """Write `ckpt` with a digest of its contents (the old file kept as `previous`, where given); a failed write
+    (a full disk) leaves the old file as it was."""
     try:
-        ckpt = _on_host(ckpt)  # each tensor copied off the GPU once; the digest and the file read host memory
-        atomic_save({**ckpt, "digest": tree_digest(ckpt)}, path)
+        ckpt = on_host(ckpt)  # each tensor copied off the GPU once; the digest and the file read host memory
+        atomic_save({**ckpt, "digest": tree_digest(ckpt)}, path, previous)
     except OSError as e:
         kept = "the previous one is intact" if path.exists() else "there is no earlier one"
         raise CheckpointError(
@@ -35,16 +36,16 @@ class CheckpointWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
-    def save(self, ckpt: dict, path: Path, what: str, background: bool) -> None:
+    def save(self, ckpt: dict, path: Path, what: str, background: bool, previous: Path | None = None) -> None:
         """`save_checkpoint`, in the background where asked."""
         self._raise_errors()
         if not background:
-            save_checkpoint(ckpt, path, what)
+            save_checkpoint(ckpt, path, what, previous)
             return
-        snapshot = _on_host(ckpt, copy=True)  # training may change the tensors as soon as this returns
+        snapshot = on_host(ckpt, copy=True)  # training may change the tensors as soon as this returns
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoints")
-        self._pending.append(self._pool.submit(save_checkpoint, snapshot, path, what))
+        self._pending.append(self._pool.submit(save_checkpoint, snapshot, path, what, previous))
 
     def flush(self) -> None:
         """Wait for the queued files (raising the first write error) and end the thread."""
@@ -64,20 +65,20 @@ class CheckpointWriter:
             future.result()
 
 
-def _on_host(obj: object, copy: bool = False) -> object:
+def on_host(obj: object, copy: bool = False) -> object:
     """`obj` with its tensors in host memory (CPU tensors cloned too where `copy`)."""
     if isinstance(obj, torch.Tensor):
         if obj.device.type != "cpu":
             return obj.detach().cpu()
         return obj.detach().clone() if copy else obj
     if isinstance(obj, dict):
-        out = {k: _on_host(v, copy) for k, v in obj.items()}
+        out = {k: on_host(v, copy) for k, v in obj.items()}
         if hasattr(obj, "_metadata"):  # a module state_dict's versions (read by load_state_dict)
             out = type(obj)(out)
             out._metadata = obj._metadata
         return out
     if type(obj) in (list, tuple):
-        return type(obj)(_on_host(v, copy) for v in obj)
+        return type(obj)(on_host(v, copy) for v in obj)
     return obj
 
 

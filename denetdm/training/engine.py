@@ -21,7 +21,7 @@ from denetdm.errors import CheckpointError, ConfigError, TrainingError, WriteErr
 from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
 from denetdm.reporting.loggers import NullLogger
-from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint
+from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint, on_host, save_checkpoint
 from denetdm.training.metrics import group_metrics
 from denetdm.training.phases import Schedule
 from denetdm.training.selection import PROTOCOLS, Protocol
@@ -135,21 +135,52 @@ class Recorder:
     def restore(self, stage: str, method: Method, gen: torch.Generator, meta: dict, resume: bool) -> dict:
         """The loop state after the last saved epoch (method, optimizer and batch order restored), or a fresh one."""
         state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "elapsed_s": 0.0}
-        last_path = self.checkpoint_path(stage, "last")
-        if not (resume and last_path.exists()):
+        state["best_method"] = None  # the selected epoch's weights, kept in every `last` checkpoint
+        ckpt = self._load_last(stage) if resume else None
+        if ckpt is None:
             if self.records.path.exists():
                 self.records.truncate(stage, 0)  # a fresh start of this stage replaces any earlier records of it
             return state
-        ckpt = load_checkpoint(last_path, f"{stage} checkpoint")
-        _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), last_path)
+        _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), self.checkpoint_path(stage, "last"))
         method.load_state_dict(ckpt["method"])
         if ckpt.get("optimizer") is not None and method.optimizer is not None:
             method.optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
         state = {k: ckpt[k] for k in state}
         self.records.truncate(stage, state["epoch"])
-        log.info("%s: resuming after epoch %d from %s", stage, state["epoch"], last_path)
+        self._check_selected(stage, state, meta)
+        log.info("%s: resuming after epoch %d", stage, state["epoch"])
         return state
+
+    def _load_last(self, stage: str) -> dict | None:
+        """The newest whole `last` checkpoint: the previous generation, with one warning, when the newest is
+        damaged or gone (a crash between the two renames); None when the stage has none."""
+        last, previous = self.checkpoint_path(stage, "last"), self.checkpoint_path(stage, "previous")
+        if not (last.exists() or previous.exists()):
+            return None
+        try:
+            return load_checkpoint(last, f"{stage} checkpoint")
+        except CheckpointError:
+            if not previous.exists():
+                raise
+        ckpt = load_checkpoint(previous, f"{stage} checkpoint")
+        log.warning("%s is damaged or missing; continuing from %s (epoch %d)", last, previous, ckpt["epoch"])
+        return ckpt
+
+    def _check_selected(self, stage: str, state: dict, meta: dict) -> None:
+        """Make the `selected` file hold the epoch the state selected (a kill between the two writes of an epoch,
+        or a fall-back to the previous generation, can leave it at another one)."""
+        path = self.checkpoint_path(stage, "selected")
+        if state["best_epoch"] == 0:  # no epoch selected yet (a non-finite score)
+            return
+        try:
+            if load_checkpoint(path, f"{stage} selected checkpoint")["epoch"] == state["best_epoch"]:
+                return
+        except CheckpointError:
+            pass
+        ckpt = {"kind": stage, "meta": meta, "epoch": state["best_epoch"], "method": state["best_method"]}
+        save_checkpoint(ckpt, path, f"{stage} selected checkpoint")
+        log.info("%s: %s rewritten with the selected epoch %d", stage, path, state["best_epoch"])
 
     def selection_key(self, stage: str, schedule: Schedule) -> str | None:
         """The metric a stage's checkpoint is chosen by under its protocol (None: the last epoch)."""
@@ -178,16 +209,19 @@ class Recorder:
         score = epoch if key is None else metrics[key]
         # a GPU trains on while a thread writes; on a CPU the writes would compete with training for the cores
         background = any(p.is_cuda for p in method.parameters())
-        if score > state["best_score"]:
-            state.update(best_epoch=epoch, best_score=score, best_metrics=metrics)
-            ckpt = {"kind": stage, "meta": fit.meta, "epoch": epoch, "method": method.state_dict()}
-            path = self.checkpoint_path(stage, "selected")
-            self.writer.save(ckpt, path, f"{stage} selected checkpoint", background)
+        better = score > state["best_score"]
+        if better:  # a copy: the next epochs change the method's tensors in place
+            best = on_host(method.state_dict(), copy=True)
+            state.update(best_epoch=epoch, best_score=score, best_metrics=metrics, best_method=best)
         state["epoch"] = epoch
         optimizer = method.optimizer.state_dict() if method.optimizer is not None else None
         ckpt = {"kind": stage, "meta": fit.meta, "method": method.state_dict(), "optimizer": optimizer}
         ckpt |= {"generator": fit.gen.get_state(), **state}
-        self.writer.save(ckpt, self.checkpoint_path(stage, "last"), f"{stage} checkpoint", background)
+        last, previous = self.checkpoint_path(stage, "last"), self.checkpoint_path(stage, "previous")
+        self.writer.save(ckpt, last, f"{stage} checkpoint", background, previous)
+        if better:  # after `last`, which holds the same weights: a kill between the two is repaired on resume
+            ckpt = {"kind": stage, "meta": fit.meta, "epoch": epoch, "method": state["best_method"]}
+            self.writer.save(ckpt, self.checkpoint_path(stage, "selected"), f"{stage} selected checkpoint", background)
 
     def finish(self, fit: Fit) -> StageResult:
         """Load the selected checkpoint into the method; the stage's result."""

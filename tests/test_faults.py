@@ -167,6 +167,22 @@ def test_a_pruned_trial_stops_after_its_checkpoint_and_is_recorded_as_pruned(lau
 
 
 @pytest.mark.slow
+def test_a_second_sweep_command_on_a_live_sweep_is_one_line_and_the_first_finishes_untouched(tmp_path):
+    cmd = [sys.executable, str(ROOT / "run.py"), *SWEEP, "experts.epochs=40", f"hydra.sweep.dir={tmp_path}"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while _epochs(tmp_path / "0" / "metrics.jsonl") < 1 and time.time() - t0 < 300:  # trial 0 is training
+        time.sleep(0.05)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)  # the resume command
+    assert first.poll() is None, "the first sweep ended before the second command ran"
+    (line,) = second.stderr.strip().splitlines()
+    assert second.returncode == 1 and line.startswith(f"error: {tmp_path} is in use by process {first.pid} (sweep)")
+    assert first.wait(timeout=600) == 0
+    rows = _trials(tmp_path)  # no trial of the live sweep was failed, no job number reused
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 4 and sorted(r["job"] for r in rows) == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
 def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(tmp_path):
     import optuna
 

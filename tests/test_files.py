@@ -58,3 +58,20 @@ def test_an_append_that_fails_is_cut_back_to_the_last_whole_record(tmp_path, mon
         records.append({"epoch": 2})
     monkeypatch.setattr(os, "write", real_write)
     assert records.path.read_text() == '{"epoch": 1}\n' and records.read() == [{"epoch": 1}]
+
+
+def test_a_folder_lock_stops_a_second_holder_and_warns_where_flock_is_missing(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from denetdm.errors import BusyError
+    from denetdm.files.lock import folder_lock
+
+    with folder_lock(tmp_path, "sweep", "hydra.sweep.dir"):  # flock is per open file: a second open conflicts
+        with pytest.raises(BusyError, match=f"in use by process {os.getpid()} .sweep.; .*another hydra.sweep.dir"):
+            with folder_lock(tmp_path, "sweep", "hydra.sweep.dir"):
+                pass
+    monkeypatch.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOLCK, "No locks available")))
+    with folder_lock(tmp_path, "run"):  # a file system without flock: one warning, and on
+        pass
+    assert "cannot lock files" in caplog.text and "nothing stops a second run" in caplog.text

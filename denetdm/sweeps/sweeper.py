@@ -21,6 +21,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,9 @@ import optuna
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
-from denetdm.errors import DenetdmError
+from denetdm.errors import BusyError, DenetdmError
 from denetdm.files.jsonlines import JsonLines
+from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.pruning import TrialPruned, build_pruner, study_storage
 
@@ -79,15 +82,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
     """The plugin's sweeper with a sweep-wide failure limit, per-trial records and reused repeats."""
 
     def __init__(self, **kwargs: Any) -> None:
-        try:
-            self.pruner = build_pruner(kwargs.pop("pruner", None))
-        except DenetdmError as e:
-            sys.exit(f"error: {e}")
-        rate, n_trials = kwargs.get("max_failure_rate"), kwargs.get("n_trials")
-        if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
-        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
-            sys.exit(f"error: hydra.sweeper.n_trials must be a positive integer, got {n_trials!r}")
+        self.pruner = _checked_settings(kwargs)
         super().__init__(**kwargs)
 
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
@@ -109,8 +104,13 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         dists, fixed = self._search_space(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        with only_sweep(sweep_dir):  # its RUNNING trials are then dead ones
+            self._sweep(sweep_dir, dists, fixed, directions[0])
+
+    def _sweep(self, sweep_dir: Path, dists: dict, fixed: dict, direction: str) -> None:
+        """The sweep, with its directory locked."""
         self.storage = study_storage(self.storage, sweep_dir)
-        study = create_or_load_study(self.study_name, self.storage, self.sampler, directions[0], self.pruner)
+        study = create_or_load_study(self.study_name, self.storage, self.sampler, direction, self.pruner)
         self.sweep_key = str(sweep_dir.resolve())
         log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
         self.retries, self.retried = recover(study, self._own(study))
@@ -222,6 +222,30 @@ def save_best(study: optuna.Study, storage: str, sweep_dir: Path) -> None:
     if not summary["n_complete"]:
         sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
     log.info("Best trial %d: value %s, params %s", out["best_trial"], out["best_value"], out["best_params"])
+
+
+def _checked_settings(kwargs: dict) -> Any:
+    """The pruner (popped from the sweeper's settings) after checking max_failure_rate and n_trials."""
+    try:
+        pruner = build_pruner(kwargs.pop("pruner", None))
+    except DenetdmError as e:
+        sys.exit(f"error: {e}")
+    rate, n_trials = kwargs.get("max_failure_rate"), kwargs.get("n_trials")
+    if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
+        sys.exit(f"error: hydra.sweeper.n_trials must be a positive integer, got {n_trials!r}")
+    return pruner
+
+
+@contextmanager
+def only_sweep(sweep_dir: Path) -> Iterator[None]:
+    """The sweep directory locked for this sweep; a second command on it is one error line."""
+    try:
+        with folder_lock(sweep_dir, "sweep", "hydra.sweep.dir"):
+            yield
+    except BusyError as e:
+        sys.exit(f"error: {e}")
 
 
 def recover(study: optuna.Study, own: list) -> tuple[dict[str, int], dict[str, int]]:

@@ -23,7 +23,7 @@ from denetdm.data.splits import BiasedData
 from denetdm.errors import ConfigError, DenetdmError, WriteError
 from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import write_json
-from denetdm.files.lock import run_lock
+from denetdm.files.lock import folder_lock
 from denetdm.methods import BuildContext, Method
 from denetdm.methods.base import PARTS
 from denetdm.models import is_convolutional
@@ -308,7 +308,7 @@ def train_runs(
     with ExitStack() as held:
         for i in todo:
             prepare(plans[i])
-            held.enter_context(run_lock(plans[i].run_dir))
+            held.enter_context(folder_lock(plans[i].run_dir))
         t0 = time.time()
         datas = load_all([plans[i] for i in todo])
         t_data = time.time() - t0

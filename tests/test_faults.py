@@ -183,6 +183,15 @@ def test_a_second_sweep_command_on_a_live_sweep_is_one_line_and_the_first_finish
 
 
 @pytest.mark.slow
+def test_a_damaged_study_db_is_one_line_naming_it(tmp_path):
+    (tmp_path / "study.db").write_bytes(os.urandom(5000))
+    proc = run_cli([*SWEEP, f"hydra.sweep.dir={tmp_path}"])
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and line.startswith("error: the study storage") and "study.db" in line
+    assert "file is not a database" in line and "raced" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
 def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(tmp_path):
     import optuna
 

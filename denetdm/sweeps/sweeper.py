@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
@@ -59,11 +60,16 @@ def create_or_load_study(
                 load_if_exists=True,
                 pruner=pruner,
             )
-        except Exception as e:  # the loser of the race sees an integrity error from the storage
-            if storage is None or attempt == 4:
+        except (sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError) as e:
+            if storage is None or attempt == 4:  # the loser of a race sees one of these from the storage
                 raise
             log.info("study creation raced with another worker (%s); loading it", type(e).__name__)
             time.sleep(0.2 * (attempt + 1))
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            sys.exit(
+                f"error: the study storage {storage} cannot be read ({str(e.orig if hasattr(e, 'orig') else e)}); "
+                "a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
+            )
     raise AssertionError("unreachable")
 
 

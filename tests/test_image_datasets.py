@@ -199,3 +199,51 @@ def test_preview_writes_a_contact_sheet(tmp_path, capsys):
 def test_zip_source_reads_like_the_folder(cifar_tree):
     with zipfile.ZipFile(_zip(cifar_tree)) as z:
         assert sum(n.endswith(".png") for n in z.namelist()) == 500
+
+
+def _zip_of(path, members: dict[str, bytes]) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def _png(w: int, h: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "members,words",
+    [
+        ({"top/train/cat/../../../evil.png": b"x"}, "climbing out"),
+        ({"/abs/train/cat/a.png": b"x"}, "climbing out"),
+        ({"top/train/cat/bomb.png": bytes(50 << 20)}, "not an image archive"),  # 50 MB of zeros packs ~1000:1
+    ],
+)
+def test_zip_members_that_climb_out_or_unpack_like_a_bomb_are_refused(members, words, tmp_path):
+    from denetdm.data.sources import ImageTree
+    from denetdm.errors import DataError
+
+    _zip_of(tmp_path / "src.zip", members)
+    with pytest.raises(DataError, match=words):
+        ImageTree(tmp_path / "src.zip")
+
+
+def test_a_source_that_is_not_a_zip_or_mixes_image_sizes_is_one_error(tmp_path):
+    from denetdm.data.sources import ImageTree, class_tree_split
+    from denetdm.errors import DataError
+
+    (tmp_path / "fake.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(DataError, match="is not a readable zip"):
+        ImageTree(tmp_path / "fake.zip")
+    _zip_of(tmp_path / "mixed.zip", {"top/train/cat/a.png": _png(32, 32), "top/train/dog/b.png": _png(28, 30)})
+    with pytest.raises(DataError, match="images of different sizes .* is 32x32, .* is 28x30"):
+        class_tree_split(ImageTree(tmp_path / "mixed.zip"), "train")

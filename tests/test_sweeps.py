@@ -268,3 +268,26 @@ def test_seeds_sweep_over_methods_gives_one_table_row_each(tmp_path):
     rows = [line.split("|")[1].strip() for line in table.stdout.splitlines() if line.startswith("| ")][1:]
     assert sorted(rows) == ["DeNetDM", "ERM", "Group DRO [bias labels]"]
     assert "[bias labels]: the method trains with bias labels" in table.stdout
+
+
+def test_a_storage_password_is_redacted_where_denetdm_writes_logs_or_uploads_it(tmp_path, monkeypatch):
+    import sys
+
+    from denetdm.reporting.loggers import _secret_in_command_line
+    from denetdm.sweeps.pruning import redact
+    from denetdm.sweeps.sweeper import redact_hydra_files
+
+    url = "postgresql://ana:s3cr%40t@db.example.org:5432/sweeps"
+    assert redact(url) == "postgresql://ana:***@db.example.org:5432/sweeps"
+    assert redact("sqlite:////tmp/sweep/study.db") == "sqlite:////tmp/sweep/study.db"  # nothing to hide
+    # what Hydra saves of the command line: the sweep's multirun.yaml and each job's .hydra/hydra.yaml
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)
+    for f in (tmp_path / "multirun.yaml", tmp_path / "0" / ".hydra" / "hydra.yaml"):
+        f.write_text(f"hydra:\n  overrides:\n    hydra:\n    - hydra.sweeper.storage={url}\n")
+    redact_hydra_files(tmp_path)
+    for f in (tmp_path / "multirun.yaml", tmp_path / "0" / ".hydra" / "hydra.yaml"):
+        assert "s3cr" not in f.read_text() and "ana:***@db.example.org" in f.read_text()
+    monkeypatch.setattr(sys, "argv", ["run.py", "-m", f"hydra.sweeper.storage={url}"])
+    assert _secret_in_command_line()  # W&B then leaves the command line out of the run's metadata
+    monkeypatch.setattr(sys, "argv", ["run.py", "-m", "seed=0,1"])
+    assert not _secret_in_command_line()

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import secrets
+import sys
 from pathlib import Path
 
 from denetdm.errors import ConfigError
@@ -95,7 +96,11 @@ class WandbLogger(NullLogger):
                 resume="allow",
                 # create_new: the members of a stack (launcher=stacked) each hold a run in one process
                 settings=wandb.Settings(
-                    console="off", save_code=False, init_timeout=self.init_timeout, reinit="create_new"
+                    console="off",
+                    save_code=False,
+                    init_timeout=self.init_timeout,
+                    reinit="create_new",
+                    x_disable_meta=_secret_in_command_line(),  # W&B uploads the command line with its metadata
                 ),
             )
             write_json(self.state_path, {"id": run_id, "step": self.step - 1})
@@ -186,3 +191,10 @@ def log_sweep_summary(
         return str(Path(run.dir).parent) if mode != "disabled" else "nowhere (W&B disabled)"
     finally:
         run.finish()
+
+
+def _secret_in_command_line() -> bool:
+    """Whether a URL with a password (a sweep's storage) is on the command line."""
+    from denetdm.sweeps.pruning import redact
+
+    return any(redact(a) != a for a in sys.argv)

@@ -4,6 +4,7 @@ checkpoint when the pruner says so. The run directory then holds `pruned.json` i
 """
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,15 @@ def build_pruner(spec: Any) -> Any:
         return instantiate(spec)
     except Exception as e:
         raise ConfigError(f"hydra.sweeper.pruner could not be built: {e}".splitlines()[0]) from None
+
+
+SECRET = re.compile(r"(?<=://)([^/@:\s]*):([^@/\s]+)@")  # scheme://user:password@host
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it replaced by *** (a storage URL such as
+    postgresql://user:password@host/db is logged, saved and uploaded in many places)."""
+    return SECRET.sub(r"\1:***@", text)
 
 
 def study_storage(storage: str | None, sweep_dir: str | Path) -> str:

@@ -33,10 +33,11 @@ from hydra_plugins.hydra_optuna_sweeper import _impl
 from omegaconf import OmegaConf
 
 from denetdm.errors import BusyError, DenetdmError
+from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
-from denetdm.sweeps.pruning import TrialPruned, build_pruner, study_storage
+from denetdm.sweeps.pruning import TrialPruned, build_pruner, redact, study_storage
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -66,8 +67,9 @@ def create_or_load_study(
             log.info("study creation raced with another worker (%s); loading it", type(e).__name__)
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.SQLAlchemyError as e:
+            said = redact(str(getattr(e, "orig", None) or e)).splitlines()[0]
             sys.exit(
-                f"error: the study storage {storage} cannot be read ({str(e.orig if hasattr(e, 'orig') else e)}); "
+                f"error: the study storage {redact(storage)} cannot be read ({said}); "
                 "a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
             )
     raise AssertionError("unreachable")
@@ -118,7 +120,9 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         self.storage = study_storage(self.storage, sweep_dir)
         study = create_or_load_study(self.study_name, self.storage, self.sampler, direction, self.pruner)
         self.sweep_key = str(sweep_dir.resolve())
-        log.info("Study %s (storage %s, sampler %s)", study.study_name, self.storage, type(self.sampler).__name__)
+        log.info(
+            "Study %s (storage %s, sampler %s)", study.study_name, redact(self.storage), type(self.sampler).__name__
+        )
         self.retries, self.retried = recover(study, self._own(study))
         jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
         self.job_idx = max(jobs, default=-1) + 1
@@ -223,7 +227,7 @@ def reseed(sampler: Any, seed: int | None, index: int) -> None:
 def save_best(study: optuna.Study, storage: str, sweep_dir: Path) -> None:
     """optimization_results.yaml: the best trial so far; one error line when no trial completed."""
     summary = study_summary(study)
-    out = {"name": "optuna", "study_name": study.study_name, "storage": storage, **summary}
+    out = {"name": "optuna", "study_name": study.study_name, "storage": redact(storage), **summary}
     OmegaConf.save(OmegaConf.create(out), sweep_dir / "optimization_results.yaml")
     if not summary["n_complete"]:
         sys.exit(f"error: no trial of study {study.study_name} completed; see {sweep_dir / 'trials.jsonl'}")
@@ -312,11 +316,22 @@ def write_trials(trials: list, study_name: str, path: Path) -> None:
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         row = {"number": t.number, "study": study_name, "params": t.params, "state": t.state.name, "value": t.value}
-        row["error"] = t.user_attrs.get("error")
+        row["error"] = redact(t.user_attrs["error"]) if t.user_attrs.get("error") else None
         # the facts this loop records (the plugin also keeps the command line's fixed values there)
         row |= {k: v for k, v in t.user_attrs.items() if k in TRIAL_FACTS}
         rows.append(row)
     JsonLines(path).write_all(rows)
+    redact_hydra_files(path.parent)
+
+
+def redact_hydra_files(sweep_dir: Path) -> None:
+    """Hydra saves the command line, a storage URL's password included, in multirun.yaml and each job's
+    .hydra/hydra.yaml: replaced by *** after every batch."""
+    for f in [sweep_dir / "multirun.yaml", *sweep_dir.glob("*/.hydra/*.yaml")]:
+        text = f.read_text() if f.is_file() else ""
+        if redact(text) != text:
+            with atomic_write(f) as out:
+                out.write(redact(text))
 
 
 def _key(params: dict) -> str:

@@ -169,7 +169,7 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert logged["run"]["group"] == "synthetic-sev4-denetdm" and logged["run"]["job_type"] == "denetdm-full"
     tags = {"synthetic", "sev4", "shallow3-deep5", "denetdm", "selection-val", "bias-labels-False"}
     assert tags <= set(logged["run"]["tags"])
-    assert {"seed", "dataset", "stage1", "stage2", "model"} <= logged["run"]["config_keys"]
+    assert {"seed", "dataset", "experts", "target", "model"} <= logged["run"]["config_keys"]
     keys = set().union(*logged["history"])
     assert {
         "stage1/epoch",

@@ -339,6 +339,27 @@ def test_a_kill_between_the_two_checkpoint_writes_of_an_epoch_leaves_no_stale_se
 
 
 @pytest.mark.slow
+def test_a_resumed_run_logs_no_epoch_twice_to_wandb_and_keeps_its_best_values(tmp_path):
+    from wandb_files import read_run
+
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    args = [*[a for a in RUN if not a.startswith("logger")], "logger=wandb", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "DENETDM_CACHE": str(cache), "WANDB_MODE": "offline"}
+    # epoch 2 of stage 1 is logged to W&B, then the process dies writing its checkpoint: the rerun redoes it
+    cmd = [sys.executable, str(ROOT / "tests" / "faultinject.py"), "kill-mid-write:stage1_last.pt:2"]
+    proc = subprocess.run([*cmd, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # W&B's own writer dies with the first process, so what it got is known from the state kept beside it
+    second = read_run(sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))[-1])
+    assert [json.loads(h["stage1/epoch"]) for h in second["history"] if "stage1/epoch" in h] == [3]  # not 2 again
+    key = "stage1/shallow/val/acc_conflicting"
+    curve = [r[key] for r in map(parse_line, (run_dir / "metrics.jsonl").read_text().splitlines()) if key in r]
+    assert len(curve) == 3 and json.loads(second["summary"][f"best/{key}"]) == max(curve)  # over both processes
+
+
+@pytest.mark.slow
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_generation(plain, tmp_path):
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     proc = _run_with_fault("kill-after-epoch:stage1:2", run_dir, cache)

@@ -66,7 +66,6 @@ class WandbLogger(NullLogger):
             dir=str(run_dir),
         )
         self.run = None
-        self.best: dict[str, float] = {}  # best value of each validation curve so far
         if not isinstance(log_checkpoints, bool):
             raise ConfigError(f"logger.log_checkpoints must be true or false, got {log_checkpoints!r}")
         if not isinstance(init_timeout, int | float) or isinstance(init_timeout, bool) or not init_timeout > 0:
@@ -89,6 +88,8 @@ class WandbLogger(NullLogger):
         state = self._state()
         run_id = state.get("id") or secrets.token_hex(4)  # not a random choice of the experiment
         self.step = int(state.get("step", -1)) + 1
+        # a resumed run: the epochs W&B already has are not logged again, the best values go on from theirs
+        self.logged, self.best = dict(state.get("logged", {})), dict(state.get("best", {}))
         try:
             self.run = wandb.init(
                 **self.kwargs,
@@ -103,7 +104,9 @@ class WandbLogger(NullLogger):
                     x_disable_meta=_secret_in_command_line(),  # W&B uploads the command line with its metadata
                 ),
             )
-            write_json(self.state_path, {"id": run_id, "step": self.step - 1})
+            self._save_state()
+            for k, v in self.best.items():  # a resumed run's summary starts from the best values so far
+                self.run.summary[f"best/{k}"] = v
         except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment
             log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
             self.run = None
@@ -116,8 +119,12 @@ class WandbLogger(NullLogger):
             self.run.finish(exit_code=0 if exc_type is None else 1)
             self.run = None
 
+    def _save_state(self) -> None:
+        state = {"id": self.run.id, "step": self.step - 1, "logged": self.logged, "best": self.best}
+        write_json(self.state_path, state)
+
     def log(self, stage: str, epoch: int, record: dict) -> None:
-        if self.run is not None:
+        if self.run is not None and epoch > self.logged.get(stage, 0):  # a redone epoch after a resume: W&B has it
             # the record's keys are already `<stage>/...` (denetdm.training.engine.metric_key)
             data = {k: v for k, v in record.items() if isinstance(v, int | float) and k.startswith(f"{stage}/")}
             if stage not in self.stages:
@@ -125,13 +132,14 @@ class WandbLogger(NullLogger):
                 self.run.define_metric(f"{stage}/epoch")
                 self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/epoch")
             self.run.log({f"{stage}/epoch": epoch, **data}, step=self.step)
-            write_json(self.state_path, {"id": self.run.id, "step": self.step})
             self.step += 1
+            self.logged[stage] = epoch
             # the best value of each validation curve so far, explicit in the summary (offline runs get
             # define_metric's summaries only when synced)
             for k, v in data.items():
                 if k.split("/")[2:3] == ["val"] and math.isfinite(v) and v > self.best.get(k, -math.inf):
                     self.best[k] = self.run.summary[f"best/{k}"] = v
+            self._save_state()
 
     def summary(self, results: dict) -> None:
         if self.run is not None:

@@ -75,3 +75,18 @@ def test_a_folder_lock_stops_a_second_holder_and_warns_where_flock_is_missing(tm
     with folder_lock(tmp_path, "run"):  # a file system without flock: one warning, and on
         pass
     assert "cannot lock files" in caplog.text and "nothing stops a second run" in caplog.text
+
+
+def test_binary_garbage_in_place_of_metrics_keeps_every_record_and_is_named_once(tmp_path, caplog):
+    garbage = bytes(range(256)) * 3  # not UTF-8, no newline at its end
+    records = JsonLines(tmp_path / "metrics.jsonl")
+    records.path.write_bytes(garbage)
+    records.append({"stage": "stage1", "epoch": 1})
+    assert records.read() == [{"stage": "stage1", "epoch": 1}]  # the first epoch's record is not glued to it
+    assert caplog.text.count("damaged") == 1 and "line 1" in caplog.text
+    records.truncate("stage1", 0)  # a fresh start of stage 1: its records go, the garbage stays as it was
+    assert records.path.read_bytes().startswith(garbage) and records.read() == []
+    torn = records.path.read_bytes() + b'{"stage": "stage1", "ep'  # a record cut by a crash: left out silently
+    records.path.write_bytes(torn)
+    records.append({"stage": "stage1", "epoch": 1})
+    assert records.read() == [{"stage": "stage1", "epoch": 1}]

@@ -44,9 +44,11 @@ class JsonLines:
         ends with the last whole record, and raised as the OSError it is."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = json_line(record).encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
             size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # never glue a record onto a damaged last line
+                data = b"\n" + data
             try:
                 while data:
                     data = data[os.write(fd, data) :]
@@ -62,13 +64,15 @@ class JsonLines:
         with atomic_write(self.path) as f:
             f.writelines(json_line(r) for r in records)
 
-    def _lines(self) -> list[tuple[str, dict | None]]:
-        """(raw line, record or None if damaged); a last line cut by a crash (no newline) is left out."""
+    def _lines(self) -> list[tuple[bytes, dict | None]]:
+        """(raw line, record or None if damaged); a last record cut by a crash (no newline) is left out, other
+        bytes after the last newline (garbage) are a damaged line."""
         if not self.path.exists():
             return []
-        text = self.path.read_text(errors="replace")
-        lines = text.split("\n")[:-1]  # the piece after the last newline is empty, or a torn write
-        return [(line, parse_line(line)) for line in lines if line.strip()]
+        *lines, tail = self.path.read_bytes().split(b"\n")
+        if tail.strip() and not tail.startswith(b"{"):
+            lines.append(tail)
+        return [(line, _parse(line)) for line in lines if line.strip()]
 
     def read(self) -> list[dict]:
         """All records; lines that do not parse are skipped with one warning naming them."""
@@ -87,8 +91,15 @@ class JsonLines:
         keep = []
         for line, r in self._lines():
             if r is None:
-                keep.append(line + "\n")
+                keep.append(line + b"\n")  # byte for byte
             elif not (r.get("stage") == stage and r.get("epoch", 0) > after_epoch):
-                keep.append(json_line(r))
-        with atomic_write(self.path) as f:
+                keep.append(json_line(r).encode())
+        with atomic_write(self.path, "wb") as f:
             f.writelines(keep)
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        return parse_line(line.decode())
+    except UnicodeDecodeError:
+        return None

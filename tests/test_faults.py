@@ -554,13 +554,15 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_e
     with pytest.raises(_Killed):
         _tiny(run, "experts.epochs=3")
     monkeypatch.undo()
-    last = run / "checkpoints" / "stage1_last.pt"
-    _flip(last, 0.7) if damage == "flip" else _cut(last, 0.7)
+    generations = [run / "checkpoints" / f"stage1_{which}.pt" for which in ("last", "previous")]
+    for path in generations:  # both: one damaged newest falls back to the other (the CLI test above)
+        _flip(path, 0.7) if damage == "flip" else _cut(path, 0.7)
     before = {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]}
-    with pytest.raises(CheckpointError, match="stage1 checkpoint .* is damaged.*delete it to retrain that stage"):
+    with pytest.raises(CheckpointError, match="stage1 checkpoints .* are both damaged or missing; delete them"):
         _tiny(run, "experts.epochs=3")
     assert {p.name: p.read_bytes() for p in [run / "metrics.jsonl", *(run / "checkpoints").iterdir()]} == before
-    last.unlink()  # as the error says
+    for path in generations:  # as the error says
+        path.unlink()
     _tiny(run, "experts.epochs=3")
     assert _plain_numbers(run) == _plain_numbers(tmp_path / "plain")
 

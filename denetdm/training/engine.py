@@ -136,12 +136,13 @@ class Recorder:
         """The loop state after the last saved epoch (method, optimizer and batch order restored), or a fresh one."""
         state = {"epoch": 0, "best_epoch": 0, "best_score": -math.inf, "best_metrics": {}, "elapsed_s": 0.0}
         state["best_method"] = None  # the selected epoch's weights, kept in every `last` checkpoint
-        ckpt = self._load_last(stage) if resume else None
+        last, previous = self.checkpoint_path(stage, "last"), self.checkpoint_path(stage, "previous")
+        ckpt = load_last(stage, last, previous) if resume else None
         if ckpt is None:
             if self.records.path.exists():
                 self.records.truncate(stage, 0)  # a fresh start of this stage replaces any earlier records of it
             return state
-        _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), self.checkpoint_path(stage, "last"))
+        _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), last)
         method.load_state_dict(ckpt["method"])
         if ckpt.get("optimizer") is not None and method.optimizer is not None:
             method.optimizer.load_state_dict(ckpt["optimizer"])
@@ -151,21 +152,6 @@ class Recorder:
         self._check_selected(stage, state, meta)
         log.info("%s: resuming after epoch %d", stage, state["epoch"])
         return state
-
-    def _load_last(self, stage: str) -> dict | None:
-        """The newest whole `last` checkpoint: the previous generation, with one warning, when the newest is
-        damaged or gone (a crash between the two renames); None when the stage has none."""
-        last, previous = self.checkpoint_path(stage, "last"), self.checkpoint_path(stage, "previous")
-        if not (last.exists() or previous.exists()):
-            return None
-        try:
-            return load_checkpoint(last, f"{stage} checkpoint")
-        except CheckpointError:
-            if not previous.exists():
-                raise
-        ckpt = load_checkpoint(previous, f"{stage} checkpoint")
-        log.warning("%s is damaged or missing; continuing from %s (epoch %d)", last, previous, ckpt["epoch"])
-        return ckpt
 
     def _check_selected(self, stage: str, state: dict, meta: dict) -> None:
         """Make the `selected` file hold the epoch the state selected (a kill between the two writes of an epoch,
@@ -364,6 +350,26 @@ class Trainer:
             return train
         hint = f"lower {fit.schedule.source}.lr or check the data"
         raise TrainingError(f"{stage} epoch {epoch}: {why}; {hint}. {self.recorder.saved_so_far(stage)}")
+
+
+def load_last(stage: str, last: Path, previous: Path) -> dict | None:
+    """The newest whole `last` checkpoint: the previous generation, with one warning, when the newest is
+    damaged or gone (a crash between the two renames); None when the stage has none."""
+    if not (last.exists() or previous.exists()):
+        return None
+    try:
+        return load_checkpoint(last, f"{stage} checkpoint")
+    except CheckpointError:
+        if not previous.exists():
+            raise
+    try:
+        ckpt = load_checkpoint(previous, f"{stage} checkpoint")
+    except CheckpointError:
+        raise CheckpointError(
+            f"{stage} checkpoints {last} and {previous} are both damaged or missing; delete them to retrain that stage"
+        ) from None
+    log.warning("%s is damaged or missing; continuing from %s (epoch %d)", last, previous, ckpt["epoch"])
+    return ckpt
 
 
 def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> None:

@@ -229,6 +229,7 @@ def _layer_list(model: nn.Module) -> list[tuple]:
     return out
 
 
+@pytest.mark.slow  # a 224 x 224 forward pass
 def test_bffhq_shallow_expert_is_the_reference_one():
     ours, ref = create_backbone("cnn_bffhq", (3, 224, 224)), _reference_bffhq_shallow()
     assert _layer_list(ours) == _layer_list(ref)  # 7x7 first, no padding, the third pool before its batch norm

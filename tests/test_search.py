@@ -17,6 +17,7 @@ SHAPE = {
 }  # BFFHQ: 8 unpadded convs fit 128
 
 
+@pytest.mark.slow  # builds every sampled network (ResNets included)
 @pytest.mark.parametrize("pair", PAIRS)
 def test_every_sampled_pair_is_legal_and_builds(pair):
     cfg = compose_cfg([f"backbone_depth={pair}", "hparams_search=depth_gap"])
@@ -71,6 +72,7 @@ def test_equal_depths_are_sampled_only_when_allowed():
         _sampled_pairs([*ranges, "search.allow_equal=maybe"], n=1)
 
 
+@pytest.mark.slow  # draws the plots
 def test_equal_depth_runs_are_marked_in_tables_and_plots(tmp_path):
     from denetdm.reporting.plots import heatmap, separation_plot
     from denetdm.reporting.runs import collect

@@ -284,7 +284,7 @@ def test_a_storage_password_is_redacted_where_denetdm_writes_logs_or_uploads_it(
     (tmp_path / "0" / ".hydra").mkdir(parents=True)
     for f in (tmp_path / "multirun.yaml", tmp_path / "0" / ".hydra" / "hydra.yaml"):
         f.write_text(f"hydra:\n  overrides:\n    hydra:\n    - hydra.sweeper.storage={url}\n")
-    redact_hydra_files(tmp_path)
+    redact_hydra_files(tmp_path, url)
     for f in (tmp_path / "multirun.yaml", tmp_path / "0" / ".hydra" / "hydra.yaml"):
         assert "s3cr" not in f.read_text() and "ana:***@db.example.org" in f.read_text()
     monkeypatch.setattr(sys, "argv", ["run.py", "-m", f"hydra.sweeper.storage={url}"])

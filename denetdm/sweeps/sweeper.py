@@ -137,8 +137,10 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                     t.set_user_attr("retry_of", self.retried.pop(_key(fixed_params)))
             self._run_batch(study, trials, self._trial_overrides(study, trials, dists, fixed))
             write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+            redact_hydra_files(sweep_dir, self.storage)
             self._check_failures(study, sweep_dir)
         write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+        redact_hydra_files(sweep_dir, self.storage)
         save_best(study, self.storage, sweep_dir)
 
     def _own(self, study: optuna.Study) -> list:
@@ -321,12 +323,13 @@ def write_trials(trials: list, study_name: str, path: Path) -> None:
         row |= {k: v for k, v in t.user_attrs.items() if k in TRIAL_FACTS}
         rows.append(row)
     JsonLines(path).write_all(rows)
-    redact_hydra_files(path.parent)
 
 
-def redact_hydra_files(sweep_dir: Path) -> None:
+def redact_hydra_files(sweep_dir: Path, storage: str) -> None:
     """Hydra saves the command line, a storage URL's password included, in multirun.yaml and each job's
-    .hydra/hydra.yaml: replaced by *** after every batch."""
+    .hydra/hydra.yaml: replaced by *** after every batch (nothing is read when the URL has no password)."""
+    if redact(storage) == storage:
+        return
     for f in [sweep_dir / "multirun.yaml", *sweep_dir.glob("*/.hydra/*.yaml")]:
         text = f.read_text() if f.is_file() else ""
         if redact(text) != text:

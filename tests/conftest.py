@@ -2,10 +2,12 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -62,6 +64,19 @@ def read_results(run_dir: Path) -> dict:
 def mnist_available() -> bool:
     """Whether the real MNIST files are under $DENETDM_DATA."""
     return bool(MNIST_ROOT) and (Path(MNIST_ROOT) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+def fake_mnist(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> Path:
+    """A data root holding MNIST/raw: idx files of random 28 x 28 images, labels cycling through the digits."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        pixels = rng.integers(0, 256, n * 28 * 28, dtype=np.uint8).tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + pixels)
+        labels = (np.arange(n) % 10).astype(np.uint8).tobytes()
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels)
+    return root
 
 
 needs_mnist = pytest.mark.skipif(

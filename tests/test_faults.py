@@ -604,3 +604,33 @@ def test_a_damaged_trials_line_is_skipped_with_a_warning_and_the_sweep_command_r
     assert "trials.jsonl: line" in caplog.text
     proc = run_cli(args)  # the same command: nothing trains, trials.jsonl is rewritten from study.db
     assert proc.returncode == 0 and (sweep / "trials.jsonl").read_text() == good
+
+
+# --- the data's identity ---------------------------------------------------------------------------------------------
+
+
+def test_a_changed_data_source_refuses_to_resume_and_never_shares_a_table_cell(tmp_path):
+    from denetdm.errors import CheckpointError
+    from denetdm.reporting.runs import collect
+    from denetdm.reporting.tables import build_table, to_markdown
+    from denetdm.training.pipeline import train
+
+    from conftest import COMMON, compose_cfg, fake_mnist
+
+    root = fake_mnist(tmp_path / "data")
+    args = [*COMMON, "dataset=cmnist", f"data_root={root}", f"cache_dir={tmp_path / 'cache'}", "dataset.val_size=50"]
+    args += ["dataset.download=false", "experts.epochs=1", "target.epochs=1", "threads=1"]
+    first = train(compose_cfg(args), tmp_path / "a")
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    changed = bytearray(images.read_bytes())
+    changed[-1] ^= 0xFF  # one pixel of the last training image
+    images.write_bytes(bytes(changed))
+    with pytest.raises(CheckpointError, match=r"differs in: data_digest\)"):
+        train(compose_cfg(args), tmp_path / "a")  # neither the old results shown nor its checkpoints resumed
+    second = train(compose_cfg(args), tmp_path / "b")
+    assert second["config"]["data_digest"] != first["config"]["data_digest"]
+    table = build_table(collect([tmp_path / "a", tmp_path / "b"]))
+    assert len(table.cols) == 2 and all(len(cell.values) == 1 for cell in table.cells.values())
+    md = to_markdown(table)
+    for r in (first, second):
+        assert f"[data {r['config']['data_digest'][:8]}]" in md

@@ -104,7 +104,7 @@ def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside()
         "stage1/shallow/test/acc_conflicting",
         ["val"],
         rows=[("DeNetDM stage 1", (3, 4))],
-        cols=[("val", "cmnist", "4", 1.0)],
+        cols=[("val", "cmnist", "4", 1.0, "")],
         names={"DeNetDM stage 1": "denetdm_stage1"},
     )
     add_published(table)

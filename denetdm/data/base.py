@@ -5,7 +5,9 @@ rest of `load()` is shared. `LffDataset` adds the LfF protocol's arguments (seve
 samples, validation hold-out); `CropFlipImages` the normalisation and batch augmentation of RGB images.
 """
 
+import functools
 import os
+from pathlib import Path
 
 import torch
 
@@ -14,7 +16,8 @@ from denetdm.data.augment import CIFAR_MEAN, CIFAR_STD, Augment, BatchAugment
 from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
 from denetdm.data.splits import BiasedData, Split, check_count, splits_from
-from denetdm.errors import ConfigError
+from denetdm.errors import ConfigError, DataError
+from denetdm.files.digest import files_digest
 from denetdm.seeding import generator
 
 
@@ -50,6 +53,23 @@ class BiasedDataset:
         """Generate `<split>_x`, `<split>_y`, `<split>_b` for the train, val and test splits."""
         raise NotImplementedError
 
+    def source_files(self) -> dict[str, Path]:
+        """The files the data is made from, by name (fetched first where they may be downloaded); none when it is
+        generated from the config alone."""
+        return {}
+
+    @functools.cached_property
+    def digest(self) -> str | None:
+        """The data's identity: a digest of its source files (None: generated). It is part of a run's fingerprint
+        and of the cache key, so a changed source neither resumes a run nor reuses a cache file."""
+        files = self.source_files()
+        try:
+            return files_digest(files) if files else None
+        except OSError as e:
+            raise DataError(
+                f"cannot read the {self.name} source file {e.filename} ({e.strerror}); check its permissions"
+            ) from None
+
     def info(self, splits: dict[str, Split]) -> dict:
         """What results.json records about the data."""
         return {}
@@ -60,7 +80,8 @@ class BiasedDataset:
 
     def load(self) -> BiasedData:
         """The biased splits, from the cache when generated before."""
-        split = splits_from(cached(self.cache_dir, self.name, self.params(), self.build))
+        params = self.params() | {"source_digest": self.digest}
+        split = splits_from(cached(self.cache_dir, self.name, params, self.build))
         info = self.info(split)
         val_biased = None
         if self.biased_val_size:  # held out of training with its bias ratio: fewer training images

@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -68,7 +68,11 @@ class BFFHQ(CropFlipImages):
 
     def params(self) -> dict:
         """Every parameter the cached bytes depend on."""
-        return {"protocol": "bffhq-v1", "source": self._tree().fingerprint(), "image_size": self.image_size}
+        return {"protocol": "bffhq-v1", "image_size": self.image_size}
+
+    def source_files(self) -> dict[str, Path]:
+        """The folder's or the zip's files."""
+        return self._tree().source_files()
 
     def build(self) -> dict[str, torch.Tensor]:
         """Decode, resize and label every image of the three splits."""

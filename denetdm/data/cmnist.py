@@ -8,6 +8,8 @@ from denetdm.data.colored import ColoredDataset
 from denetdm.errors import ConfigError, DataError
 
 BASES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision dataset classes
+# the idx files torchvision reads from <root>/<class>/raw (the same names for both)
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load_grayscale(base: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
@@ -45,3 +47,10 @@ class ColoredMNIST(ColoredDataset):
 
     def source(self) -> tuple[torch.Tensor, ...]:
         return load_grayscale(self.base, self.root, self.download)
+
+    def source_files(self) -> dict[str, Path]:
+        """The four idx files (downloaded first where they are missing and the download is allowed)."""
+        folder = Path(self.root).expanduser() / BASES[self.base] / "raw"
+        if not all((folder / name).is_file() for name in RAW_FILES):
+            self.source()  # downloads them, or says in one line where to put them
+        return {name: folder / name for name in RAW_FILES}

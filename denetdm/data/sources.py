@@ -29,15 +29,11 @@ class ImageTree:
                 str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
 
-    def fingerprint(self) -> dict:
-        """What identifies this source's contents cheaply (part of cache keys)."""
-        st = self.path.stat()
-        return {
-            "path": str(self.path.resolve()),
-            "size": st.st_size,
-            "mtime": int(st.st_mtime),
-            "files": len(self.files),
-        }
+    def source_files(self) -> dict[str, Path]:
+        """Its files by name for the data's digest (a zip: the archive itself)."""
+        if self.zip is not None:
+            return {"archive": self.path}
+        return {name: self.path / name for name in self.files}
 
     def read(self, name: str, size: int | None = None) -> np.ndarray:
         """One image as uint8 (H, W, 3), resized to size x size when given."""

@@ -46,7 +46,7 @@ class Table:
     metric: str
     selections: list[str]
     rows: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
-    cols: list[tuple[str, str, str, float]] = field(default_factory=list)
+    cols: list[tuple[str, str, str, float, str]] = field(default_factory=list)
     cells: dict[tuple, Cell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     published: dict[tuple, str] | None = None
@@ -61,16 +61,21 @@ class Table:
             return label + mark
         return f"{label} ({', '.join(map(str, depths))}){mark}"
 
-    def col_label(self, col: tuple[str, str, str, float]) -> str:
-        """Dataset, severity and ratio, and the protocol where the table holds several."""
+    def col_label(self, col: tuple[str, str, str, float, str]) -> str:
+        """Dataset, severity and ratio; the protocol where the table holds several; the data's digest where
+        runs of other source files share the rest."""
         text = f"{col[1]} sev{col[2]} {col[3]:g}%"
+        if sum(c[:4] == col[:4] for c in self.cols) > 1:
+            text += f" [data {col[4][:8] or 'generated'}]"
         return f"{col[0]}: {text}" if len(self.selections) > 1 else text
 
 
-def _column(run: Run) -> tuple[str, str, str, float]:
+def _column(run: Run) -> tuple[str, str, str, float, str]:
+    """Protocol, dataset, severity, ratio and the data's digest: runs of other source files never share a cell."""
     cfg = run.config
-    dataset = cfg["dataset"]
-    return run.selection, dataset["name"], str(cfg["severity"]["level"]), float(dataset.get("conflict_pct", "nan"))
+    dataset, digest = cfg["dataset"], cfg.get("data_digest") or ""
+    level = str(cfg["severity"]["level"])
+    return run.selection, dataset["name"], level, float(dataset.get("conflict_pct", "nan")), digest
 
 
 def _choose(runs: list[Run]) -> tuple[list[Run], int]:
@@ -160,7 +165,7 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
         paper_row = pub["methods"].get(table.names.get(row[0]))
         with_depths = f"{paper_row} ({', '.join(map(str, row[1]))})"  # rows the paper gives per depth pair
         for col in table.cols:
-            _, dataset, severity, ratio = col
+            _, dataset, severity, ratio, _ = col
             rows = pub["results"].get(dataset, {}).get(table.metric, {})
             values = rows.get(with_depths) or rows.get(paper_row) or {}
             value = values.get(ratio) if severity == str(pub["severity"]) else None  # 1.0 finds the key 1
@@ -222,7 +227,7 @@ def to_csv(table: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
-        ["method", "depths", "selection", "dataset", "severity", "conflict_pct", "metric"]
+        ["method", "depths", "selection", "dataset", "severity", "conflict_pct", "data_digest", "metric"]
         + ["mean", "std", "n", "settings", "paper"]
     )
     for row in table.rows:

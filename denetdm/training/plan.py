@@ -207,6 +207,8 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
     config["captured"] = device.type == "cuda" and cfg.captured in ("auto", True)
     config["selection"] = proto.name  # `test` and `oracle` are one protocol
     config["method"] = ph.resolve(config["method"])  # each phase node complete: the checkpoints rebuild from it
+    # the data's identity, in the fingerprint: runs of other source files neither resume nor share a table cell
+    config["data_digest"] = instantiate_checked(config["dataset"]).digest
     stages = _stages(cfg, list(ph.phases(config["method"])))
     schedules = _schedules(cfg, config["method"], proto)
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")

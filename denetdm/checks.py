@@ -15,6 +15,22 @@ def positive_int(key: str, value: object, allow_none: bool = False) -> int | Non
     return value
 
 
+def flag(key: str, value: object) -> bool:
+    """true or false."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def path_text(key: str, value: object, allow_none: bool = False) -> str | None:
+    """A path typed as text (or None where allowed): a number or a list where a path belongs is one error."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a path{' (or null)' if allow_none else ''}, got {value!r}")
+    return value
+
+
 def number(key: str, value: object, low: float = 0.0, strict: bool = False, high: float | None = None) -> float:
     """A finite number >= low (> low when strict), and <= high when given."""
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -71,9 +71,9 @@ def _first_line(e: Exception) -> str:
     return " ".join(str(e).split("\n")[0].split())
 
 
-def _parse_problem(overrides: list[str], conf: Path) -> tuple[str | None, bool]:
-    """The first override Hydra cannot read or that gives a group anything but one name, as an error line; and
-    whether any override is a sweep."""
+def _parse_problem(overrides: list[str], conf: Path, multirun: bool = False) -> tuple[str | None, bool]:
+    """The first override Hydra cannot read or that gives a group anything but one name (or, with -m, a sweep of
+    names), as an error line; and whether any override is a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -83,22 +83,32 @@ def _parse_problem(overrides: list[str], conf: Path) -> tuple[str | None, bool]:
             (parsed,) = parser.parse_overrides([override])
         except HydraException as e:
             quoting = "quote a value with spaces or brackets: key='a b'"
-            return f"error: cannot read the override {override!r}: {_first_line(e)} ({quoting})", False
+            lines = [ln for ln in str(e).splitlines() if not ln.startswith(("Error parsing override", "See https"))]
+            reason = " ".join((lines or ["Hydra cannot parse it"])[0].split())
+            return f"error: cannot read the override {override!r}: {reason} ({quoting})", False
         sweep = sweep or parsed.is_sweep_override()
         group = parsed.key_or_group
-        if (conf / group).is_dir() and not parsed.is_delete() and not isinstance(parsed.value(), str):
+        one_name = isinstance(parsed.value(), str) or (multirun and parsed.is_sweep_override())
+        if (conf / group).is_dir() and not parsed.is_delete() and not one_name:
             options = ", ".join(_options(conf, group))
             return f"error: {group} takes one name, got {override.split('=', 1)[-1]!r}; choose one of: {options}", sweep
     return None, sweep
 
 
-def _compose_problem(overrides: list[str], conf: Path) -> str | None:
+def _compose_problem(overrides: list[str], conf: Path, sweep_types: set | None = None) -> str | None:
+    """The first composition error as one line; `sweep_types`: the sweeps of a `-m` command line, which the
+    composed sweeper must be able to run (Hydra's basic one lists values; only Optuna samples an interval)."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=sweep_types is not None)
+        if sweep_types is not None:
+            if "BasicSweeper" in str(cfg.hydra.sweeper.get("_target_")) and sweep_types - DISCRETE:
+                return "error: interval() needs an Optuna sweep (hparams_search=<preset>); list values instead: key=a,b"
+            with open_dict(cfg):
+                del cfg["hydra"]  # its job keys resolve only inside a running job
         OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # Hydra's and OmegaConf's composition errors, as one line
         text = str(e)
@@ -113,13 +123,59 @@ def _compose_problem(overrides: list[str], conf: Path) -> str | None:
     return None
 
 
+def _sweep_jobs(overrides: list[str], conf: Path) -> tuple[list[list[str]], set, str | None]:
+    """The jobs of a sweep worth composing before it starts (its first job, and one more for each swept value
+    that holds an interpolation: a value that does not resolve would stop the sweep half-way in several lines),
+    the kinds of sweep it holds, and a swept value that cannot work, as an error line. Intervals and globs are
+    left to the sweeper."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, first, kinds, swept = OverridesParser.create(), [], set(), []
+    for override in overrides:
+        (parsed,) = parser.parse_overrides([override])
+        kinds |= {parsed.value_type.name} if parsed.is_sweep_override() else set()
+        if parsed.is_sweep_override() and parsed.value_type.name not in DISCRETE - {"GLOB_CHOICE_SWEEP"}:
+            continue
+        key = parsed.get_key_element()
+        values = list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [None]
+        if not values:
+            return [], kinds, f"error: {override} sweeps no value; give it at least one"
+        if (conf / parsed.key_or_group).is_dir() and parsed.is_sweep_override():
+            options = _options(conf, parsed.key_or_group)
+            if bad := [v for v in (v.strip("'\"") for v in values) if v not in options and v != "null"]:
+                return (
+                    [],
+                    kinds,
+                    f"error: unknown {parsed.key_or_group} {bad[0]!r}; choose one of: {', '.join(options)}",
+                )
+        first.append(override if values == [None] else f"{key}={values[0]}")
+        swept += [(len(first) - 1, f"{key}={v}") for v in values[1:] if "$" in v]
+    return [first] + [first[:i] + [job] + first[i + 1 :] for i, job in swept], kinds, None
+
+
+DISCRETE = {
+    "SIMPLE_CHOICE_SWEEP",
+    "CHOICE_SWEEP",
+    "RANGE_SWEEP",
+    "GLOB_CHOICE_SWEEP",
+}  # what Hydra's basic sweeper runs
+SWEEP_FLAGS = ("-m", "--multirun")
+
+
 def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     """One error line for an override Hydra cannot read, a key the config does not have, or a value that does
-    not resolve (Hydra would print several lines); None when the command line composes. Command lines with Hydra
-    flags (`-m` sweeps, `--cfg job`) are left to Hydra: a sweep's jobs are composed one by one later."""
-    if any(a.startswith("-") for a in args):  # -m, --cfg job, -cn ...: Hydra reads those command lines itself
+    not resolve (Hydra would print several lines); None when the command line composes. A `-m` sweep is checked
+    on its first job; other Hydra flags (`--cfg job`, `-cn` ...) leave the command line to Hydra."""
+    multirun = any(a in SWEEP_FLAGS for a in args)
+    args = [a for a in args if a not in SWEEP_FLAGS]
+    if any(a.startswith("-") for a in args):
         return None
     args = quote_numeric_choices(args, conf)  # severity=4 is the choice '4', as run.py passes it on
-    problem, sweep = _parse_problem(args, conf)
-    # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs are composed later, one by one
-    return problem or (None if sweep else _compose_problem(args, conf))
+    problem, sweep = _parse_problem(args, conf, multirun)
+    if problem or not multirun:
+        # a sweep without -m (a preset with hydra.mode=MULTIRUN): its jobs are composed later, one by one
+        return problem or (None if sweep else _compose_problem(args, conf))
+    jobs, kinds, problem = _sweep_jobs(args, conf)
+    for job in jobs:
+        problem = problem or _compose_problem(job, conf, kinds)
+    return problem

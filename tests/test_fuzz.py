@@ -7,17 +7,19 @@ Schedules are capped at one epoch, so a large but valid epoch count does not mak
 
 import dataclasses
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from denetdm.cli import check_group_choices, check_overrides
+from denetdm.cli import check_group_choices, check_overrides, quote_numeric_choices
 from denetdm.errors import DenetdmError
 from denetdm.training.engine import Trainer
 from denetdm.training.pipeline import train
 
-from conftest import COMMON, compose_cfg
+from conftest import COMMON, CONF, compose_cfg, fake_mnist
 
 BASE = [
     "dataset=synthetic",
@@ -62,7 +64,9 @@ KEYS = [
     "model.target.depth",
     "model.shallow.width",
     "model.deep.name",
-    *(f"stage{i}.{k}" for i in (1, 2) for k in ("epochs", "batch_size", "lr", "weight_decay", "select", "drop_last")),
+    *(f"{s}.{k}" for s in ("experts", "target") for k in ("epochs", "batch_size", "lr", "weight_decay", "select")),
+    "experts.drop_last",
+    "target.drop_last",
     "method.poe_weight",
     "method.dist_weight",
     "method.temperature",
@@ -72,6 +76,11 @@ KEYS = [
     "probe.every",
     "probe.split",
     "probe.steps",
+    "max_loss",  # (data_root and cache_dir: in the environment test below, on paths of the test's own)
+    # a baseline's hyperparameters, fuzzed with that method chosen (`<method>:<key>`)
+    *(f"jtt:method.{k}" for k in ("arch", "id_epochs", "upweight", "error_set", "weighting")),
+    *(f"groupdro:method.{k}" for k in ("eta", "adjustment", "sampler")),
+    *(f"lff:method.{k}" for k in ("q", "alpha")),
 ]
 
 WORDS = ["cpu", "cuda", "auto", "val", "test", "oracle", "acc", "eval", "train", "mlp", "shallow/acc", "true", "none"]
@@ -112,17 +121,43 @@ def one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Trainer, "begin", capped)
 
 
-@pytest.mark.slow
 # no shrinking: a failure names its example at once (shrinking re-ran failing training runs for minutes, and their
-# tracebacks held the memory of each); the examples drawn can vary with timing, so a failure may show in one run only
-@settings(
-    max_examples=150,
+# tracebacks held the memory of each). Each test runs twice: on fixed examples (derandomized: the same in every run)
+# and on examples drawn anew in every run; hypothesis prints the failing example either way.
+FIXED = settings(
     deadline=None,
     derandomize=True,
     database=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+FRESH = settings(FIXED, derandomize=False, phases=[Phase.generate])
+
+
+def runs_or_one_error_line(args: list[str], run_dir) -> None:
+    """What run.py does with `args` (its checks, then train()): a run, or one error line, never a traceback."""
+    if problem := check_group_choices(args) or check_overrides(args):
+        assert problem.startswith("error: ") and "\n" not in problem, problem
+        return
+    try:
+        train(compose_cfg(args), run_dir)
+    except DenetdmError as e:
+        assert "\n" not in str(e) and str(e), repr(e)
+
+
+def with_method(key: str) -> list[str]:
+    """`<method>:<key>` chooses the method whose hyperparameter the key is."""
+    method, _, key = key.rpartition(":")
+    return [f"method={method}"] * bool(method) + [key]
+
+
+def one_value(key: str, value: object, tmp_path_factory) -> None:
+    *method, key = with_method(key)
+    runs_or_one_error_line([*BASE, *method, f"{key}={render(value)}"], tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=150)
 @given(key=st.sampled_from(KEYS), value=VALUES)
 @example(key="optimizer.betas", value=[])  # found by this test: torch's IndexError
 @example(key="threads", value=2**31)  # found by this test: torch started them all
@@ -130,11 +165,134 @@ def one_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
 @example(key="model.shallow.width", value=2**31)  # found by this test: torch's size overflows
 @example(key="model.shallow.width", value=2**63)
 def test_any_value_for_a_documented_key_runs_or_is_one_error_line(key, value, one_epoch, tmp_path_factory):
-    args = [*BASE, f"{key}={render(value)}"]
+    one_value(key, value, tmp_path_factory)
+
+
+@pytest.mark.slow
+@settings(FRESH, max_examples=20)
+@given(key=st.sampled_from(KEYS), value=VALUES)
+def test_any_value_drawn_anew_runs_or_is_one_error_line(key, value, one_epoch, tmp_path_factory):
+    one_value(key, value, tmp_path_factory)
+
+
+# sweep values as typed after `-m key=`: lists, Hydra's sweep functions, and their misuses
+SWEEPS = st.one_of(
+    st.lists(VALUES, min_size=1, max_size=3).map(lambda vs: ",".join(map(render, vs))),
+    st.tuples(st.integers(-2, 4), st.integers(-2, 4)).map(lambda ab: f"range({ab[0]},{ab[1]})"),
+    st.lists(VALUES, max_size=3).map(lambda vs: f"choice({','.join(map(render, vs))})"),
+    st.tuples(st.floats(-1, 2), st.floats(-1, 2)).map(lambda ab: f"interval({ab[0]},{ab[1]})"),
+    st.sampled_from(["glob(*)", "glob(e*)", "1,${seed}", "1,${nope}", "${seed},", "range(a)", "4,,5"]),
+)
+
+
+def one_sweep(key: str, sweep: str, tmp_path_factory) -> None:
+    """`run.py -m key=<sweep>` as run.py and Hydra's basic sweeper take it: the checks, then each job (at most 3)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    *method, key = with_method(key)
+    args = ["-m", *BASE, *method, f"{key}={sweep}"]
     if problem := check_group_choices(args) or check_overrides(args):
         assert problem.startswith("error: ") and "\n" not in problem, problem
         return
-    try:
-        train(compose_cfg(args), tmp_path_factory.mktemp("fuzz"))
-    except DenetdmError as e:
-        assert "\n" not in str(e) and str(e), repr(e)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF)))  # globs read the groups
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(quote_numeric_choices(args[1:]))
+    (jobs,) = BasicSweeper.split_arguments(parsed, None) or [[]]
+    for job in jobs[:3]:
+        runs_or_one_error_line(job, tmp_path_factory.mktemp("sweep"))
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=40)
+@given(key=st.sampled_from(KEYS), sweep=SWEEPS)
+@example(key="seed", sweep="interval(0,1)")  # found by this test: the basic sweeper's traceback
+@example(key="seed", sweep="range(0)")  # found by this test: a sweep of no job, silently
+@example(key="dataset.conflict_pct", sweep="1,${nope}")  # found by this test: the second job's composition
+@example(key="severity", sweep="range(1,9)")  # found by this test: Hydra's several lines
+def test_any_sweep_command_line_runs_or_is_one_error_line(key, sweep, one_epoch, tmp_path_factory):
+    one_sweep(key, sweep, tmp_path_factory)
+
+
+@pytest.mark.slow
+@settings(FRESH, max_examples=10)
+@given(key=st.sampled_from(KEYS), sweep=SWEEPS)
+def test_any_sweep_drawn_anew_runs_or_is_one_error_line(key, sweep, one_epoch, tmp_path_factory):
+    one_sweep(key, sweep, tmp_path_factory)
+
+
+# --- the environment's data and cache paths --------------------------------------------------------------------------
+
+
+def _path(kind: str, tmp: Path) -> Path:
+    """A path of each kind a user's environment can hold: fine, missing, a file, below a file, read-only."""
+    (tmp / "a_file").write_text("not a folder")
+    paths = {"missing": tmp / "missing", "file": tmp / "a_file", "below_a_file": tmp / "a_file" / "sub"}
+    if kind == "read_only":
+        (tmp / "read_only").mkdir(mode=0o500, exist_ok=True)  # root writes there anyway: one more fine folder
+    return paths.get(kind, tmp / kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", ["fake_mnist", "missing", "file", "read_only"])
+@pytest.mark.parametrize("cache", ["fresh", "missing", "file", "below_a_file", "read_only"])
+def test_any_data_and_cache_path_in_the_environment_runs_or_is_one_error_line(data, cache, tmp_path, monkeypatch):
+    data_dir = fake_mnist(tmp_path / "fake_mnist") if data == "fake_mnist" else _path(data, tmp_path)
+    monkeypatch.setenv("DENETDM_DATA", str(data_dir))
+    monkeypatch.setenv("DENETDM_CACHE", str(_path(cache, tmp_path)))
+    args = [*COMMON, "dataset=cmnist", "dataset.download=false", "dataset.val_size=50", "threads=1"]
+    runs_or_one_error_line([*args, "experts.epochs=1", "target.epochs=1"], tmp_path / "run")
+    if data == "fake_mnist":  # the data is fine: the run finished whatever the cache path
+        assert (tmp_path / "run" / "done").exists()
+
+
+# --- the image datasets, on small generated archives -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory) -> dict[str, Path]:
+    """A CIFAR-10-layout zip (16 train and 4 test images a class) and a BFFHQ zip (its second layout)."""
+    from test_image_datasets import CLASSES, _bffhq_tree, _save, _zip
+
+    top, rng = tmp_path_factory.mktemp("cifar") / "cifar10", np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 4)):
+        for c in CLASSES:
+            for i in range(n):
+                _save(top / split / c / f"{i:04d}.png", rng, 32)
+    bffhq = _bffhq_tree(tmp_path_factory.mktemp("bffhq") / "bffhq", "b", rng)
+    return {"ccifar10": _zip(top), "bffhq": _zip(bffhq)}
+
+
+IMAGE_KEYS = {
+    "ccifar10": ["corruption_type", "conflict_pct", "val_size", "subset", "biased_val_size", "augment", "source"],
+    "bffhq": ["image_size", "conflict_pct", "subset", "augment", "root", "workers"],
+}
+IMAGE_BASE = {
+    "ccifar10": ["dataset.val_size=20", "dataset.conflict_pct=5", "dataset.workers=1", "backbone_depth=mlp"],
+    "bffhq": ["dataset.image_size=16", "dataset.workers=1", "backbone_depth=mlp"],
+}
+
+
+def one_image_value(dataset: str, key: str, value: object, archives, tmp_path_factory) -> None:
+    where = "source" if dataset == "ccifar10" else "root"
+    args = [*COMMON, f"dataset={dataset}", f"dataset.{where}={archives[dataset]}", *IMAGE_BASE[dataset]]
+    args += ["experts.epochs=1", "target.epochs=1", "threads=1", f"cache_dir={tmp_path_factory.mktemp('cache')}"]
+    runs_or_one_error_line([*args, f"dataset.{key}={render(value)}"], tmp_path_factory.mktemp("image"))
+
+
+IMAGE_CASES = st.sampled_from([(d, k) for d, keys in IMAGE_KEYS.items() for k in keys])
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=20)
+@given(case=IMAGE_CASES, value=VALUES)
+def test_any_value_for_an_image_dataset_runs_or_is_one_error_line(case, value, archives, tmp_path_factory):
+    one_image_value(*case, value, archives, tmp_path_factory)
+
+
+@pytest.mark.slow
+@settings(FRESH, max_examples=4)
+@given(case=IMAGE_CASES, value=VALUES)
+def test_any_value_for_an_image_dataset_drawn_anew_runs_or_is_one_error_line(case, value, archives, tmp_path_factory):
+    one_image_value(*case, value, archives, tmp_path_factory)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from denetdm.checks import positive_int
+from denetdm.checks import flag, path_text, positive_int
 from denetdm.data.augment import CIFAR_MEAN, CIFAR_STD, Augment, BatchAugment
 from denetdm.data.bias import check_conflict_pct, lff_splits
 from denetdm.data.cache import cached
@@ -39,7 +39,7 @@ class BiasedDataset:
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ConfigError(f"dataset.seed must be an integer, got {seed!r}")
-        self.name, self.seed, self.cache_dir = name, seed, cache_dir
+        self.name, self.seed, self.cache_dir = name, seed, path_text("cache_dir", cache_dir)
         self.subset, self.eval_subset = check_count("subset", subset), check_count("eval_subset", eval_subset)
         if not isinstance(biased_val_size, int) or isinstance(biased_val_size, bool) or biased_val_size < 0:
             raise ConfigError(f"dataset.biased_val_size must be an integer >= 0 (0: none), got {biased_val_size!r}")
@@ -133,8 +133,7 @@ class CropFlipImages(BiasedDataset):
 
     def __init__(self, augment: bool = True, workers: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not isinstance(augment, bool):
-            raise ConfigError(f"dataset.augment must be true or false, got {augment!r}")
+        flag("dataset.augment", augment)
         positive_int("dataset.workers", workers, allow_none=True)  # null: every core
         self.augment, self.workers = augment, workers or os.cpu_count() or 1
 

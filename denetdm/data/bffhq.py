@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from denetdm.checks import path_text
 from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
 from denetdm.errors import ConfigError, DataError
@@ -59,7 +60,7 @@ class BFFHQ(CropFlipImages):
                 f"dataset.conflict_pct is fixed by the BFFHQ release at {self.CONFLICT_PCT} %, got {conflict_pct!r}; "
                 "leave it out (it is recorded for tags and tables)"
             )
-        self.root, self.image_size = root, image_size
+        self.root, self.image_size = path_text("dataset.root", root, allow_none=True), image_size
 
     def _tree(self) -> ImageTree:
         if not self.root:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from denetdm.checks import flag, path_text
 from denetdm.data.base import CropFlipImages, LffDataset
 from denetdm.data.corruptions import TYPES, corrupt_chunk
 from denetdm.data.sources import ImageTree, class_tree_split
@@ -65,7 +66,8 @@ class CorruptedCIFAR10(CropFlipImages, LffDataset):
         super().__init__(**kwargs)
         if corruption_type not in TYPES:
             raise ConfigError(f"dataset.corruption_type must be 0 or 1, got {corruption_type!r}")
-        self.root, self.source, self.download = root, source, download
+        self.root, self.source = path_text("data_root", root), path_text("dataset.source", source, allow_none=True)
+        self.download = flag("dataset.download", download)
         self.level, self.kind = min(self.severity + 1, 5), corruption_type
         self.num_biases = len(TYPES[corruption_type])
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from denetdm.checks import flag, path_text
 from denetdm.data.colored import ColoredDataset
 from denetdm.errors import ConfigError, DataError
 
@@ -40,7 +41,7 @@ class ColoredMNIST(ColoredDataset):
         super().__init__(**kwargs)
         if base not in BASES:
             raise ConfigError(f"dataset.base must be one of {sorted(BASES)}, got {base!r}")
-        self.root, self.base, self.download = root, base, download
+        self.root, self.base, self.download = path_text("data_root", root), base, flag("dataset.download", download)
 
     def source_params(self) -> dict:
         return {"base": self.base}

@@ -2,7 +2,7 @@
 
 python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selection val[,oracle,...]] [--published]
                       [--format md|latex|csv]
-python sweep.py plot <sweep dir> [--out <sweep dir>/plots]
+python sweep.py plot <sweep dir> [--out <sweep dir>/plots] [--format png|pdf|svg] [--dpi 110]
 python sweep.py best <sweep dir>   |   python sweep.py best --storage sqlite:///study.db --study-name NAME
 python sweep.py wandb <sweep dir> [--project denetdm]      (offline unless WANDB_MODE says otherwise)
 python sweep.py export <run or sweep dir> [...] --to results/<name>    (the committed results store)
@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from denetdm.errors import DenetdmError
-from denetdm.reporting.runs import Collection, collect, finite
+from denetdm.reporting.runs import Collection, collect, finite, objective_key
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -34,7 +34,11 @@ def cmd_table(args: argparse.Namespace) -> None:
     if args.published:
         add_published(table)
     if not table.cells:
-        print(f"no finished runs with {args.metric} and selection={args.selection}", file=sys.stderr)
+        found = sorted({r.selection for r in coll.runs} - {None})
+        sys.exit(
+            f"error: no finished run with {args.metric} and selection={args.selection} below "
+            f"{', '.join(args.dirs)}" + (f"; the runs there have selection={','.join(found)}" if found else "")
+        )
     text = FORMATS[args.format](table)
     print(text, end="")
     if args.format == "csv":  # keep stdout machine-readable
@@ -42,11 +46,13 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    """Write the PNGs of a sweep directory."""
+    """Write the plots of a sweep directory."""
     from denetdm.reporting.plots import plot_all
 
     out = Path(args.out) if args.out else Path(args.dir) / "plots"
-    made = plot_all(collect([args.dir]), Path(args.dir), out)
+    if args.dpi < 10:
+        sys.exit(f"error: --dpi must be at least 10, got {args.dpi}")
+    made = plot_all(collect([args.dir]), Path(args.dir), out, args.format, args.dpi)
     if not made:
         sys.exit(f"error: nothing to plot: no finished runs below {args.dir}")
     for path in made:
@@ -95,7 +101,7 @@ def cmd_best(args: argparse.Namespace) -> None:
         if run is not None:
             best["best_run"] = coll.rel(run.path)
             best["test/acc_unbiased (reported, not used to choose)"] = run.results.get("test/acc_unbiased")
-    print(f"best value (val/acc_unbiased): {best['best_value']:.4f}")
+    print(f"best value ({objective_key(coll.runs) if coll else 'objective'}): {best['best_value']:.4f}")
     for key in ("study_name", "best_trial", "best_run", "n_complete", "n_failed"):
         if best.get(key) is not None:
             print(f"{key}: {best[key]}")
@@ -178,9 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)
-    pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves as PNGs")
+    pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves")
     pl.add_argument("dir")
     pl.add_argument("--out", help="output folder (default <dir>/plots)")
+    pl.add_argument("--format", default="png", choices=["png", "pdf", "svg"])
+    pl.add_argument("--dpi", type=int, default=110, help="resolution of PNGs (default 110)")
     pl.set_defaults(func=cmd_plot)
     b = sub.add_parser("best", help="best parameters and value of a sweep or study")
     b.add_argument("dir", nargs="?")

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from wandb_files import read_run
 
 FIXTURES = ROOT / "tests" / "fixtures"
 SWEEPS = FIXTURES / "sweeps"
+SEEDS = SWEEPS / "seeds"
 
 
 def _sweep(args: list[str], capsys) -> str:
@@ -93,6 +95,31 @@ def test_a_cell_with_several_settings_shows_the_one_best_on_validation():
     (cell,) = table.cells.values()
     assert cell.values == pytest.approx([50.0, 60.0]) and cell.settings == 2
     assert "never the best test/acc_unbiased" in to_markdown(table)
+    assert "(n=2, best of 2 settings)" in to_markdown(table)  # in the cell itself, not only in a note
+
+
+def test_a_quick_run_beside_the_papers_number_is_flagged():
+    from denetdm.reporting.tables import OFF_PRESET_MARK, add_published
+
+    def run(name: str, **changes) -> Run:
+        r = _fake_run(name, 0, 1e-3, 0.9, 0.8)
+        cfg = r.results["config"]
+        cfg["dataset"] |= {"name": "cmnist"}
+        cfg["method"] = {"phases": {"stage1": {"schedule": "experts"}, "stage2": {"schedule": "target"}}}
+        cfg["experts"] = {"epochs": 100, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-3}
+        cfg["target"] = {"epochs": 100, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0}
+        for key, value in changes.items():
+            node, leaf = key.split("__")
+            cfg[node][leaf] = value
+        return r
+
+    paper = build_table(Collection(runs=[run("a")]))
+    add_published(paper)
+    assert OFF_PRESET_MARK not in to_markdown(paper)
+    quick = build_table(Collection(runs=[run("b", dataset__subset=2000, target__epochs=2)]))
+    add_published(quick)
+    md = to_markdown(quick)
+    assert f"(n=1) {OFF_PRESET_MARK}" in md and "(dataset.subset, target.epochs): not comparable" in md
 
 
 def test_unknown_metric_and_missing_directory_are_one_line_errors(tmp_path):
@@ -128,7 +155,7 @@ def test_best_reads_a_study_storage(tmp_path, capsys):
         trial.suggest_int("model.shallow.depth", 2, 4)
         study.tell(trial, value)
     out = _sweep(["best", "--storage", storage, "--study-name", "s"], capsys)
-    assert "best value (val/acc_unbiased): 0.7000" in out and "best_trial: 1" in out
+    assert "best value (objective): 0.7000" in out and "best_trial: 1" in out  # no run says which key
     assert "model.shallow.depth=4" in out
 
 
@@ -142,6 +169,45 @@ def test_plot_writes_pngs_that_show_data(tmp_path, capsys):
         img = mpimg.imread(tmp_path / name)
         assert img.shape[0] > 200 and img.shape[1] > 400
         assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def test_labels_follow_the_objective_key_and_plots_come_as_pdf_or_svg(tmp_path, capsys):
+    import matplotlib
+
+    sweep = tmp_path / "seeds"
+    shutil.copytree(SEEDS, sweep)
+    for path in sweep.glob("*/results.json"):  # a label-free sweep: its objective is val/acc
+        r = json.loads(path.read_text())
+        path.write_text(json.dumps(r | {"objective_key": "val/acc", "objective": r["val/acc"]}))
+    best = max(json.loads(p.read_text())["val/acc"] for p in sweep.glob("*/results.json"))
+    assert f"best value (val/acc): {best:.4f}" in _sweep(["best", str(sweep)], capsys)
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, to read the labels back
+        out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "svg"), "--format", "svg"], capsys)
+    history = (tmp_path / "svg" / "history.svg").read_text()
+    assert "objective: val/acc (%)" in history and "unbiased" not in history
+    _sweep(["plot", str(sweep), "--out", str(tmp_path / "pdf"), "--format", "pdf", "--dpi", "200"], capsys)
+    assert {p.suffix for p in (tmp_path / "pdf").iterdir()} == {".pdf"} and len(out.split()) >= 2
+    assert all(p.read_bytes().startswith(b"%PDF") for p in (tmp_path / "pdf").iterdir())
+
+
+def test_history_has_a_best_so_far_line_per_method(tmp_path):
+    from denetdm.reporting.plots import _history_points
+
+    runs = [_fake_run(name, seed, 0.1, val, 0.5) for name, seed, val in (("a", 0, 0.9), ("b", 1, 0.8))]
+    runs[1].results["method_label"] = "ERM"
+    groups = {g for g, *_ in _history_points(Collection(runs=runs), tmp_path)}
+    assert groups == {runs[0].method, "ERM"}
+
+
+def test_a_selection_that_matches_nothing_is_a_non_zero_exit_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, "sweep.py", "table", str(SEEDS), "--selection", "oracle"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert "selection=oracle" in proc.stderr and "the runs there have selection=val" in proc.stderr
 
 
 @pytest.mark.slow

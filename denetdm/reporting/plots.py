@@ -1,5 +1,5 @@
-"""PNG plots of a sweep: shallow x deep heatmaps, the optimisation history, stage-1 curves and linear-probe
-decodability per epoch."""
+"""Plots of a sweep (PNG, PDF or SVG): shallow x deep heatmaps, the optimisation history, stage-1 curves and
+linear-probe decodability per epoch."""
 
 import statistics
 from pathlib import Path
@@ -12,13 +12,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from denetdm.reporting.runs import Collection, Run, finite, trial_records  # noqa: E402
+from denetdm.reporting.runs import Collection, Run, finite, objective_key, trial_records  # noqa: E402
 from denetdm.sweeps.search import depth_grid  # noqa: E402
-
-HEATMAPS = (
-    ("val/acc_unbiased", "objective: val unbiased acc. (%)"),
-    ("val/acc_conflicting", "val conflicting acc. (%)"),
-)
 
 
 def _grid(config: dict, which: str) -> range:
@@ -30,7 +25,7 @@ def _grid(config: dict, which: str) -> range:
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path)  # the format follows the file's suffix, the resolution plot_all's rc_context
     plt.close(fig)
     return path
 
@@ -69,8 +64,10 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     # the whole search grid (search.shallow / search.deep of the runs' configs): what was not reached shows grey
     shallows = sorted({r.pair[0] for r in runs} | {d for r in runs for d in _grid(r.config, "shallow")})
     deeps = sorted({r.pair[1] for r in runs} | {d for r in runs for d in _grid(r.config, "deep")})
-    fig, axes = plt.subplots(1, len(HEATMAPS), figsize=(5.2 * len(HEATMAPS), 0.55 * len(shallows) + 2.4))
-    for ax, (key, title) in zip(np.atleast_1d(axes), HEATMAPS):
+    key = objective_key(runs)
+    panels = ((key, f"objective: {key} (%)"), ("val/acc_conflicting", "val/acc_conflicting (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.55 * len(shallows) + 2.4))
+    for ax, (key, title) in zip(np.atleast_1d(axes), panels):
         if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
             key, title = "stage1/shallow/" + key, "stage-1 shallow " + title
         grid, counts = _pair_grid(runs, key, shallows, deeps)
@@ -87,32 +84,40 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
-    """Objective per trial in order, the best so far, and failed trials; None without trials."""
+def _history_points(coll: Collection, sweep_dir: Path) -> list[tuple[str, int, float, str, bool]]:
+    """(group, trial or job number, objective, state, reused): an Optuna sweep's trials (one group), else the runs in
+    job order, a group per method (a seeds x methods grid compares methods, not trials)."""
     records = trial_records(sweep_dir)
     if records:
-        points = [(r["number"], r["value"], r["state"], "repeat_of" in r) for r in records]
-    else:  # no trials.jsonl (basic sweeper, single runs): runs in job order
-        points = [(i if r.trial is None else r.trial, r.objective, "COMPLETE", False) for i, r in enumerate(coll.runs)]
-    done = [(n, 100 * v, rep) for n, v, state, rep in points if state == "COMPLETE" and finite(v)]
+        return [("trials", r["number"], r["value"], r["state"], "repeat_of" in r) for r in records]
+    return [
+        (r.method, i if r.trial is None else r.trial, r.objective, "COMPLETE", False) for i, r in enumerate(coll.runs)
+    ]
+
+
+def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
+    """Objective per trial in order, the best so far (per method where runs of several share the sweep), and
+    failed trials; None without trials."""
+    points = _history_points(coll, sweep_dir)
+    done = [(g, n, 100 * v, rep) for g, n, v, state, rep in points if state == "COMPLETE" and finite(v)]
     if not done:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    fresh = [(n, v) for n, v, rep in done if not rep]
-    reused = [(n, v) for n, v, rep in done if rep]
-    ax.scatter(*zip(*fresh), label="trial", zorder=3)
-    if reused:
-        ax.scatter(*zip(*reused), facecolors="none", edgecolors="C0", label="repeat (value reused)", zorder=3)
-    order = sorted(done)
-    best = np.maximum.accumulate([v for _, v, _ in order])
-    ax.step([n for n, _, _ in order], best, where="post", color="C1", label="best so far")
-    failed = [n for n, _, state, _ in points if state != "COMPLETE"]
-    if failed:
-        lo = min(v for _, v, _ in done)
-        ax.scatter(failed, [lo] * len(failed), marker="x", color="C3", label="failed", zorder=3)
-    ax.set_xlabel("trial")
+    groups = sorted({g for g, *_ in done})
+    for i, g in enumerate(groups):
+        mine, name = [(n, v, rep) for g2, n, v, rep in done if g2 == g], "" if len(groups) == 1 else f"{g}: "
+        ax.scatter(*zip(*[(n, v) for n, v, rep in mine if not rep]), color=f"C{i}", label=f"{name}trial", zorder=3)
+        if reused := [(n, v) for n, v, rep in mine if rep]:
+            ax.scatter(*zip(*reused), facecolors="none", edgecolors=f"C{i}", label="repeat (value reused)", zorder=3)
+        order = sorted(mine)
+        best = np.maximum.accumulate([v for _, v, _ in order])
+        ax.step([n for n, _, _ in order], best, where="post", color=f"C{i}", alpha=0.6, label=f"{name}best so far")
+    if failed := [n for _, n, _, state, _ in points if state != "COMPLETE"]:
+        lo = min(v for *_, v, _ in done)
+        ax.scatter(failed, [lo] * len(failed), marker="x", color="red", label="failed", zorder=3)
+    ax.set_xlabel("trial" if groups == ["trials"] else "job")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("val unbiased acc. of the target (%)")
+    ax.set_ylabel(f"objective: {objective_key(coll.runs)} (%)")
     ax.set_title("optimisation history")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -178,6 +183,7 @@ def separation_plot(coll: Collection, path: Path) -> Path | None:
             label="equal depth (control)",
         )
     ax.axhline(0, color="black", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # depth gaps are whole layers
     ax.set_xlabel("depth gap (deep - shallow)")
     ax.set_ylabel("stage-1 separation: shallow - deep\nval conflicting acc. (points)")
     ax.grid(alpha=0.3)
@@ -227,14 +233,15 @@ def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | 
     return _save(fig, path)
 
 
-def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path) -> list[Path]:
-    """Write every plot that the runs have data for; returns the files written."""
+def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path, fmt: str = "png", dpi: int = 110) -> list[Path]:
+    """Write every plot that the runs have data for, as `fmt` (png, pdf, svg) at `dpi`; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    made = [
-        heatmap(coll, out_dir / "depth_heatmap.png"),
-        history(coll, sweep_dir, out_dir / "history.png"),
-        stage1_curves(coll, out_dir / "stage1_curves.png"),
-        probe_curves(coll, out_dir / "probes_stage1.png"),
-        separation_plot(coll, out_dir / "separation.png"),
-    ]
+    with plt.rc_context({"savefig.dpi": dpi}):
+        made = [
+            heatmap(coll, out_dir / f"depth_heatmap.{fmt}"),
+            history(coll, sweep_dir, out_dir / f"history.{fmt}"),
+            stage1_curves(coll, out_dir / f"stage1_curves.{fmt}"),
+            probe_curves(coll, out_dir / f"probes_stage1.{fmt}"),
+            separation_plot(coll, out_dir / f"separation.{fmt}"),
+        ]
     return [p for p in made if p is not None]

@@ -159,6 +159,12 @@ def trial_records(sweep_dir: Path) -> list[dict]:
     return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))
 
 
+def objective_key(runs: list[Run]) -> str:
+    """The results key the runs' objective reads (one per sweep), or `objective` where it differs or is unknown."""
+    keys = {r.results.get("objective_key") for r in runs}
+    return keys.pop() if len(keys) == 1 and None not in keys else "objective"
+
+
 def finite(value: Any) -> bool:
     """A real number that is not NaN or infinite."""
     return isinstance(value, int | float) and math.isfinite(value)

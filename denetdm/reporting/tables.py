@@ -3,6 +3,7 @@ dataset x severity x conflict ratio, cells = mean +- std over seeds, optionally 
 Hyperparameters are chosen on each run's objective (validation), never on the metric shown."""
 
 import csv
+import functools
 import io
 import json
 import statistics
@@ -15,9 +16,11 @@ import yaml
 from denetdm.reporting.runs import BIAS_LABEL_MARK, Collection, Run, finite
 from denetdm.training.selection import PROTOCOLS, SYNONYMS
 
+CONF = Path(__file__).resolve().parents[2] / "conf"
 PUBLISHED = Path(__file__).with_name("published.yaml")  # the paper's Tables 1 and 2 (docs/protocols.md §7)
 
 EQUAL_DEPTH_MARK = " [equal depth]"  # the control without a depth gap (search.allow_equal)
+OFF_PRESET_MARK = "[not the paper's schedule]"  # beside a published number: a quick or searched run
 
 
 @dataclass
@@ -26,6 +29,8 @@ class Cell:
 
     values: list[float]
     settings: int  # how many settings the cell chose from
+    off_preset: list[str] = field(default_factory=list)  # where the chosen runs left the dataset preset's schedule
+    flagged: bool = False  # shown beside a published number although off the preset
 
     @property
     def mean(self) -> float:
@@ -68,6 +73,24 @@ class Table:
         if sum(c[:4] == col[:4] for c in self.cols) > 1:
             text += f" [data {col[4][:8] or 'generated'}]"
         return f"{col[0]}: {text}" if len(self.selections) > 1 else text
+
+
+@functools.cache
+def _preset(dataset: str) -> dict:
+    path = CONF / "dataset" / f"{dataset}.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def off_preset(run: Run) -> list[str]:
+    """The keys where a run's data or schedule leave its dataset preset's (the paper's schedule,
+    conf/dataset/<name>.yaml): a quick run's subset or epochs, a searched learning rate."""
+    cfg = run.config
+    preset = _preset(str(cfg["dataset"]["name"]))
+    keys = [f"dataset.{k}" for k in ("subset", "eval_subset") if cfg["dataset"].get(k) is not None]
+    used = {node.get("schedule") for node in ((cfg.get("method") or {}).get("phases") or {}).values()}
+    for name in sorted(used & set(preset)):
+        keys += [f"{name}.{k}" for k, v in preset[name].items() if (cfg.get(name) or {}).get(k) != v]
+    return keys
 
 
 def _column(run: Run) -> tuple[str, str, str, float, str]:
@@ -126,7 +149,8 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
         chosen, n_settings = _choose(runs)
         chosen = sorted(chosen, key=lambda r: str(r.results.get("seed")))  # values in seed order, wherever read
         scale = 100 if is_fraction(metric) else 1
-        table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings)
+        off = sorted({key for r in chosen for key in off_preset(r)})
+        table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings, off)
     table.rows = sorted({row for row, _ in table.cells})
     table.cols = sorted({col for _, col in table.cells}, key=lambda c: (selections.index(c[0]), c[1:]))
     _notes(table, left, coll)
@@ -173,15 +197,23 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
                 table.published[row, col] = (
                     f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, list) else f"{value:.2f}"
                 )
+                cell = table.cells.get((row, col))
+                if cell is not None and cell.off_preset:
+                    cell.flagged = True
     table.notes.append(f"paper: {pub['source']}; {pub['selection']}")
+    off = sorted({k for c in table.cells.values() if c.flagged for k in c.off_preset})
+    if off:
+        table.notes.append(f"{OFF_PRESET_MARK}: not the paper's data or schedule ({', '.join(off)}): not comparable")
 
 
 def _cell_text(cell: Cell | None, pm: str = "±") -> str:
     if cell is None:
         return "-"
+    n = f"n={len(cell.values)}" + (f", best of {cell.settings} settings" if cell.settings > 1 else "")
+    mark = f" {OFF_PRESET_MARK}" if cell.flagged else ""
     if cell.std is None:
-        return f"{cell.mean:.2f} (n=1)"
-    return f"{cell.mean:.2f} {pm} {cell.std:.2f} (n={len(cell.values)})"
+        return f"{cell.mean:.2f} ({n}){mark}"
+    return f"{cell.mean:.2f} {pm} {cell.std:.2f} ({n}){mark}"
 
 
 def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from denetdm.files.jsonlines import parse_line
+from denetdm.training import provenance
 
 from conftest import ROOT, TINY, read_results, run_cli
 from wandb_files import read_run
@@ -166,10 +167,16 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     files = list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     logged = read_run(files[0])
-    assert logged["run"]["group"] == "synthetic-sev4-denetdm" and logged["run"]["job_type"] == "denetdm-full"
-    tags = {"synthetic", "sev4", "shallow3-deep5", "denetdm", "selection-val", "bias-labels-False"}
-    assert tags <= set(logged["run"]["tags"])
-    assert {"seed", "dataset", "experts", "target", "model"} <= logged["run"]["config_keys"]
+    run = logged["run"]
+    assert run["group"].startswith("denetdm synthetic sev4 1% d3-5 val #") and run["job_type"] == "denetdm-full"
+    assert run["name"] == "denetdm-synthetic-1pct-d3-5-seed0"
+    assert set(run["tags"]) == {"synthetic", "sev4", "conflict1pct", "depths3-5", "denetdm", "selection-val"} | {
+        "bias-labels-False"
+    }
+    assert {"seed", "dataset", "experts", "target", "model"} <= run["config_keys"]
+    where = run["config"]["run"]
+    assert where["dir"] == str((tmp_path / "w").resolve()) and "logger=wandb" in where["command"]
+    assert where["commit"] == provenance.commit()
     keys = set().union(*logged["history"])
     assert {
         "stage1/epoch",

@@ -62,7 +62,7 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
     params = nn.Linear(3, 2).parameters()
     optimizer = instantiate(cfg.optimizer)(params, lr=1e-3, weight_decay=0.0)
     assert isinstance(optimizer, torch.optim.Optimizer)
-    logger = instantiate(cfg.logger, _partial_=True)(run_dir=str(tmp_path), run_config={"a": 1})
+    logger = instantiate(cfg.logger, _partial_=True)(run_dir=str(tmp_path), run_config=OmegaConf.to_container(cfg))
     assert hasattr(logger, "log") and hasattr(logger, "summary")
     size = 48 if cfg.model.shallow.name == "cnn_bffhq" else 32  # the BFFHQ expert has no padding: >= 42 pixels
     for part in ("deep", "shallow", "target"):
@@ -193,3 +193,22 @@ def test_a_dataset_specialises_a_method_only_where_a_method_dataset_yaml_says_so
     assert phase_node([], "stage2")["dist_weight"] == 0.0  # conf/method_dataset/denetdm_bffhq.yaml
     assert (phase_node(["method=denetdm_distill_only"], "stage2")["dist_weight"]) == 1.0  # its own ablation
     assert "dist_weight" not in phase_node(["method=erm"], "erm")  # a baseline on BFFHQ takes none of it
+
+
+def test_wandb_groups_runs_as_a_table_cell_does_and_names_them_from_a_template(tmp_path):
+    from denetdm.reporting.loggers import WandbLogger, run_group
+    from denetdm.training.plan import plan
+
+    def config(*overrides: str) -> dict:
+        return plan(compose_cfg(["dataset=synthetic", *overrides]), tmp_path).config
+
+    base = run_group(config())
+    assert run_group(config("seed=1")) == base  # seeds of one setting: one group
+    for other in ("dataset.conflict_pct=5", "model.shallow.depth=2", "target.epochs=3", "method=erm", "selection=last"):
+        assert run_group(config(other)) != base, other  # another table cell or setting: another group
+    assert run_group(config("method=erm")).startswith("erm synthetic sev4 1% d5 val #")
+    logger = WandbLogger(str(tmp_path), config("seed=7"), study="depth_gap-synthetic", tags=["mine"])
+    assert logger.kwargs["name"] == "denetdm-synthetic-1pct-d3-5-seed7"
+    assert {"mine", "study-depth_gap-synthetic", "depths3-5", "conflict1pct"} <= set(logger.kwargs["tags"])
+    with pytest.raises(ConfigError, match="logger.name.*not a template"):
+        WandbLogger(str(tmp_path), config(), name="{method}-{ratio}")

@@ -132,7 +132,7 @@ def test_a_failed_job_does_not_stop_a_grid_of_the_basic_sweeper(tmp_path):
     assert "trial failed: mlp depth" in (sweep / "0" / "run.log").read_text()
 
 
-def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tmp_path):
+def test_each_trial_is_a_wandb_run_grouped_by_its_setting_and_tagged_with_its_study(tmp_path):
     sweep = tmp_path / "sweep"
     args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb", "experts.epochs=3", "target.epochs=1"]
     proc = run_cli(
@@ -145,11 +145,15 @@ def test_each_trial_is_a_wandb_run_grouped_by_study_with_its_trial_and_params(tm
             continue
         (path,) = (sweep / str(t["job"]) / "wandb").glob("offline-run-*/run-*.wandb")
         logged = read_run(path)
-        assert logged["run"]["group"] == "depth_gap-synthetic" and logged["run"]["job_type"] == "denetdm-full"
+        pair = f"{t['params']['model.shallow.depth']}-{t['params']['model.deep.depth']}"
+        # a trial's group is its setting (its depth pair), as a table cell; the study is a tag
+        assert logged["run"]["group"].startswith(f"denetdm synthetic sev4 1% d{pair} val #")
+        assert logged["run"]["job_type"] == "denetdm-full"
         trial = logged["run"]["config"]["trial"]
         assert trial["number"] == t["number"] and trial["params"] == t["params"]
-        pair = f"shallow{t['params']['model.shallow.depth']}-deep{t['params']['model.deep.depth']}"
-        assert {"synthetic", "sev4", "conflict1pct", pair} <= set(logged["run"]["tags"])
+        assert {"synthetic", "sev4", "conflict1pct", f"depths{pair}", "study-depth_gap-synthetic"} <= set(
+            logged["run"]["tags"]
+        )
         assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
         key = "stage1/shallow/val/acc_conflicting"
         curve = [json.loads(h[key]) for h in logged["history"] if key in h]

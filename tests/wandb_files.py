@@ -38,7 +38,7 @@ def _payloads(path: Path) -> Iterator[bytes]:
 
 
 def read_run(path: Path) -> dict:
-    """{'run': {group, job_type, tags, config keys}, 'history': [dict], 'summary': dict} of one run file."""
+    """{'run': {group, job_type, tags, name, config keys}, 'history': [dict], 'summary': dict} of one run file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     out: dict = {"run": {}, "history": [], "summary": {}, "artifacts": []}
@@ -50,7 +50,7 @@ def read_run(path: Path) -> dict:
             r = rec.run
             config = {i.key: json.loads(i.value_json) for i in r.config.update}
             out["run"] = {"group": r.run_group, "job_type": r.job_type, "tags": list(r.tags), "config": config}
-            out["run"]["id"] = r.run_id
+            out["run"]["id"], out["run"]["name"] = r.run_id, r.display_name
             out["run"]["config_keys"] = set(config)
         elif kind == "history":
             row = {i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}

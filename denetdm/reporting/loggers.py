@@ -1,6 +1,7 @@
 """The experiment trackers beside the files: none, or W&B (offline unless WANDB_MODE says otherwise, always
 finished), and the summary run of a sweep."""
 
+import hashlib
 import json
 import logging
 import math
@@ -36,8 +37,48 @@ class NullLogger:
         """A picture the run made (a PNG file)."""
 
 
+def run_fields(config: dict) -> dict[str, str]:
+    """What names a run: its method, dataset, severity, ratio, the depths of its table row, seed and selection."""
+    method, dataset = config["method"], config["dataset"]
+    pct = dataset.get("conflict_pct")
+    return {
+        "method": str(method["name"]),
+        "dataset": str(dataset["name"]),
+        "severity": str(config["severity"]["level"]),
+        "conflict_pct": f"{pct:g}" if isinstance(pct, int | float) else str(pct),
+        "depths": "-".join(str(config["model"][part]["depth"]) for part in method["row_depths"]),
+        "seed": str(config["seed"]),
+        "selection": str(config["selection"]),
+    }
+
+
+def run_group(config: dict) -> str:
+    """The run's setting, readable: what a table cell compares (method, data, ratio, depths, schedule, every other
+    key that changes numbers) without the seed, so W&B averages exactly the runs a table cell averages."""
+    from denetdm.training.fingerprint import setting
+
+    f = run_fields(config)
+    stages = (config.get("stage") or {}).get("stages") or list(config["method"]["phases"])
+    digest = hashlib.sha256(json.dumps(setting(config, stages), sort_keys=True).encode()).hexdigest()[:6]
+    where = f"{f['dataset']} sev{f['severity']} {f['conflict_pct']}%"
+    return f"{f['method']} {where} d{f['depths']} {f['selection']} #{digest}"
+
+
+def auto_tags(config: dict, study: str | None) -> list[str]:
+    """The tags every run gets (filters of the W&B table); logger.tags adds to them."""
+    f = run_fields(config)
+    tags = [f["dataset"], f"sev{f['severity']}", f"conflict{f['conflict_pct']}pct", f"depths{f['depths']}"]
+    tags += [
+        f["method"],
+        f"selection-{f['selection']}",
+        f"bias-labels-{bool(config['method'].get('uses_bias_labels'))}",
+    ]
+    return tags + ([f"study-{study}"] if study else [])
+
+
 class WandbLogger(NullLogger):
-    """One W&B run per job, offline unless WANDB_MODE says otherwise, always finished."""
+    """One W&B run per job, offline unless WANDB_MODE says otherwise, always finished; grouped by setting, named
+    from a template, with the run directory, command line and code version in its config."""
 
     def __init__(
         self,
@@ -49,20 +90,25 @@ class WandbLogger(NullLogger):
         group: str | None = None,
         study: str | None = None,
         job_type: str | None = None,
-        name: str | None = None,
+        name: str = "{method}-{dataset}-{conflict_pct}pct-d{depths}-seed{seed}",
         tags: list[str] | None = None,
         log_checkpoints: bool = False,
         init_timeout: float = 15.0,
     ) -> None:
+        fields = run_fields(run_config)
+        try:
+            name = str(name).format(**fields)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"logger.name: {name!r} is not a template of {{{'}, {'.join(fields)}}} ({e})") from None
         self.kwargs = dict(
             project=project,
             entity=entity,
             mode=mode,
-            group=study or group,  # trials of one sweep side by side
+            group=group or run_group(run_config),
             job_type=job_type,
             name=name,
-            tags=[str(t) for t in tags or []],
-            config=run_config,
+            tags=auto_tags(run_config, study) + [str(t) for t in tags or []],
+            config=run_config | {"run": _where(run_dir)},
             dir=str(run_dir),
         )
         self.run = None
@@ -199,6 +245,15 @@ def log_sweep_summary(
         return str(Path(run.dir).parent) if mode != "disabled" else "nowhere (W&B disabled)"
     finally:
         run.finish()
+
+
+def _where(run_dir: str) -> dict:
+    """The run directory, the command line (a storage password redacted) and the code version (git commit)."""
+    from denetdm.sweeps.pruning import redact
+    from denetdm.training.provenance import commit
+
+    command = " ".join(redact(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {"dir": str(Path(run_dir).resolve()), "command": command, "commit": commit()}
 
 
 def _secret_in_command_line() -> bool:

@@ -29,6 +29,8 @@ def main(cfg: DictConfig) -> float:
     try:
         slot = int(hc.job.num) if sweeping else None  # several GPUs: one per parallel job, round robin
         outcome = train(cfg, run_dir, trial_pruning(cfg, hc) if sweeping else None, slot)
+        if not sweeping:
+            print(f"files in {run_dir}; compare with other runs: python sweep.py table {run_dir} <other run dirs>")
     except DenetdmError as e:
         if not sweeping:
             sys.exit(f"error: {e}")

@@ -33,7 +33,8 @@ def check_group_choices(args: list[str], conf: Path = CONF) -> str | None:
         options = _options(conf, m[1])
         for choice in m[2].replace("'", "").split(","):
             if choice not in options and choice != "null":
-                return f"error: unknown {m[1]} {choice!r}; choose one of: {', '.join(options)} (conf/{m[1]}/)"
+                hint = _did_you_mean(choice, options) or ";"
+                return f"error: unknown {m[1]} {choice!r}{hint} choose one of: {', '.join(options)} (conf/{m[1]}/)"
     return None
 
 
@@ -56,6 +57,31 @@ def missing_plugin(launcher: str) -> str | None:
     except ModuleNotFoundError:
         found = False
     return None if found else requirement
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    """`: did you mean 'x'?` for the closest known word, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.75)
+    return f": did you mean {close[0]!r}?" if close else ""
+
+
+def _known_keys(conf: Path) -> list[str]:
+    """Every dotted key of the default config, and the config groups."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        tree = OmegaConf.to_container(compose(config_name="config"), resolve=False)
+    keys, todo = [p.name for p in conf.iterdir() if p.is_dir()], [("", tree)]
+    while todo:
+        prefix, node = todo.pop()
+        for k, v in node.items():
+            keys.append(prefix + str(k))
+            if isinstance(v, dict):
+                todo.append((f"{prefix}{k}.", v))
+    return keys
 
 
 def check_launcher(args: list[str]) -> str | None:
@@ -113,9 +139,11 @@ def _compose_problem(overrides: list[str], conf: Path, sweep_types: set | None =
     except Exception as e:  # Hydra's and OmegaConf's composition errors, as one line
         text = str(e)
         if "Could not override" in text or "not in struct" in text:
-            key = re.search(r"'([^']+)'", text)
+            key = (re.search(r"'([^']+)'", text) or [None, text])[1]
+            if hint := _did_you_mean(key, _known_keys(conf)):
+                return f"error: the config has no key {key!r}{hint} (python run.py --cfg job lists every key)"
             return (
-                f"error: the config has no key {key[1] if key else text!r}: check its spelling "
+                f"error: the config has no key {key!r}: check its spelling "
                 "(python run.py --cfg job lists every key), or add a new key with +key=value"
             )
         where = re.search(r"full_key: (\S+)", text)

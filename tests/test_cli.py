@@ -164,6 +164,7 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
     proc = run_cli(args, tmp_path / "w", env={"WANDB_MODE": "offline"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"files in {tmp_path / 'w'}; compare with other runs: python sweep.py table {tmp_path / 'w'}" in proc.stdout
     files = list((tmp_path / "w" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
     logged = read_run(files[0])

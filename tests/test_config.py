@@ -212,3 +212,20 @@ def test_wandb_groups_runs_as_a_table_cell_does_and_names_them_from_a_template(t
     assert {"mine", "study-depth_gap-synthetic", "depths3-5", "conflict1pct"} <= set(logger.kwargs["tags"])
     with pytest.raises(ConfigError, match="logger.name.*not a template"):
         WandbLogger(str(tmp_path), config(), name="{method}-{ratio}")
+
+
+@pytest.mark.parametrize(
+    "overrides,warned",
+    [
+        ([], False),
+        (["model.shallow.depth=5", "model.deep.depth=3"], True),
+        (["model.shallow.depth=4", "model.deep.depth=4"], True),
+        (["model.shallow.depth=4", "model.deep.depth=4", "+search.allow_equal=true"], False),  # the control
+        (["method=erm", "model.shallow.depth=5", "model.deep.depth=3"], False),  # ERM trains neither expert
+    ],
+)
+def test_a_shallow_expert_that_is_not_shallower_is_a_warning(overrides, warned, tmp_path, caplog):
+    from denetdm.training.plan import plan
+
+    plan(compose_cfg(["dataset=synthetic", *overrides]), tmp_path)
+    assert ("is not below model.deep.depth" in caplog.text) == warned

@@ -119,6 +119,11 @@ def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
     [
         (["experts.lr=[1,"], "error: cannot read the override 'experts.lr=[1,'"),
         (["stage1.nokey=3"], "error: the config has no key 'stage1.nokey'"),
+        (["datset=cmnist"], "error: the config has no key 'datset': did you mean 'dataset'?"),  # not +datset=
+        (
+            ["dataset.conflict_pc=2"],
+            "error: the config has no key 'dataset.conflict_pc': did you mean 'dataset.conflict_pct'?",
+        ),
         (["experts.lr=${nowhere}"], "error: experts.lr: Interpolation key 'nowhere' not found"),
         (["dataset=[synthetic,cmnist]"], "error: dataset takes one name"),
         (["dataset=null"], "error: dataset takes one name"),
@@ -137,3 +142,10 @@ def test_good_command_lines_and_sweeps_pass_the_command_line_check():
     assert check_overrides(["dataset=cmnist", "severity=4", "experts.lr=0.01"]) is None
     assert check_overrides(["hparams_search=seeds", "seed=0,1", "dataset.conflict_pct=1,5"]) is None  # MULTIRUN preset
     assert check_overrides(["-m", "seed=0,1"]) is None and check_overrides(["--cfg", "job"]) is None
+
+
+def test_a_mistyped_group_option_gets_a_suggestion():
+    from denetdm.cli import check_group_choices
+
+    assert check_group_choices(["dataset=cmnsit"]).startswith("error: unknown dataset 'cmnsit': did you mean 'cmnist'?")
+    assert "did you mean" not in check_group_choices(["dataset=zzz"])

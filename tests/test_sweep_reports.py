@@ -286,3 +286,11 @@ def test_protocols_side_by_side_with_the_published_numbers():
     lff = next(line for line in text.splitlines() if line.startswith("| LfF"))
     assert "70.00 (n=1) | 74.01" in lff
     assert "chosen on the test set" in text
+
+
+def test_a_run_without_the_final_model_says_so_instead_of_nan():
+    from denetdm.reporting.summary import summary_table
+
+    results = {"objective_key": "val/acc_unbiased", "selection": "val", "objective": float("nan")}
+    text = summary_table(results | {"config": {"method": {"final": {"phase": "stage2", "head": "target"}}}})
+    assert "nan" not in text and "none: this run did not train the final model (stage2/target)" in text

@@ -40,8 +40,11 @@ def summary_table(results: dict) -> str:
     if results.get("selection_oracle"):
         lines.append("selection=oracle: checkpoints were chosen on the test set")
     if "objective_key" in results:
-        lines.append(
-            f"objective ({results['objective_key']}, selection={results.get('selection')}): "
-            f"{100 * objective(results):.2f}"
+        value, final = objective(results), (results.get("config") or {}).get("method", {}).get("final") or {}
+        text = (
+            f"{100 * value:.2f}"
+            if math.isfinite(value)
+            else (f"none: this run did not train the final model ({final.get('phase')}/{final.get('head')})")
         )
+        lines.append(f"objective ({results['objective_key']}, selection={results.get('selection')}): {text}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ the raw config: the lifecycle, the trainer and the methods take the Plan's typed
 config (a plain dict: results.json, W&B and the fingerprints read it).
 """
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from denetdm.training.metrics import METRICS
 from denetdm.training.phases import Schedule
 from denetdm.training.selection import Protocol, check_label_free_metric, protocol
 
+log = logging.getLogger("denetdm")
 EVAL_SPLITS = ("val", "test", "val_biased")
 MAX_THREADS = 1024  # torch would start them all
 
@@ -195,6 +197,22 @@ def _schedules(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, S
     return schedules
 
 
+def _warn_depths(cfg: DictConfig, method: Mapping) -> None:
+    """A method whose table rows are told apart by both experts' depths (DeNetDM) needs the shallow one shallower;
+    equal depths are the control a search asks for (search.allow_equal), anything else is a warning."""
+    if not {"shallow", "deep"} <= set(method.get("row_depths") or []):
+        return
+    shallow, deep = cfg.model.shallow.depth, cfg.model.deep.depth
+    control = shallow == deep and (cfg.get("search") or {}).get("allow_equal")
+    if isinstance(shallow, int) and isinstance(deep, int) and shallow >= deep and not control:
+        log.warning(
+            "model.shallow.depth=%d is not below model.deep.depth=%d: depth modulation needs the shallow expert "
+            "shallower (equal depths are the control of search.allow_equal=true)",
+            shallow,
+            deep,
+        )
+
+
 def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
     """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
     _check_flags(cfg)
@@ -211,6 +229,7 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
     config["data_digest"] = instantiate_checked(config["dataset"]).digest
     stages = _stages(cfg, list(ph.phases(config["method"])))
     schedules = _schedules(cfg, config["method"], proto)
+    _warn_depths(cfg, config["method"])
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
     check_optimizer(optimizer, (cfg.get("optimizer") or {}).get("betas"), schedules.values())
     return Plan(

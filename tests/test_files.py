@@ -90,3 +90,21 @@ def test_binary_garbage_in_place_of_metrics_keeps_every_record_and_is_named_once
     records.path.write_bytes(torn)
     records.append({"stage": "stage1", "epoch": 1})
     assert records.read() == [{"stage": "stage1", "epoch": 1}]
+
+
+def test_the_cache_says_its_size_and_lists_and_clears_only_its_own_files(tmp_path, capsys, caplog):
+    import logging
+
+    import torch
+
+    from denetdm.data.cache import cached, main
+
+    caplog.set_level(logging.INFO, logger="denetdm.data.cache")
+    cached(tmp_path, "toy", {"n": 1}, lambda: {"x": torch.zeros(1000)})
+    assert "the cache holds" in caplog.text and "python -m denetdm.data.cache" in caplog.text
+    (tmp_path / "notes.txt").write_text("mine")
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "toy-" in out and "1 cache files" in out
+    main([str(tmp_path), "--clear"])
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and "deleted" in capsys.readouterr().out

@@ -8,6 +8,8 @@ be read-only.
 import hashlib
 import json
 import logging
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,4 +51,44 @@ def cached(
         atomic_save(blob, path)
     except OSError as e:
         log.warning("could not write the dataset cache to %s (%s); set DENETDM_CACHE to a writable folder", path, e)
+        return tensors
+    total = sum(f.stat().st_size for f in _files(path.parent))
+    log.info(
+        "cached %s (%s; the cache holds %s: python -m denetdm.data.cache lists it, --clear empties it)",
+        path,
+        _size(path.stat().st_size),
+        _size(total),
+    )
     return tensors
+
+
+def _files(folder: Path) -> list[Path]:
+    """The cache files in a folder (`<dataset>-<key>.pt`): nothing else there is touched."""
+    return sorted(p for p in folder.glob("*-*.pt") if re.fullmatch(r".+-[0-9a-f]{20}\.pt", p.name))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m denetdm.data.cache [--clear] [folder]`: the generated datasets cached there, and emptying it."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("folder", nargs="?", default=os.environ.get("DENETDM_CACHE", "~/.cache/denetdm"))
+    ap.add_argument("--clear", action="store_true", help="delete the cache files (they are made again when needed)")
+    args = ap.parse_args(argv)
+    folder = Path(args.folder).expanduser()
+    files = _files(folder) if folder.is_dir() else []
+    for f in files:
+        print(f"{_size(f.stat().st_size):>10}  {f.name}")
+    total = sum(f.stat().st_size for f in files)
+    if args.clear:
+        for f in files:
+            f.unlink()
+    print(f"{len(files)} cache files, {_size(total)} in {folder}" + (": deleted" if args.clear else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,10 +10,11 @@ ARGS ?=
 install: $(STAMP)
 
 # Re-installs only when requirements.txt changes (the torch wheel alone is ~5.5 GB).
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps imagecorruptions-imaug==1.1.5
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Optional Hydra launchers: launcher=joblib (parallel trials here), launcher=slurm (a cluster).

@@ -1,7 +1,10 @@
 """The results store (sweep.py export), the tables read from it, and docs/results.md regenerated from it."""
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,31 @@ def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside()
     )
     add_published(table)
     assert table.published == {(table.rows[0], table.cols[0]): "72.20"}
+
+
+@pytest.mark.slow
+def test_the_python_api_loads_a_run_and_its_model_and_a_sweep_as_rows(tmp_path):
+    import denetdm
+    from denetdm.errors import DataError
+    from denetdm.training.pipeline import train
+
+    from conftest import TINY, compose_cfg
+
+    results = train(compose_cfg([*TINY, "experts.epochs=1", "target.epochs=1"]), tmp_path / "run")
+    proc = subprocess.run(  # from another folder: the package imports from anywhere after make install
+        [sys.executable, str(ROOT / "docs" / "example_load_run.py"), str(tmp_path / "run"), "fig.png"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    numbers = re.findall(r"\d+\.\d\d", proc.stdout)
+    assert len(numbers) == 4 and numbers[:2] == numbers[2:], proc.stdout  # the reloaded model: the recorded numbers
+    assert (tmp_path / "fig.png").stat().st_size > 10_000
+    run = denetdm.load_run(tmp_path / "run")
+    assert run.results["test/acc_unbiased"] == results["test/acc_unbiased"] and run.epochs
+    assert set(run.model("stage1").predict(run.data().test.x[:4])) == {"shallow", "deep", "poe"}
+    rows = denetdm.load_sweep(SEEDS)
+    assert len(rows) == 4 and {"method", "seed", "params", "objective", "test/acc_unbiased"} <= set(rows[0])
+    with pytest.raises(DataError, match="not a finished run"):
+        denetdm.load_run(tmp_path)

@@ -12,7 +12,9 @@ from denetdm.training.stacked import stack_key
 
 from conftest import TINY, compose_cfg, run_cli
 
-CNN = ["backbone_depth=cnn3_resnet20", "+model.shallow.padding=2"]  # a 3-layer CNN fits 28x28 images with padding
+# a 3-layer CNN fits 28x28 images with padding; a quarter of TINY's images (a ResNet-20 step costs ~20 MLP steps)
+CNN = ["backbone_depth=cnn3_resnet20", "+model.shallow.padding=2", "dataset.train_size=300", "dataset.val_size=50"]
+CNN += ["dataset.test_size=100"]
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -1,10 +1,13 @@
 """Colored MNIST on the real MNIST files (skipped with a reason when $DENETDM_DATA lacks them)."""
 
+import logging
+
 import pytest
 import torch
 
 from denetdm.data.bias import assign_bias
 from denetdm.data.cmnist import ColoredMNIST, load_grayscale
+from denetdm.errors import DataError
 from denetdm.seeding import generator
 
 from conftest import COMMON, MNIST_ROOT, needs_mnist, read_results, run_cli
@@ -46,8 +49,11 @@ def test_cache_is_reused_and_damage_is_repaired(cmnist, caplog):
     first = ds.load()
     files = list(cache.glob("cmnist-*.pt"))
     assert len(files) == 1
-    again = ColoredMNIST(cache_dir=str(cache), **{**kw, "root": "/nonexistent"}).load()  # served from the cache
-    assert torch.equal(again.train.x, first.train.x)
+    caplog.set_level(logging.INFO, logger="denetdm.data.colored")
+    again = ColoredMNIST(cache_dir=str(cache), **kw).load()  # served from the cache: nothing generated again
+    assert torch.equal(again.train.x, first.train.x) and "generated" not in caplog.text
+    with pytest.raises(DataError, match="not found"):  # the cache is keyed by the source's digest: it needs it
+        ColoredMNIST(cache_dir=str(cache), **{**kw, "root": "/nonexistent"}).load()
     files[0].write_bytes(files[0].read_bytes()[: 1 << 20])  # truncate: a crash mid-write on another tool
     repaired = ds.load()
     assert "regenerating" in caplog.text

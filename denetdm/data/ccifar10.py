@@ -66,7 +66,8 @@ class CorruptedCIFAR10(CropFlipImages, LffDataset):
         super().__init__(**kwargs)
         if corruption_type not in TYPES:
             raise ConfigError(f"dataset.corruption_type must be 0 or 1, got {corruption_type!r}")
-        self.root, self.source = path_text("data_root", root), path_text("dataset.source", source, allow_none=True)
+        self.source = path_text("dataset.source", source, allow_none=True)
+        self.root = root if self.source else path_text("data_root", root)  # the root is read without a source
         self.download = flag("dataset.download", download)
         self.level, self.kind = min(self.severity + 1, 5), corruption_type
         self.num_biases = len(TYPES[corruption_type])

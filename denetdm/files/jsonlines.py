@@ -13,9 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (temporary file, then rename), keys in the object's order: a method's phases are in
+    the order they run (a resolved config's `method.phases`), which the fingerprint of a read-back run needs."""
     with atomic_write(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(obj, f, indent=2)
         f.write("\n")
 
 

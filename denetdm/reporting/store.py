@@ -56,7 +56,9 @@ def write(rec: dict, store: Path) -> bool:
     if path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(rec)):
         return False
     with atomic_write(path) as f:  # a key per line, each value on one line: readable and a few kB
-        f.write("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(rec.items())))
+        # keys sorted, except inside `config`, whose method phases keep the order they run in (the fingerprint's)
+        lines = (f"{json.dumps(k)}: {json.dumps(v, sort_keys=k != 'config')}" for k, v in sorted(rec.items()))
+        f.write("{\n" + ",\n".join(lines))
         f.write("\n}\n")
     return True
 

@@ -47,6 +47,7 @@ def _drop(tree: dict, dotted: str) -> None:
 
 
 def _later_phases(config: Mapping, stage: str) -> tuple[str, ...]:
+    # the phases in the order they run: the method node's order, which results.json and store records keep
     names = list((config.get("method") or {}).get("phases") or {})
     return tuple(f"method.phases.{n}" for n in names[names.index(stage) + 1 :]) if stage in names else ()
 

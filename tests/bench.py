@@ -49,7 +49,7 @@ def _cifar_data(cache: str):
 
         ds = CorruptedCIFAR10(
             name="ccifar10",
-            root=".",  # unused: the images come from the zip
+            root="",
             source=str(zipped),
             severity=4,
             conflict_pct=1,

@@ -181,12 +181,8 @@ def _sweep_jobs(overrides: list[str], conf: Path) -> tuple[list[list[str]], set,
     return [first] + [first[:i] + [job] + first[i + 1 :] for i, job in swept], kinds, None
 
 
-DISCRETE = {
-    "SIMPLE_CHOICE_SWEEP",
-    "CHOICE_SWEEP",
-    "RANGE_SWEEP",
-    "GLOB_CHOICE_SWEEP",
-}  # what Hydra's basic sweeper runs
+# the sweeps Hydra's basic sweeper runs (an interval needs a sampler: the Optuna sweeper's)
+DISCRETE = {"SIMPLE_CHOICE_SWEEP", "CHOICE_SWEEP", "RANGE_SWEEP", "GLOB_CHOICE_SWEEP"}
 SWEEP_FLAGS = ("-m", "--multirun")
 
 

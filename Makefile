@@ -13,9 +13,17 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
-	$(PY) -m pip install --disable-pip-version-check -q --no-deps imagecorruptions-imaug==1.1.5
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(MAKE) --no-print-directory $(FROST)
 	touch $(STAMP)
+
+# The frost corruption's photographs: the package data of imagecorruptions-imaug (the same files as the reference's
+# data/resource/frost*), unpacked from its wheel; the package itself is not installed (it would pull in numba).
+FROST := denetdm/data/frost
+$(FROST):
+	d=$$(mktemp -d) && $(PY) -m pip download --disable-pip-version-check -q --no-deps -d $$d imagecorruptions-imaug==1.1.5 \
+		&& $(PY) -m zipfile -e $$d/*.whl $$d/x && rm -rf $(FROST).tmp && cp -r $$d/x/imagecorruptions/frost $(FROST).tmp \
+		&& mv $(FROST).tmp $(FROST) && rm -rf $$d
 
 # Optional Hydra launchers: launcher=joblib (parallel trials here), launcher=slurm (a cluster).
 LAUNCHERS := hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0
@@ -60,12 +68,13 @@ gpu-check: install
 # denetdm/sweeps/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
 # the records come back in $$OUT/records.tar.gz.
 GPU_PACK := .gpu
-WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 imagecorruptions-imaug==1.1.5
+WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
 BUDGET ?= 520
 DENETDM_DATA ?= ../shared/data
 gpu-pack: install
 	rm -rf $(GPU_PACK) && mkdir -p $(GPU_PACK)/wheels
 	$(PY) -m pip wheel --disable-pip-version-check -q --no-deps -w $(GPU_PACK)/wheels $(WHEELS)
+	cp -r $(FROST) $(GPU_PACK)/frost
 	d=$$(mktemp -d) && (cd $$d && unzip -q "$(DENETDM_DATA)/cifar10-jpeg.zip") && tar -C $$d -cf - cifar10 | xz -T0 -6 > $(GPU_PACK)/cifar10.tar.xz && rm -rf $$d
 	tar -C "$(DENETDM_DATA)" -cf - MNIST/raw | xz -T0 -6 > $(GPU_PACK)/mnist.tar.xz
 	du -sh $(GPU_PACK)
@@ -73,6 +82,7 @@ gpu-pack: install
 gpu-reproduce:
 	$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_PACK)/wheels/*.whl
 	mkdir -p data $(GPU_OUT) && tar -C data -xJf $(GPU_PACK)/cifar10.tar.xz && tar -C data -xJf $(GPU_PACK)/mnist.tar.xz
+	rm -rf $(FROST) && cp -r $(GPU_PACK)/frost $(FROST)
 	PYTHONPATH=/tmp/site DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) -m denetdm.sweeps.reproduce --out /tmp/reproduce \
 		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
 

@@ -64,10 +64,11 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
     if storage:
         import optuna
 
+        from denetdm.sweeps.pruning import open_storage
         from denetdm.sweeps.sweeper import study_summary
 
         try:
-            summary = study_summary(optuna.load_study(study_name=study, storage=storage))
+            summary = study_summary(optuna.load_study(study_name=study, storage=open_storage(storage)))
         except KeyError:
             raise DenetdmError(f"no study {study!r} in {storage}; check --study-name") from None
         if not summary["n_complete"]:

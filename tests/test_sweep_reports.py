@@ -171,6 +171,28 @@ def test_plot_writes_pngs_that_show_data(tmp_path, capsys):
         assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
+def test_plot_adds_optunas_plots_of_the_sweeps_study(tmp_path, capsys):
+    # the fixture keeps no study.db: rebuild it from trials.jsonl, as the sweep had it (depths searched)
+    import shutil
+
+    import matplotlib.image as mpimg
+    import optuna
+    from optuna.distributions import IntDistribution
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(SWEEPS / "depth_gap", sweep)
+    study = optuna.create_study(study_name="depth_gap-synthetic", storage=f"sqlite:///{sweep / 'study.db'}")
+    for line in (sweep / "trials.jsonl").read_text().splitlines():
+        t = json.loads(line)
+        dists = {k: IntDistribution(2, 6) for k in t["params"]}
+        study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=t["value"]))
+    out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "plots")], capsys)
+    names = {Path(line).name for line in out.split()}
+    assert {"study_importances.png", "study_parallel_coordinates.png", "study_depth_contour.png"} <= names
+    for name in ("study_importances.png", "study_parallel_coordinates.png", "study_depth_contour.png"):
+        assert mpimg.imread(tmp_path / "plots" / name)[..., :3].std() > 0.05  # not a blank canvas
+
+
 def test_labels_follow_the_objective_key_and_plots_come_as_pdf_or_svg(tmp_path, capsys):
     import matplotlib
 

@@ -295,3 +295,37 @@ def test_a_storage_password_is_redacted_where_denetdm_writes_logs_or_uploads_it(
     assert _secret_in_command_line()  # W&B then leaves the command line out of the run's metadata
     monkeypatch.setattr(sys, "argv", ["run.py", "-m", "seed=0,1"])
     assert not _secret_in_command_line()
+
+
+def _dashboard_get(app, path: str) -> dict:
+    """GET `path` from optuna-dashboard's WSGI app, as its browser page does."""
+    from wsgiref.util import setup_testing_defaults
+
+    environ: dict = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (status, body[:500])
+    return json.loads(body)
+
+
+@pytest.mark.parametrize("storage", ["default", "journal"])
+def test_optuna_dashboard_opens_a_sweeps_study(storage, tmp_path):
+    # the commands of docs/sweeps.md: optuna-dashboard sqlite:///<sweep dir>/study.db, or <sweep dir>/study.journal
+    from optuna_dashboard import wsgi
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hparams_search=distill", "hydra.sweeper.n_trials=2", *TINY, "experts.epochs=1", "target.epochs=1"]
+    if storage == "journal":
+        args.append("hydra.sweeper.storage=journal")
+    proc = run_cli([*args, f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in sweep.glob("study.*")) == [("study.journal" if storage == "journal" else "study.db")]
+    url = str(sweep / "study.journal") if storage == "journal" else f"sqlite:///{sweep / 'study.db'}"
+    app = wsgi(url)
+    (summary,) = _dashboard_get(app, "/api/studies")["study_summaries"]
+    assert summary["study_name"] == "distill-synthetic"
+    detail = _dashboard_get(app, f"/api/studies/{summary['study_id']}")
+    assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
+    rows = [json.loads(line) for line in (sweep / "trials.jsonl").read_text().splitlines()]
+    assert [t["values"][0] for t in detail["trials"]] == pytest.approx([r["value"] for r in rows])

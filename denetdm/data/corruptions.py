@@ -10,10 +10,9 @@ order, on that generator: seeded alike, ours and the reference's give the same b
 (tests/test_corruptions_golden.py). The reference's quirks are kept on purpose and marked `quirk:`.
 
 Frost textures are the frost photographs shipped as package data by `imagecorruptions-imaug` (the same files
-as the reference's data/resource/frost*; read from its folder in `_frost_textures`, without importing it).
+as the reference's data/resource/frost*), which `make install` unpacks into FROST_DIR.
 """
 
-import importlib.util
 import io
 import math
 from functools import cache
@@ -28,6 +27,8 @@ from skimage.color import hsv2rgb, rgb2hsv
 from skimage.filters import gaussian
 
 from denetdm.errors import DataError
+
+FROST_DIR = Path(__file__).parent / "frost"  # unpacked by `make install` (Makefile: FROST)
 
 Rng = np.random.RandomState
 
@@ -151,19 +152,17 @@ def _disk(radius: float, alias_blur: float) -> np.ndarray:
 @cache
 def _frost_textures() -> tuple[np.ndarray, ...]:
     """The frost photographs (BGR, as cv2 reads them) shrunk to a fifth, as the reference does."""
-    spec = importlib.util.find_spec("imagecorruptions")
-    if spec is None or not spec.submodule_search_locations:
+    if not (folder := FROST_DIR).is_dir():
         raise DataError(
-            "the frost corruption needs the frost photographs of the 'imagecorruptions-imaug' package; "
-            "run `make install` (it installs that package's data without its dependencies)"
+            f"the frost corruption needs the frost photographs in {folder}; run `make install` "
+            "(it unpacks them from the imagecorruptions-imaug wheel)"
         )
-    folder = Path(spec.submodule_search_locations[0]) / "frost"
     names = ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg"]
     out = []
     for name in names:
         img = cv2.imread(str(folder / name))
         if img is None:
-            raise DataError(f"cannot read the frost photograph {folder / name}; reinstall with `make install`")
+            raise DataError(f"cannot read the frost photograph {folder / name}; remove {folder} and run `make install`")
         out.append(cv2.resize(img, (0, 0), fx=0.2, fy=0.2))
     return tuple(out)
 

@@ -1,7 +1,8 @@
-"""Plots of a sweep (PNG, PDF or SVG): shallow x deep heatmaps, the optimisation history, stage-1 curves and
-linear-probe decodability per epoch."""
+"""Plots of a sweep (PNG, PDF or SVG): shallow x deep heatmaps, the optimisation history, stage-1 curves,
+linear-probe decodability per epoch, and Optuna's own plots of a sweep's study."""
 
 import statistics
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -243,5 +244,48 @@ def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path, fmt: str = "png",
             stage1_curves(coll, out_dir / f"stage1_curves.{fmt}"),
             probe_curves(coll, out_dir / f"probes_stage1.{fmt}"),
             separation_plot(coll, out_dir / f"separation.{fmt}"),
+            *study_plots(sweep_dir, out_dir, fmt, objective_key(coll.runs)),
         ]
     return [p for p in made if p is not None]
+
+
+DEPTHS = ("model.shallow.depth", "model.deep.depth")
+
+
+def study_plots(sweep_dir: Path, out_dir: Path, fmt: str, target: str = "objective") -> list[Path]:
+    """Optuna's plots of the study a sweep keeps in its directory (study.db or study.journal), once two trials
+    completed: parameter importances, parallel coordinates, and the contour over the depth pair when both depths
+    were searched. A study in another storage (hydra.sweeper.storage) is not read."""
+    found = [p for p in (sweep_dir / "study.db", sweep_dir / "study.journal") if p.is_file()]
+    if not found:
+        return []
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as ovm
+
+    from denetdm.sweeps.pruning import open_storage
+
+    url = f"sqlite:///{found[0].resolve()}" if found[0].suffix == ".db" else f"journal:{found[0].resolve()}"
+    storage, made = open_storage(url), []
+    names = optuna.get_all_study_names(storage=storage)
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if len(done) < 2 or not done[0].params:
+            continue
+        draws = {  # PED-ANOVA, as optuna-dashboard does: fANOVA, Optuna's default, needs scikit-learn
+            "importances": lambda st: ovm.plot_param_importances(
+                st, evaluator=PedAnovaImportanceEvaluator(), target_name=target
+            ),
+            "parallel_coordinates": lambda st: ovm.plot_parallel_coordinate(st, target_name=target),
+        }
+        if set(DEPTHS) <= set(done[0].params):
+            draws["depth_contour"] = lambda st: ovm.plot_contour(st, params=list(DEPTHS), target_name=target)
+        prefix = f"{name}_" if len(names) > 1 else ""  # a shared storage may hold several studies
+        for what, draw in draws.items():
+            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+                warnings.simplefilter("ignore")
+                ax = draw(study)
+            fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
+            made.append(_save(fig, out_dir / f"study_{prefix}{what}.{fmt}"))
+    return made

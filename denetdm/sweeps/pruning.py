@@ -53,8 +53,22 @@ def redact(text: str) -> str:
 
 
 def study_storage(storage: str | None, sweep_dir: str | Path) -> str:
-    """The study's storage URL: the one given, else `<sweep dir>/study.db` (what makes a sweep resumable)."""
+    """The study's storage URL: the one given; `journal`: journal:<sweep dir>/study.journal; else SQLite in
+    `<sweep dir>/study.db` (what makes a sweep resumable)."""
+    if storage == "journal":
+        return f"journal:{(Path(sweep_dir) / 'study.journal').resolve()}"
     return storage or f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
+
+
+def open_storage(url: str | None) -> Any:
+    """What Optuna takes as a storage: the URL itself, or for journal:<file> Optuna's journal file storage (an
+    append-only log with file locks: safe where SQLite is not, on network filesystems)."""
+    if not url or not url.startswith("journal:"):
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
 
 
 class Reporter:
@@ -63,9 +77,9 @@ class Reporter:
     def __init__(self, storage: str, study: str, number: int, pruner: Any, phase: str, key: str, run_dir: Path):
         import optuna
 
-        loaded = optuna.load_study(study_name=study, storage=storage, pruner=build_pruner(pruner))
-        trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)  # optuna 2.10
-        self.trial = optuna.trial.Trial(loaded, trial_id)
+        loaded = optuna.load_study(study_name=study, storage=open_storage(storage), pruner=build_pruner(pruner))
+        trial_id = loaded._storage.get_trial_id_from_study_id_trial_number(loaded._study_id, number)
+        self.trial = optuna.trial.Trial(loaded, trial_id)  # the sweeper's trial, reported to from this process
         self.phase, self.key, self.run_dir = phase, key, Path(run_dir)
 
     def __call__(self, stage: str, epoch: int, record: dict) -> None:

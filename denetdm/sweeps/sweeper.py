@@ -1,11 +1,11 @@
 """denetdm's Optuna loop, run by the `denetdm_optuna` sweeper plugin (hydra_plugins/denetdm_sweeper/).
 
-It subclasses hydra-optuna-sweeper's implementation (pinned at 1.3.0 in requirements.txt) for its parsing of
-search spaces and its launcher set-up, and replaces the loop: the plugin checks `max_failure_rate` per batch
-of `n_jobs` trials, so with `n_jobs=1` the first failing trial ended the sweep; here the sweep goes on until
-more than `floor(max_failure_rate * n_trials)` trials have failed. Each job gets its trial number, study and
-sampled values in its config (`trial.*`); every trial is a line of `trials.jsonl`; a repeat of a finished
-trial is answered from the study; several workers can open one study at once.
+It keeps hydra-optuna-sweeper's configuration and search-space grammar (denetdm/sweeps/space.py) on today's Optuna,
+with its own loop: that plugin checks `max_failure_rate` per batch of `n_jobs` trials, so with `n_jobs=1` the first
+failing trial ended the sweep; here the sweep goes on until more than `floor(max_failure_rate * n_trials)` trials
+have failed. Each job gets its trial number, study and sampled values in its config (`trial.*`); every trial is a
+line of `trials.jsonl`; a repeat of a finished trial is answered from the study; several workers can open one study
+at once.
 
 Resumable: the study lives in `<sweep dir>/study.db` unless `storage` says otherwise, and every trial carries
 its sweep directory and job number as user attributes. Running the same command again continues the study
@@ -26,18 +26,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import sqlalchemy.exc
-from hydra_plugins.hydra_optuna_sweeper import _impl
-from omegaconf import OmegaConf
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
 
 from denetdm.errors import BusyError, DenetdmError
 from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
-from denetdm.sweeps.pruning import TrialPruned, build_pruner, redact, study_storage
+from denetdm.sweeps.pruning import TrialPruned, build_pruner, open_storage, redact, study_storage
+from denetdm.sweeps.space import grid_values, parse_space, suggest
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -55,7 +58,7 @@ def create_or_load_study(
         try:
             return optuna.create_study(
                 study_name=study_name,
-                storage=storage,
+                storage=open_storage(storage),
                 sampler=sampler,
                 direction=direction,
                 load_if_exists=True,
@@ -86,34 +89,59 @@ def study_summary(study: optuna.Study) -> dict[str, Any]:
     return out
 
 
-class OptunaLoop(_impl.OptunaSweeperImpl):
-    """The plugin's sweeper with a sweep-wide failure limit, per-trial records and reused repeats."""
+class OptunaLoop(Sweeper):
+    """Optuna over Hydra jobs with a sweep-wide failure limit, per-trial records and reused repeats."""
 
     def __init__(self, **kwargs: Any) -> None:
         self.pruner = _checked_settings(kwargs)
-        super().__init__(**kwargs)
+        self.sampler, self.direction, self.storage = kwargs["sampler"], kwargs["direction"], kwargs["storage"]
+        self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
+        self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
+        extender = kwargs.get("custom_search_space")
+        self.extender = get_method(extender) if extender else None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keep the config and build the launcher."""
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
-        self._process_searchspace_config()
-        dists, fixed = _impl.create_params_from_overrides(self._parse_sweeper_params_config() + list(arguments))
-        dists = {**(self.search_space_distributions or {}), **dists}
-        if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
-            grid = {name: self._to_grid_sampler_choices(d) for name, d in dists.items()}
-            self.sampler = self.sampler(grid)
-            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        try:
+            dists, fixed = parse_space([f"{k!s}={v}" for k, v in self.params.items()] + list(arguments))
+            if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
+                grid = {name: grid_values(name, d) for name, d in dists.items() if name not in fixed}
+                self.sampler = self.sampler(grid)
+                self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+        except DenetdmError as e:
+            sys.exit(f"error: the search space cannot be sampled: {e}")
         return {k: v for k, v in dists.items() if k not in fixed}, fixed
+
+    def _configure(self, trial: Any, dists: dict, fixed: dict) -> tuple[str, ...]:
+        """Draw the trial's values; its overrides (sampled, then fixed)."""
+        for name, dist in dists.items():
+            suggest(trial, name, dist)
+        for name, value in fixed.items():
+            trial.set_user_attr(name, value)
+        if self.extender is not None:  # dependent parameters (hydra.sweeper.custom_search_space)
+            self.extender(self.config, trial)
+        if overlap := trial.params.keys() & fixed.keys():
+            raise ValueError(f"Overlapping fixed parameters and search space parameters: {sorted(overlap)}")
+        values = {**trial.params, **fixed}
+        return tuple(name if v is None else f"{name}={v}" for name, v in values.items())
 
     def sweep(self, arguments: list[str]) -> None:
         """Ask, launch and tell in batches of n_jobs until this sweep directory has n_trials finished trials
         or too many failed."""
-        directions = self._get_directions()
-        if len(directions) != 1:
+        direction = getattr(self.direction, "name", self.direction)
+        if direction not in ("minimize", "maximize"):
             sys.exit("error: denetdm sweeps optimise one objective; set hydra.sweeper.direction=maximize")
         dists, fixed = self._search_space(arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with only_sweep(sweep_dir):  # its RUNNING trials are then dead ones
-            self._sweep(sweep_dir, dists, fixed, directions[0])
+            self._sweep(sweep_dir, dists, fixed, direction)
 
     def _sweep(self, sweep_dir: Path, dists: dict, fixed: dict, direction: str) -> None:
         """The sweep, with its directory locked."""
@@ -123,7 +151,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
         log.info(
             "Study %s (storage %s, sampler %s)", study.study_name, redact(self.storage), type(self.sampler).__name__
         )
-        self.retries, self.retried = recover(study, self._own(study))
+        self.retries = recover(study, self._own(study))
         jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
         self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
@@ -132,9 +160,6 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
             trials = [study.ask() for _ in range(min(self.n_jobs, left))]
             for t in trials:
                 t.set_user_attr("sweep_dir", self.sweep_key)
-                fixed_params = t.system_attrs.get("fixed_params")  # an enqueued retry of an interrupted trial
-                if fixed_params is not None and _key(fixed_params) in self.retried:
-                    t.set_user_attr("retry_of", self.retried.pop(_key(fixed_params)))
             self._run_batch(study, trials, self._trial_overrides(study, trials, dists, fixed))
             write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
             redact_hydra_files(sweep_dir, self.storage)
@@ -161,7 +186,7 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
                 if t.number in fresh:
                     seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
                     reseed(self.sampler, seed, sum(n <= t.number for n in fresh) - 1)
-                configured += self._configure_trials([t], dists, fixed)
+                configured.append(self._configure(t, dists, fixed))
         except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
             for t in trials:  # not left RUNNING in a shared study
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
@@ -217,13 +242,13 @@ class OptunaLoop(_impl.OptunaSweeperImpl):
 
 def reseed(sampler: Any, seed: int | None, index: int) -> None:
     """Seed the sampler for the index-th fresh trial of a sweep directory from the sampler seed, so a resumed
-    sweep draws what an uninterrupted one would (optuna 2.10's samplers keep their generator in `_rng`; a sampler
-    without one, or an unseeded sweep, is left as it is)."""
+    sweep draws what an uninterrupted one would (Optuna's samplers keep their generator in `_rng`, TPE's first
+    trials come from its `_random_sampler`; a sampler without one, or an unseeded sweep, is left as it is)."""
     if seed is None:
         return
     for i, s in enumerate((sampler, getattr(sampler, "_random_sampler", None))):
         if s is not None and hasattr(s, "_rng"):
-            s._rng = np.random.RandomState(derive_seed(seed, f"trial-{index}-{i}") % 2**32)
+            s._rng.rng.seed(derive_seed(seed, f"trial-{index}-{i}") % 2**32)
 
 
 def save_best(study: optuna.Study, storage: str, sweep_dir: Path) -> None:
@@ -260,27 +285,26 @@ def only_sweep(sweep_dir: Path) -> Iterator[None]:
         sys.exit(f"error: {e}")
 
 
-def recover(study: optuna.Study, own: list) -> tuple[dict[str, int], dict[str, int]]:
+def recover(study: optuna.Study, own: list) -> dict[str, int]:
     """Trials a killed sweep of this directory left RUNNING: marked FAIL with the reason, their values queued
-    again; returns {values: the job (run directory) to resume them in}, {values: the trial they retry}."""
-    retries, retried = {}, {}
+    again (the retry's `retry_of` names the trial); returns {values: the job (run directory) to resume them in}."""
+    retries = {}
     for t in own:
         if t.state != optuna.trial.TrialState.RUNNING:
             continue
-        storage = study._storage  # optuna 2.10 has no public way to end another process's trial
-        storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        storage.set_trial_user_attr(t._trial_id, "error", "left RUNNING by an interrupted sweep; tried again")
+        lost = optuna.trial.Trial(study, t._trial_id)  # Optuna's handle on a trial that another process began
+        lost.set_user_attr("interrupted", True)
+        lost.set_user_attr("error", "left RUNNING by an interrupted sweep; tried again")
         if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
-            storage.set_trial_user_attr(t._trial_id, "not_drawn", True)
-        storage.set_trial_state(t._trial_id, optuna.trial.TrialState.FAIL)  # attributes first: then it is final
+            lost.set_user_attr("not_drawn", True)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # attributes first: then it is final
         if not t.params:
             continue
-        study.enqueue_trial(t.params)
-        retried[_key(t.params)] = t.number
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
         if "job" in t.user_attrs:
             retries[_key(t.params)] = t.user_attrs["job"]
         log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
-    return retries, retried
+    return retries
 
 
 def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any) -> None:
@@ -300,7 +324,7 @@ def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any) -> None:
             trial.set_user_attr(k, v)
     if error == _PRUNED_MARK:
         log.info("trial %d was pruned", trial.number)
-        if twin is None:  # the job reported through its own connection: read past optuna 2.10's cache
+        if twin is None:  # the job reported through its own connection: read past the storage's cache
             backend = getattr(study._storage, "_backend", study._storage)
             for step, v in sorted(backend.get_trial(trial._trial_id).intermediate_values.items()):
                 trial.report(v, step)

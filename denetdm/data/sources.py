@@ -29,6 +29,16 @@ class ImageTree:
                 str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
 
+    def has(self, name: str) -> bool:
+        """Whether an image file of that relative path is there."""
+        if not hasattr(self, "_names"):
+            self._names = frozenset(self.files)
+        return name in self._names
+
+    def read_text(self, name: str) -> str:
+        """A text file (a metadata table) by relative path."""
+        return self.zip.read(name).decode() if self.zip is not None else (self.path / name).read_text()
+
     def source_files(self) -> dict[str, Path]:
         """Its files by name for the data's digest (a zip: the archive itself)."""
         if self.zip is not None:
@@ -42,7 +52,7 @@ class ImageTree:
             img = Image.open(io.BytesIO(data)).convert("RGB")
             if size is not None and img.size != (size, size):
                 img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img)
+            return np.array(img)  # writable: torch.from_numpy takes it without a warning
         except Exception as e:
             raise DataError(f"cannot read image {name} in {self.path} ({type(e).__name__}: {e})") from None
 

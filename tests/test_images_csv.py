@@ -95,7 +95,7 @@ def test_every_method_trains_an_epoch_on_a_celeba_tree(method, tmp_path):
     top = celeba_tree(tmp_path / "celeba")
     args = [*COMMON, *SMALL, "dataset=celeba", f"dataset.root={top}", f"method={method}"]
     args += ["experts.epochs=1"] + (
-        ["method.id_epochs=1", "target.epochs=2"] if method == "jtt" else ["target.epochs=1"]
+        ["method.id_epochs=1", "method.upweight=2", "target.epochs=2"] if method == "jtt" else ["target.epochs=1"]
     )
     proc = run_cli(args, tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]

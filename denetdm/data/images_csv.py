@@ -68,7 +68,8 @@ class ImagesCsv(CropFlipImages):
         if aligned is not None and not isinstance(aligned, dict):
             raise ConfigError(f"dataset.aligned must map bias values to class values, or be null, got {aligned!r}")
         self.aligned = None if aligned is None else {str(k): str(v) for k, v in aligned.items()}
-        self.root, self.images = path_text("dataset.root", root, allow_none=True), path_text("dataset.images", images, allow_none=True)
+        self.root = path_text("dataset.root", root, allow_none=True)
+        self.images = path_text("dataset.images", images, allow_none=True)
         self.image_size, self.conflict_pct = image_size, conflict_pct
 
     @functools.cached_property

@@ -58,13 +58,33 @@ def atomic_write(path: str | Path, mode: str = "w", previous: Path | None = None
 
 
 def atomic_save(obj: object, path: str | Path, previous: Path | None = None) -> None:
-    """torch.save, durably and atomically (checkpoints, dataset caches). Serialised in memory first: torch's own
-    writer reports a refused write (ENOSPC, EFBIG) as an opaque RuntimeError, a plain write says which it was."""
-    import io
-
+    """torch.save, durably and atomically (checkpoints, dataset caches), streamed to the file: a dataset cache is
+    never held twice in memory. torch's writer reports a refused write (ENOSPC, EFBIG) as an opaque RuntimeError;
+    the file's own OSError, which says which it was, is raised instead."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
     with atomic_write(path, "wb", previous) as f:
-        f.write(buffer.getbuffer())
+        out = _Writes(f)
+        try:
+            torch.save(obj, out)
+        except RuntimeError:
+            if out.error is not None:
+                raise out.error from None
+            raise
+
+
+class _Writes:
+    """A binary file for torch.save that keeps the OSError of a refused write."""
+
+    def __init__(self, f: IO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()

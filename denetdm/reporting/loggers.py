@@ -45,7 +45,7 @@ def run_fields(config: dict) -> dict[str, str]:
         "method": str(method["name"]),
         "dataset": str(dataset["name"]),
         "severity": str(config["severity"]["level"]),
-        "conflict_pct": f"{pct:g}" if isinstance(pct, int | float) else str(pct),
+        "conflict_pct": f"{pct:g}" if isinstance(pct, int | float) else "natural",  # null: the data's own ratio
         "depths": "-".join(str(config["model"][part]["depth"]) for part in method["row_depths"]),
         "seed": str(config["seed"]),
         "selection": str(config["selection"]),

@@ -66,10 +66,10 @@ class Table:
             return label + mark
         return f"{label} ({', '.join(map(str, depths))}){mark}"
 
-    def col_label(self, col: tuple[str, str, str, float, str]) -> str:
+    def col_label(self, col: tuple[str, str, str, float | None, str]) -> str:
         """Dataset, severity and ratio; the protocol where the table holds several; the data's digest where
         runs of other source files share the rest."""
-        text = f"{col[1]} sev{col[2]} {col[3]:g}%"
+        text = f"{col[1]} sev{col[2]}" + ("" if col[3] is None else f" {col[3]:g}%")
         if sum(c[:4] == col[:4] for c in self.cols) > 1:
             text += f" [data {col[4][:8] or 'generated'}]"
         return f"{col[0]}: {text}" if len(self.selections) > 1 else text
@@ -93,12 +93,13 @@ def off_preset(run: Run) -> list[str]:
     return keys
 
 
-def _column(run: Run) -> tuple[str, str, str, float, str]:
+def _column(run: Run) -> tuple[str, str, str, float | None, str]:
     """Protocol, dataset, severity, ratio and the data's digest: runs of other source files never share a cell."""
     cfg = run.config
     dataset, digest = cfg["dataset"], cfg.get("data_digest") or ""
     level = str(cfg["severity"]["level"])
-    return run.selection, dataset["name"], level, float(dataset.get("conflict_pct", "nan")), digest
+    pct = dataset.get("conflict_pct")  # null: the data's own ratio (CelebA, your own data)
+    return run.selection, dataset["name"], level, None if pct is None else float(pct), digest
 
 
 def _choose(runs: list[Run]) -> tuple[list[Run], int]:
@@ -152,7 +153,10 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
         off = sorted({key for r in chosen for key in off_preset(r)})
         table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings, off)
     table.rows = sorted({row for row, _ in table.cells})
-    table.cols = sorted({col for _, col in table.cells}, key=lambda c: (selections.index(c[0]), c[1:]))
+    table.cols = sorted(
+        {col for _, col in table.cells},
+        key=lambda c: (selections.index(c[0]), c[1], c[2], -1 if c[3] is None else c[3], c[4]),
+    )
     _notes(table, left, coll)
     return table
 

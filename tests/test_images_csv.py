@@ -160,3 +160,13 @@ def test_a_class_without_training_samples_is_one_clear_line(tmp_path):
     cfg = compose_cfg([*COMMON, *SMALL, "dataset=waterbirds", f"dataset.root={top}"])
     with pytest.raises(DataError, match="class '1' has no training sample"):
         train(cfg, tmp_path / "r")
+
+
+def test_subsets_a_biased_validation_hold_out_and_label_free_selection_work_as_for_built_in_data(tmp_path):
+    top = waterbirds_tree(tmp_path / "wb")
+    args = [*COMMON, *SMALL, "dataset=waterbirds", f"dataset.root={top}", "experts.epochs=1", "target.epochs=1"]
+    args += ["dataset.subset=100", "dataset.biased_val_size=30", "selection=val_biased_nolabels"]
+    results = train(compose_cfg(args), tmp_path / "r")
+    assert results["selection"] == "val_biased_nolabels" and results["objective_key"].startswith("val_biased/")
+    r = read_results(tmp_path / "r")
+    assert sum(map(sum, r["dataset"]["cells"]["train"])) == 168  # the table as read, before subsets and hold-outs

@@ -96,21 +96,9 @@ class ImagesCsv(CropFlipImages):
         )
         if not rows:
             raise DataError(f"the metadata tables of {self.tree.path} have no rows")
-        for key, col in self.columns.items():
-            if col not in rows[0]:
-                raise DataError(
-                    f"the metadata has no column {col!r} (dataset.columns.{key}); its columns: {', '.join(rows[0])}"
-                )
-        by_split = _assign_splits(rows, self.columns["split"], self.splits)
-        classes = _ordered({r[self.columns["target"]] for r in rows})
-        bias_class = _bias_classes(rows, self.columns["bias"], classes, self.aligned)
-        _check_training_values(by_split["train"], self.columns, classes, bias_class)
-        col_y, col_b, col_f = self.columns["target"], self.columns["bias"], self.columns["file"]
-        out: dict = {"classes": classes}
-        for split, members in by_split.items():
-            y = [classes.index(r[col_y]) for r in members]
-            b = [classes.index(bias_class[r[col_b]]) for r in members]
-            out[split] = ([str(Path(self.images) / r[col_f]) if self.images else r[col_f] for r in members], y, b)
+        out = label_rows(rows, self.columns, self.splits, self.aligned)
+        if self.images:
+            out |= {s: ([str(Path(self.images) / f) for f in out[s][0]], *out[s][1:]) for s in SPLITS}
         if missing := [f for s in SPLITS for f in out[s][0] if not self.tree.has(f)]:
             raise DataError(
                 f"{len(missing)} files the metadata names are not in {self.tree.path} (the first: {missing[0]}); "
@@ -174,6 +162,26 @@ class ImagesCsv(CropFlipImages):
         train = splits["train"]
         pct = round(float((train.y != train.b).float().mean() * 100), 3)
         return {"image_size": self.image_size, "classes": classes, "conflict_pct": pct, "cells": cells}
+
+
+def label_rows(rows: list[dict], columns: dict, splits: dict, aligned: dict | None) -> dict:
+    """{split: (files, class indices, bias indices)} and {"classes": [...]} from the joined table rows."""
+    for key, col in columns.items():
+        if col not in rows[0]:
+            raise DataError(
+                f"the metadata has no column {col!r} (dataset.columns.{key}); its columns: {', '.join(rows[0])}"
+            )
+    by_split = _assign_splits(rows, columns["split"], splits)
+    classes = _ordered({r[columns["target"]] for r in rows})
+    bias_class = _bias_classes(rows, columns["bias"], classes, aligned)
+    _check_training_values(by_split["train"], columns, classes, bias_class)
+    index = {c: i for i, c in enumerate(classes)}
+    out: dict = {"classes": classes}
+    for split, members in by_split.items():
+        y = [index[r[columns["target"]]] for r in members]
+        b = [index[bias_class[r[columns["bias"]]]] for r in members]
+        out[split] = ([r[columns["file"]] for r in members], y, b)
+    return out
 
 
 def _cells(y: torch.Tensor, b: torch.Tensor, k: int) -> list[list[int]]:

@@ -76,6 +76,22 @@ def auto_tags(config: dict, study: str | None) -> list[str]:
     return tags + ([f"study-{study}"] if study else [])
 
 
+def _run_name(template: str, fields: dict[str, str]) -> str:
+    """A run's name from `logger.name`, a template of the run's fields."""
+    try:
+        return str(template).format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"logger.name: {template!r} is not a template of {{{'}, {'.join(fields)}}} ({e})") from None
+
+
+def _checked_options(log_checkpoints: object, init_timeout: object) -> tuple[bool, float]:
+    if not isinstance(log_checkpoints, bool):
+        raise ConfigError(f"logger.log_checkpoints must be true or false, got {log_checkpoints!r}")
+    if not isinstance(init_timeout, int | float) or isinstance(init_timeout, bool) or not init_timeout > 0:
+        raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {init_timeout!r}")
+    return log_checkpoints, float(init_timeout)
+
+
 class WandbLogger(NullLogger):
     """One W&B run per job, offline unless WANDB_MODE says otherwise, always finished; grouped by setting, named
     from a template, with the run directory, command line and code version in its config."""
@@ -95,29 +111,19 @@ class WandbLogger(NullLogger):
         log_checkpoints: bool = False,
         init_timeout: float = 15.0,
     ) -> None:
-        fields = run_fields(run_config)
-        try:
-            name = str(name).format(**fields)
-        except (KeyError, IndexError, ValueError) as e:
-            raise ConfigError(f"logger.name: {name!r} is not a template of {{{'}, {'.join(fields)}}} ({e})") from None
         self.kwargs = dict(
             project=project,
             entity=entity,
             mode=mode,
             group=group or run_group(run_config),
             job_type=job_type,
-            name=name,
+            name=_run_name(name, run_fields(run_config)),
             tags=auto_tags(run_config, study) + [str(t) for t in tags or []],
             config=run_config | {"run": _where(run_dir)},
             dir=str(run_dir),
         )
         self.run = None
-        if not isinstance(log_checkpoints, bool):
-            raise ConfigError(f"logger.log_checkpoints must be true or false, got {log_checkpoints!r}")
-        if not isinstance(init_timeout, int | float) or isinstance(init_timeout, bool) or not init_timeout > 0:
-            raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {init_timeout!r}")
-        self.init_timeout = float(init_timeout)
-        self.log_checkpoints = log_checkpoints
+        self.log_checkpoints, self.init_timeout = _checked_options(log_checkpoints, init_timeout)
         # one W&B run per run directory: its id (and the last step logged) are kept there, so a resumed run
         # continues the same W&B run, its steps going on from where they stopped
         self.state_path = Path(run_dir) / "wandb_run.json"

@@ -6,8 +6,12 @@ One change from that plugin: `range` ends before its stop, as Hydra's (and Pytho
 the released plugin let TPE draw the stop itself while its grid left it out.
 """
 
+import functools
+import math
+from collections.abc import Callable
 from typing import Any
 
+import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -81,3 +85,28 @@ def suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
         return trial.suggest_categorical(name, dist.choices)
     suggest_number = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
     return suggest_number(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def search_space(params: dict, arguments: list[str], sampler: Any, n_trials: int) -> tuple[dict, dict, Any, int]:
+    """(swept distributions, fixed values, the sampler, n_trials) of a sweep: a grid sampler is built here from the
+    values of the swept keys, and n_trials is capped at the grid's size."""
+    dists, fixed = parse_space([f"{k!s}={v}" for k, v in params.items()] + list(arguments))
+    dists = {k: v for k, v in dists.items() if k not in fixed}
+    if isinstance(sampler, functools.partial) and sampler.func == optuna.samplers.GridSampler:
+        grid = {name: grid_values(name, d) for name, d in dists.items()}
+        sampler, n_trials = sampler(grid), min(n_trials, math.prod(len(v) for v in grid.values()))
+    return dists, fixed, sampler, n_trials
+
+
+def configure(trial: Any, dists: dict, fixed: dict, extend: Callable | None) -> tuple[str, ...]:
+    """Draw the trial's values (`extend(trial)` suggests dependent ones); its overrides, sampled then fixed."""
+    for name, dist in dists.items():
+        suggest(trial, name, dist)
+    for name, value in fixed.items():
+        trial.set_user_attr(name, value)
+    if extend is not None:  # hydra.sweeper.custom_search_space
+        extend(trial)
+    if overlap := trial.params.keys() & fixed.keys():
+        raise ValueError(f"Overlapping fixed parameters and search space parameters: {sorted(overlap)}")
+    values = {**trial.params, **fixed}
+    return tuple(name if v is None else f"{name}={v}" for name, v in values.items())

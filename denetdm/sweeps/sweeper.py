@@ -40,7 +40,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.pruning import TrialPruned, build_pruner, open_storage, redact, study_storage
-from denetdm.sweeps.space import grid_values, parse_space, suggest
+from denetdm.sweeps.space import configure, search_space
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -97,39 +97,15 @@ class OptunaLoop(Sweeper):
         self.sampler, self.direction, self.storage = kwargs["sampler"], kwargs["direction"], kwargs["storage"]
         self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
-        extender = kwargs.get("custom_search_space")
-        self.extender = get_method(extender) if extender else None
+        self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the config and build the launcher."""
         self.config = config
+        self.extend = functools.partial(get_method(self.extender), config) if self.extender else None
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
-
-    def _search_space(self, arguments: list[str]) -> tuple[dict, dict]:
-        try:
-            dists, fixed = parse_space([f"{k!s}={v}" for k, v in self.params.items()] + list(arguments))
-            if isinstance(self.sampler, functools.partial) and self.sampler.func == optuna.samplers.GridSampler:
-                grid = {name: grid_values(name, d) for name, d in dists.items() if name not in fixed}
-                self.sampler = self.sampler(grid)
-                self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
-        except DenetdmError as e:
-            sys.exit(f"error: the search space cannot be sampled: {e}")
-        return {k: v for k, v in dists.items() if k not in fixed}, fixed
-
-    def _configure(self, trial: Any, dists: dict, fixed: dict) -> tuple[str, ...]:
-        """Draw the trial's values; its overrides (sampled, then fixed)."""
-        for name, dist in dists.items():
-            suggest(trial, name, dist)
-        for name, value in fixed.items():
-            trial.set_user_attr(name, value)
-        if self.extender is not None:  # dependent parameters (hydra.sweeper.custom_search_space)
-            self.extender(self.config, trial)
-        if overlap := trial.params.keys() & fixed.keys():
-            raise ValueError(f"Overlapping fixed parameters and search space parameters: {sorted(overlap)}")
-        values = {**trial.params, **fixed}
-        return tuple(name if v is None else f"{name}={v}" for name, v in values.items())
 
     def sweep(self, arguments: list[str]) -> None:
         """Ask, launch and tell in batches of n_jobs until this sweep directory has n_trials finished trials
@@ -137,7 +113,12 @@ class OptunaLoop(Sweeper):
         direction = getattr(self.direction, "name", self.direction)
         if direction not in ("minimize", "maximize"):
             sys.exit("error: denetdm sweeps optimise one objective; set hydra.sweeper.direction=maximize")
-        dists, fixed = self._search_space(arguments)
+        try:
+            dists, fixed, self.sampler, self.n_trials = search_space(
+                self.params, arguments, self.sampler, self.n_trials
+            )
+        except DenetdmError as e:
+            sys.exit(f"error: the search space cannot be sampled: {e}")
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         with only_sweep(sweep_dir):  # its RUNNING trials are then dead ones
@@ -186,7 +167,7 @@ class OptunaLoop(Sweeper):
                 if t.number in fresh:
                     seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
                     reseed(self.sampler, seed, sum(n <= t.number for n in fresh) - 1)
-                configured.append(self._configure(t, dists, fixed))
+                configured.append(configure(t, dists, fixed, self.extend))
         except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
             for t in trials:  # not left RUNNING in a shared study
                 study.tell(t, state=optuna.trial.TrialState.FAIL)

@@ -252,8 +252,10 @@ def test_any_data_and_cache_path_in_the_environment_runs_or_is_one_error_line(da
 
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory) -> dict[str, Path]:
-    """A CIFAR-10-layout zip (16 train and 4 test images a class) and a BFFHQ zip (its second layout)."""
+    """A CIFAR-10-layout zip (16 train and 4 test images a class), a BFFHQ zip (its second layout) and a Waterbirds
+    one (images_csv)."""
     from test_image_datasets import CLASSES, _bffhq_tree, _save, _zip
+    from test_images_csv import waterbirds_tree
 
     top, rng = tmp_path_factory.mktemp("cifar") / "cifar10", np.random.default_rng(0)
     for split, n in (("train", 16), ("test", 4)):
@@ -261,16 +263,19 @@ def archives(tmp_path_factory) -> dict[str, Path]:
             for i in range(n):
                 _save(top / split / c / f"{i:04d}.png", rng, 32)
     bffhq = _bffhq_tree(tmp_path_factory.mktemp("bffhq") / "bffhq", "b", rng)
-    return {"ccifar10": _zip(top), "bffhq": _zip(bffhq)}
+    birds = waterbirds_tree(tmp_path_factory.mktemp("waterbirds") / "waterbirds", n=120)  # 84 train: a batch of 64
+    return {"ccifar10": _zip(top), "bffhq": _zip(bffhq), "waterbirds": _zip(birds)}
 
 
 IMAGE_KEYS = {
     "ccifar10": ["corruption_type", "conflict_pct", "val_size", "subset", "biased_val_size", "augment", "source"],
     "bffhq": ["image_size", "conflict_pct", "subset", "augment", "root", "workers"],
+    "waterbirds": ["tables", "columns", "splits", "aligned", "images", "image_size", "conflict_pct", "root"],
 }
 IMAGE_BASE = {
     "ccifar10": ["dataset.val_size=20", "dataset.conflict_pct=5", "dataset.workers=1", "backbone_depth=mlp"],
     "bffhq": ["dataset.image_size=16", "dataset.workers=1", "backbone_depth=mlp"],
+    "waterbirds": ["dataset.image_size=16", "dataset.workers=1", "backbone_depth=mlp"],
 }
 
 

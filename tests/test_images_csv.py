@@ -64,16 +64,17 @@ def waterbirds_tree(top: Path, n: int = 240, rng: np.random.Generator | None = N
     return top
 
 
-def _zip(folder: Path) -> Path:
-    return Path(shutil.make_archive(str(folder), "zip", folder))
+def _zip(folder: Path, top: bool) -> Path:
+    """The folder's contents zipped, at the archive's root or inside the folder's name (`top`)."""
+    return Path(shutil.make_archive(str(folder), "zip", *((folder.parent, folder.name) if top else (folder,))))
 
 
 @pytest.mark.parametrize("preset", ["celeba", "waterbirds"])
-@pytest.mark.parametrize("as_zip", [False, True])
+@pytest.mark.parametrize("as_zip", [None, "flat", "top"])
 def test_presets_read_their_layouts_and_give_the_cell_table(preset, as_zip, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     top = (celeba_tree if preset == "celeba" else waterbirds_tree)(tmp_path / preset)
-    root = _zip(top) if as_zip else top
+    root = _zip(top, as_zip == "top") if as_zip else top
     cfg = compose_cfg([*COMMON, *SMALL, f"dataset={preset}", f"dataset.root={root}"])
     from hydra.utils import instantiate
 

@@ -78,12 +78,21 @@ class ImagesCsv(CropFlipImages):
             raise DataError(f"dataset={self.name} needs dataset.root=<folder or .zip of its images> (docs/data.md)")
         return ImageTree(self.root)
 
+    @functools.cached_property
+    def top(self) -> str:
+        """The folder a zip holds everything in (`birds.zip` with `birds/...`), as a prefix; "" for none."""
+        if self.tree.zip is None:
+            return ""
+        names = [n for n in self.tree.zip.namelist() if not n.endswith("/")]
+        tops = {n.split("/", 1)[0] for n in names}
+        return f"{tops.pop()}/" if len(tops) == 1 and all("/" in n for n in names) else ""
+
     def _table_text(self, spec: TableSpec) -> str:
         """A table's text: a member of the zip, a file below the folder, or an absolute path."""
         try:
             if Path(spec.path).is_absolute():
                 return Path(spec.path).read_text()
-            return self.tree.read_text(spec.path)
+            return self.tree.read_text(self.top + spec.path)
         except (OSError, KeyError, UnicodeDecodeError) as e:
             raise DataError(f"cannot read the metadata table {spec.path} of {self.tree.path} ({e})") from None
 
@@ -97,8 +106,8 @@ class ImagesCsv(CropFlipImages):
         if not rows:
             raise DataError(f"the metadata tables of {self.tree.path} have no rows")
         out = label_rows(rows, self.columns, self.splits, self.aligned)
-        if self.images:
-            out |= {s: ([str(Path(self.images) / f) for f in out[s][0]], *out[s][1:]) for s in SPLITS}
+        if prefix := self.top + (f"{self.images}/" if self.images else ""):
+            out |= {s: ([prefix + f for f in out[s][0]], *out[s][1:]) for s in SPLITS}
         if missing := [f for s in SPLITS for f in out[s][0] if not self.tree.has(f)]:
             raise DataError(
                 f"{len(missing)} files the metadata names are not in {self.tree.path} (the first: {missing[0]}); "

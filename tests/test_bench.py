@@ -34,3 +34,16 @@ def test_stacked_rows_time_both_ways_of_stepping(tmp_path):
     for vectorize in (False, True):
         s1, s2 = bench._stacked_step_s(data, config, 2, vectorize, "cpu", steps=2)
         assert s1 > 0 and s2 > 0
+
+
+@pytest.mark.slow
+def test_the_images_csv_bench_prints_both_loads(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, str(ROOT / "tests" / "bench_images_csv.py"), "--images", "300", "--size", "32"]
+    out = subprocess.run([*cmd, "--tree", str(tmp_path / "tree")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "first load (decode, cache)" in out.stdout and "cached load" in out.stdout and "peak resident" in out.stdout

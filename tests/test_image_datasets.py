@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from denetdm.data.bffhq import BFFHQ
+from denetdm.data.bffhq import BAR, BFFHQ
 from denetdm.data.ccifar10 import CorruptedCIFAR10
 from denetdm.data.preview import main as preview_main
 from denetdm.errors import ConfigError, DataError
@@ -140,6 +140,49 @@ def test_ccifar10_end_to_end_with_conv_experts(cifar_tree, tmp_path):
     r = read_results(tmp_path / "r")
     assert r["config"]["model"]["deep"]["name"] == "resnet_cifar" and r["config"]["model"]["shallow"]["name"] == "cnn"
     assert 0 <= r["test/acc_unbiased"] <= 1 and "stage1/shallow/test/acc_conflicting" in r
+
+
+def _bar_tree(top: Path, rng: np.random.Generator) -> Path:
+    """BAR's release layout: train/align/<class>, train/conflict/{1pct,5pct}/<class>, valid/<class>, test/<class>;
+    the training names carry a bias label the loader must overrule (9, as no class is)."""
+    n = 0
+    for folder, count in (("train/align", 10), ("train/conflict/1pct", 1), ("train/conflict/5pct", 3)):
+        for target in range(6):
+            for _ in range(count):
+                _save(top / folder / f"c{target}" / f"{n}_{target}_{target}.jpg", rng, 24)
+                n += 1
+    for split in ("valid", "test"):
+        for target in range(6):
+            _save(top / split / f"c{target}" / f"{n}_{target}_{(target + 2) % 6}.jpg", rng, 24)
+            n += 1
+    return top
+
+
+@pytest.mark.parametrize("pct, conflicting", [(1, 6), (5, 18)])
+def test_bar_takes_its_ratios_conflict_folder_and_the_bias_its_code_sets(pct, conflicting, tmp_path):
+    top = _bar_tree(tmp_path / "bar", np.random.default_rng(4))
+    data = BAR(name="bar", root=str(_zip(top)), seed=0, cache_dir=str(tmp_path / "c"), image_size=16, conflict_pct=pct)
+    data = data.load()
+    assert (len(data.train), len(data.val), len(data.test)) == (60 + conflicting, 6, 6)
+    conf = data.train.y != data.train.b
+    assert int(conf.sum()) == conflicting
+    assert torch.equal(data.train.b[conf], (data.train.y[conf] + 1) % 6)  # the next class, whatever the name says
+    assert torch.equal(data.test.b, (data.test.y + 2) % 6)  # evaluation splits keep their names' bias
+    with pytest.raises(ConfigError, match="fixed by the BAR release at 1 or 5 %"):
+        BAR(name="bar", root=str(top), seed=0, cache_dir=str(tmp_path), conflict_pct=2)
+
+
+@pytest.mark.slow
+def test_bar_end_to_end(tmp_path):
+    top = _bar_tree(tmp_path / "bar", np.random.default_rng(5))
+    args = [*COMMON, "dataset=bar", f"dataset.root={top}", "dataset.image_size=48", "dataset.conflict_pct=5"]
+    args += ["experts.epochs=1", "target.epochs=1", "experts.batch_size=16", "target.batch_size=16"]
+    proc = run_cli([*args, "model.target.pretrained=false"], tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = read_results(tmp_path / "r")
+    assert (
+        r["dataset"]["conflict_pct"] == pytest.approx(100 * 18 / 78, abs=1e-2) and "test/acc_conflicting_samples" in r
+    )
 
 
 @pytest.mark.slow

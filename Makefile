@@ -13,6 +13,8 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	@# a venv made before the move to Optuna 4 holds these two; left there they would shadow our sampler configs
+	$(PY) -m pip uninstall --disable-pip-version-check -q -y hydra-optuna-sweeper imagecorruptions-imaug 2>/dev/null || true
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	$(MAKE) --no-print-directory $(FROST)
 	touch $(STAMP)

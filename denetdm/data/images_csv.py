@@ -55,8 +55,7 @@ class ImagesCsv(CropFlipImages):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
-            raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
+        _check_numbers(image_size, conflict_pct)
         tables, columns, splits, aligned = (_plain(v) for v in (tables, columns, splits, aligned))
         if not isinstance(tables, list) or not tables:
             raise ConfigError(
@@ -162,12 +161,7 @@ class ImagesCsv(CropFlipImages):
         classes = self.index["classes"]
         cells = {name: _cells(s.y, s.b, len(classes)) for name, s in splits.items()}
         for name, table in cells.items():
-            log.info(
-                "%s (class x bias, classes %s):\n%s",
-                name,
-                classes,
-                "\n".join(" ".join(f"{n:7d}" for n in r) for r in table),
-            )
+            log.info("%s (class x bias, classes %s):\n%s", name, classes, "\n".join(map(_row, table)))
         train = splits["train"]
         pct = round(float((train.y != train.b).float().mean() * 100), 3)
         return {"image_size": self.image_size, "classes": classes, "conflict_pct": pct, "cells": cells}
@@ -191,6 +185,19 @@ def label_rows(rows: list[dict], columns: dict, splits: dict, aligned: dict | No
         b = [index[bias_class[r[columns["bias"]]]] for r in members]
         out[split] = ([r[columns["file"]] for r in members], y, b)
     return out
+
+
+def _check_numbers(image_size: object, conflict_pct: object) -> None:
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
+        raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
+    if conflict_pct is not None and (
+        not isinstance(conflict_pct, int | float) or isinstance(conflict_pct, bool) or not 0 <= conflict_pct <= 100
+    ):
+        raise ConfigError(f"dataset.conflict_pct is a label in [0, 100] or null (the data's own), got {conflict_pct!r}")
+
+
+def _row(counts: list[int]) -> str:
+    return " ".join(f"{n:7d}" for n in counts)
 
 
 def _cells(y: torch.Tensor, b: torch.Tensor, k: int) -> list[list[int]]:

@@ -171,3 +171,15 @@ def test_subsets_a_biased_validation_hold_out_and_label_free_selection_work_as_f
     assert results["selection"] == "val_biased_nolabels" and results["objective_key"].startswith("val_biased/")
     r = read_results(tmp_path / "r")
     assert sum(map(sum, r["dataset"]["cells"]["train"])) == 168  # the table as read, before subsets and hold-outs
+
+
+def test_a_bias_value_without_training_samples_is_one_clear_line(tmp_path):
+    top = waterbirds_tree(tmp_path / "wb", n=40)
+    rows = [r.split(",") for r in (top / "metadata.csv").read_text().splitlines()]
+    for r in rows[1:]:
+        if r[3] == "0":  # every training bird on land
+            r[4] = "0"
+    (top / "metadata.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cfg = compose_cfg([*COMMON, *SMALL, "dataset=waterbirds", f"dataset.root={top}"])
+    with pytest.raises(DataError, match="bias value '1' has no training sample"):
+        train(cfg, tmp_path / "r")

@@ -316,3 +316,15 @@ def test_a_run_without_the_final_model_says_so_instead_of_nan():
     results = {"objective_key": "val/acc_unbiased", "selection": "val", "objective": float("nan")}
     text = summary_table(results | {"config": {"method": {"final": {"phase": "stage2", "head": "target"}}}})
     assert "nan" not in text and "none: this run did not train the final model (stage2/target)" in text
+
+
+def test_a_stage1_only_run_is_checked_against_its_preset_schedule():
+    # a stage-1 run's fingerprint leaves its stage-2 phase null (hparams_search=depth_pairs makes such runs)
+    from denetdm.reporting.tables import off_preset
+
+    phases = {"stage1": {"_target_": "denetdm.methods.DeNetDMStage1", "schedule": "experts"}, "stage2": None}
+    experts = {"epochs": 100, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-3}  # conf/dataset/cmnist.yaml's
+    config = {"dataset": {"name": "cmnist"}, "method": {"phases": phases}, "experts": experts}
+    assert off_preset(Run(Path("r"), {"config": config})) == []
+    experts["epochs"] = 2
+    assert off_preset(Run(Path("r"), {"config": config})) == ["experts.epochs"]

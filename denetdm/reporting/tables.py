@@ -87,7 +87,8 @@ def off_preset(run: Run) -> list[str]:
     cfg = run.config
     preset = _preset(str(cfg["dataset"]["name"]))
     keys = [f"dataset.{k}" for k in ("subset", "eval_subset") if cfg["dataset"].get(k) is not None]
-    used = {node.get("schedule") for node in ((cfg.get("method") or {}).get("phases") or {}).values()}
+    phases = ((cfg.get("method") or {}).get("phases") or {}).values()
+    used = {node.get("schedule") for node in phases if node}  # a phase a stage's fingerprint leaves out is null
     for name in sorted(used & set(preset)):
         keys += [f"{name}.{k}" for k, v in preset[name].items() if (cfg.get(name) or {}).get(k) != v]
     return keys

@@ -77,7 +77,7 @@ gpu-pack: install
 	rm -rf $(GPU_PACK) && mkdir -p $(GPU_PACK)/wheels
 	$(PY) -m pip wheel --disable-pip-version-check -q --no-deps -w $(GPU_PACK)/wheels $(WHEELS)
 	cp -r $(FROST) $(GPU_PACK)/frost
-	d=$$(mktemp -d) && (cd $$d && unzip -q "$(DENETDM_DATA)/cifar10-jpeg.zip") && tar -C $$d -cf - cifar10 | xz -T0 -6 > $(GPU_PACK)/cifar10.tar.xz && rm -rf $$d
+	d=$$(mktemp -d) && (cd $$d && unzip -q "$(abspath $(DENETDM_DATA))/cifar10-jpeg.zip") && tar -C $$d -cf - cifar10 | xz -T0 -6 > $(GPU_PACK)/cifar10.tar.xz && rm -rf $$d
 	tar -C "$(DENETDM_DATA)" -cf - MNIST/raw | xz -T0 -6 > $(GPU_PACK)/mnist.tar.xz
 	du -sh $(GPU_PACK)
 

@@ -163,6 +163,7 @@ def test_a_class_without_training_samples_is_one_clear_line(tmp_path):
         train(cfg, tmp_path / "r")
 
 
+@pytest.mark.slow  # trains
 def test_subsets_a_biased_validation_hold_out_and_label_free_selection_work_as_for_built_in_data(tmp_path):
     top = waterbirds_tree(tmp_path / "wb")
     args = [*COMMON, *SMALL, "dataset=waterbirds", f"dataset.root={top}", "experts.epochs=1", "target.epochs=1"]

@@ -171,6 +171,7 @@ def test_plot_writes_pngs_that_show_data(tmp_path, capsys):
         assert img[..., :3].std() > 0.05  # not a blank canvas
 
 
+@pytest.mark.slow  # draws Optuna's plots
 def test_plot_adds_optunas_plots_of_the_sweeps_study(tmp_path, capsys):
     # the fixture keeps no study.db: rebuild it from trials.jsonl, as the sweep had it (depths searched)
     import shutil

@@ -41,6 +41,13 @@ def number(key: str, value: object, low: float = 0.0, strict: bool = False, high
     return float(value)
 
 
+def image_size(value: object) -> int:
+    """`dataset.image_size`: the square size images are cached at, an integer >= 8."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 8:
+        raise ConfigError(f"dataset.image_size must be an integer >= 8, got {value!r}")
+    return value
+
+
 def instantiate_checked(node, **kwargs):
     """hydra.utils.instantiate, with our own errors unwrapped and a bad argument named in one line."""
     from hydra.errors import InstantiationException

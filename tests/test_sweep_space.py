@@ -46,3 +46,10 @@ def test_sampled_values_stay_inside_the_range_for_tpe():
         study.tell(trial, values["a"] + values["b"])
     assert {t.params["a"] for t in study.trials} <= {1, 2, 3}
     assert all(1e-4 <= t.params["b"] <= 1e-2 for t in study.trials)
+
+
+def test_a_storage_that_is_not_a_url_is_one_error_line():
+    from denetdm.sweeps.sweeper import _checked_settings
+
+    with pytest.raises(SystemExit, match="hydra.sweeper.storage must be an Optuna URL, journal"):
+        _checked_settings({"storage": 123, "max_failure_rate": 0.5, "n_trials": 2})

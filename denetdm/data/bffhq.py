@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from denetdm.checks import image_size as check_image_size
 from denetdm.checks import path_text
 from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
@@ -59,8 +60,7 @@ class BFFHQ(CropFlipImages):
 
     def __init__(self, root: str | None, image_size: int = 224, conflict_pct: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
-            raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
+        image_size = check_image_size(image_size)
         if conflict_pct not in self.CONFLICT_PCTS or isinstance(conflict_pct, bool):
             pcts = " or ".join(f"{p:g}" for p in self.CONFLICT_PCTS)
             raise ConfigError(

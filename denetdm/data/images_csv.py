@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from denetdm.checks import path_text
+from denetdm.checks import image_size as check_image_size
+from denetdm.checks import number, path_text
 from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
 from denetdm.data.tables import TableSpec, join_tables, read_table
@@ -55,7 +56,9 @@ class ImagesCsv(CropFlipImages):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        _check_numbers(image_size, conflict_pct)
+        image_size = check_image_size(image_size)
+        if conflict_pct is not None:  # a label; null: the data's own ratio
+            number("dataset.conflict_pct", conflict_pct, high=100)
         tables, columns, splits, aligned = (_plain(v) for v in (tables, columns, splits, aligned))
         if not isinstance(tables, list) or not tables:
             raise ConfigError(
@@ -185,15 +188,6 @@ def label_rows(rows: list[dict], columns: dict, splits: dict, aligned: dict | No
         b = [index[bias_class[r[columns["bias"]]]] for r in members]
         out[split] = ([r[columns["file"]] for r in members], y, b)
     return out
-
-
-def _check_numbers(image_size: object, conflict_pct: object) -> None:
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
-        raise ConfigError(f"dataset.image_size must be an integer >= 8, got {image_size!r}")
-    if conflict_pct is not None and (
-        not isinstance(conflict_pct, int | float) or isinstance(conflict_pct, bool) or not 0 <= conflict_pct <= 100
-    ):
-        raise ConfigError(f"dataset.conflict_pct is a label in [0, 100] or null (the data's own), got {conflict_pct!r}")
 
 
 def _row(counts: list[int]) -> str:

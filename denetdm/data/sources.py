@@ -1,5 +1,6 @@
 """Image sources: class-folder trees in a folder or a zip (`<top>/{train,test}/<class>/<file>`)."""
 
+import functools
 import io
 import zipfile
 from pathlib import Path
@@ -29,10 +30,12 @@ class ImageTree:
                 str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
             )
 
+    @functools.cached_property
+    def _names(self) -> frozenset[str]:
+        return frozenset(self.files)
+
     def has(self, name: str) -> bool:
         """Whether an image file of that relative path is there."""
-        if not hasattr(self, "_names"):
-            self._names = frozenset(self.files)
         return name in self._names
 
     def read_text(self, name: str) -> str:

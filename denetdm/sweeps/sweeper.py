@@ -243,11 +243,16 @@ def save_best(study: optuna.Study, storage: str, sweep_dir: Path) -> None:
 
 
 def _checked_settings(kwargs: dict) -> Any:
-    """The pruner (popped from the sweeper's settings) after checking max_failure_rate and n_trials."""
+    """The pruner (popped from the sweeper's settings) after checking storage, max_failure_rate and n_trials."""
     try:
         pruner = build_pruner(kwargs.pop("pruner", None))
     except DenetdmError as e:
         sys.exit(f"error: {e}")
+    storage = kwargs.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage):
+        sys.exit(
+            f"error: hydra.sweeper.storage must be an Optuna URL, journal, journal:<file> or null, got {storage!r}"
+        )
     rate, n_trials = kwargs.get("max_failure_rate"), kwargs.get("n_trials")
     if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
         sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")

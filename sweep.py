@@ -1,7 +1,7 @@
 """Compare runs and sweeps: tables, plots, the best trial, and a W&B summary run.
 
 python sweep.py table <dir> [<dir> ...] [--metric test/acc_unbiased] [--selection val[,oracle,...]] [--published]
-                      [--format md|latex|csv]
+                      [--where KEY=VALUE ...] [--format md|latex|csv]
 python sweep.py plot <sweep dir> [--out <sweep dir>/plots] [--format png|pdf|svg] [--dpi 110]
 python sweep.py best <sweep dir>   |   python sweep.py best --storage sqlite:///study.db --study-name NAME
 python sweep.py wandb <sweep dir> [--project denetdm]      (offline unless WANDB_MODE says otherwise)
@@ -22,11 +22,12 @@ from denetdm.reporting.runs import Collection, collect, finite, objective_key
 
 def cmd_table(args: argparse.Namespace) -> None:
     """Print a DomainBed-style table of the runs below the given directories."""
+    from denetdm.reporting.docgen import select
     from denetdm.reporting.tables import FORMATS, add_published, build_table
     from denetdm.training.selection import protocol
 
     selections = [protocol(s.strip()).name for s in args.selection.split(",")]
-    coll = collect(args.dirs)
+    coll = select(args.dirs, args.where)
     if coll.runs and not any(args.metric in r.results for r in coll.runs):
         known = sorted({k for r in coll.runs for k, v in r.results.items() if finite(v) and k.count("/") >= 1})
         sys.exit(f"error: no run has the metric {args.metric!r}; try one of: {', '.join(known[:12])}, ...")
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     t.add_argument(
         "--published", action="store_true", help="the paper's numbers beside ours (denetdm/reporting/published.yaml)"
+    )
+    t.add_argument(
+        "--where", action="append", default=[], help="only runs with KEY=VALUE (a results or dotted config key)"
     )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from denetdm.errors import DataError
 from denetdm.reporting import store
 from denetdm.reporting.docgen import regenerate, report
 from denetdm.reporting.runs import collect
@@ -88,6 +89,27 @@ def test_a_doc_block_is_regenerated_from_the_store(tmp_path, capsys, monkeypatch
     # a changed record changes the doc: the check fails until it is regenerated
     run.path.write_text(json.dumps({**run.results, "test/acc_unbiased": 0.5}))
     assert report(doc, check=True) is False and "| 1 | 50.00 |" in regenerate(text)
+
+
+def test_table_and_curves_blocks_read_only_the_runs_where_says(tmp_path, capsys, monkeypatch):
+    to = _export(tmp_path, capsys)
+    monkeypatch.chdir(tmp_path)
+    key = "stage1/shallow/test/acc_conflicting"
+    text = regenerate(
+        "<!-- table: store --where dataset.conflict_pct=5 -->\n<!-- end -->\n"
+        f"<!-- curves: store --where dataset.conflict_pct=1 --keys {key} --every 2 -->\n<!-- end -->\n"
+    )
+    assert "sev4 5% |" in text and "sev4 1%" not in text.split("<!-- curves")[0] and "(n=2)" in text
+    runs = [r for r in collect([to]).runs if r.config["dataset"]["conflict_pct"] == 1]
+    runs.sort(key=lambda r: r.results["seed"])
+    curves = [[e[key] for e in r.epochs() if key in e] for r in runs]
+    assert f"| epoch | seed 0: {key} | seed 1: {key} |" in text
+    for epoch in (1, 2, 3):  # 1, every 2nd, and the last of 3
+        assert f"| {epoch} | {100 * curves[0][epoch - 1]:.2f} | {100 * curves[1][epoch - 1]:.2f} |" in text
+    assert sweep_main(["table", str(to), "--where", "seed=1"]) is None and "(n=1)" in capsys.readouterr().out
+    assert _error(["table", str(to), "--where", "seed"]).startswith("error: --where takes KEY=VALUE")
+    with pytest.raises(DataError, match="--every must be"):
+        regenerate(f"<!-- curves: store --keys {key} --every 0 -->\n<!-- end -->\n")
 
 
 def test_docs_results_md_is_what_the_committed_store_gives(monkeypatch):

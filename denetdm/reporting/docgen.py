@@ -1,7 +1,7 @@
 """docs/results.md is generated from the results store: each block between `<!-- table: ARGS -->` (or
-`<!-- runs: ARGS -->`) and `<!-- end -->` is replaced by what those arguments give, so the prose around the
-numbers is written by hand and the numbers never are. `python sweep.py report` rewrites the file; `--check`
-says whether it is up to date (a test runs it)."""
+`<!-- runs: ARGS -->`, `<!-- curves: ARGS -->`) and `<!-- end -->` is replaced by what those arguments give, so
+the prose around the numbers is written by hand and the numbers never are. `python sweep.py report` rewrites the
+file; `--check` says whether it is up to date (a test runs it)."""
 
 import argparse
 import re
@@ -10,21 +10,37 @@ from collections.abc import Callable
 from pathlib import Path
 
 from denetdm.errors import DataError
-from denetdm.reporting.runs import Run, collect, finite
+from denetdm.reporting.runs import Collection, Run, collect, finite
 from denetdm.reporting.tables import add_published, build_table, is_fraction, to_markdown
 from denetdm.training.selection import protocol
 
-BLOCK = re.compile(r"^<!-- (table|runs): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
+BLOCK = re.compile(r"^<!-- (table|runs|curves): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, exit_on_error=False)
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--where", action="append", default=[], help="KEY=VALUE (repeatable)")
+    return p
+
+
+def select(dirs: list[str], where: list[str]) -> Collection:
+    """The runs below `dirs` whose `value` of each `KEY=VALUE` in `where` prints as that value."""
+    wanted = [w.split("=", 1) for w in where]
+    if any(len(w) != 2 for w in wanted):
+        raise DataError(f"--where takes KEY=VALUE (dataset.conflict_pct=1), got {where}")
+    coll = collect(dirs)
+    coll.runs = [r for r in coll.runs if all(str(value(r, k)) == v for k, v in wanted)]
+    return coll
 
 
 def _table(argv: list[str]) -> str:
-    p = argparse.ArgumentParser(prog="table", exit_on_error=False)
-    p.add_argument("dirs", nargs="+")
+    p = _parser("table")
     p.add_argument("--metric", default="test/acc_unbiased")
     p.add_argument("--selection", default="val")
     p.add_argument("--published", action="store_true")
     a = p.parse_args(argv)
-    table = build_table(collect(a.dirs), a.metric, [protocol(s).name for s in a.selection.split(",")])
+    table = build_table(select(a.dirs, a.where), a.metric, [protocol(s).name for s in a.selection.split(",")])
     if a.published:
         add_published(table)
     text, _, notes = to_markdown(table).partition("\n\n")
@@ -52,21 +68,37 @@ def _cell(key: str, v: object) -> str:
 
 
 def _runs(argv: list[str]) -> str:
-    p = argparse.ArgumentParser(prog="runs", exit_on_error=False)
-    p.add_argument("dirs", nargs="+")
+    p = _parser("runs")
     p.add_argument("--keys", required=True, help="comma-separated results or dotted config keys")
-    p.add_argument("--where", action="append", default=[], help="KEY=VALUE (repeatable)")
     a = p.parse_args(argv)
     keys = a.keys.split(",")
-    wanted = [w.split("=", 1) for w in a.where]
-    runs = [r for r in collect(a.dirs).runs if all(str(value(r, k)) == v for k, v in wanted)]
+    runs = select(a.dirs, a.where).runs
     runs.sort(key=lambda r: [str(value(r, k)).zfill(8) for k in keys])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
     lines += ["| " + " | ".join(_cell(k, value(r, k)) for k in keys) + " |" for r in runs]
     return "\n".join(lines) + f"\n\n- {len(runs)} runs\n"
 
 
-RENDER: dict[str, Callable[[list[str]], str]] = {"table": _table, "runs": _runs}
+def _curves(argv: list[str]) -> str:
+    """Per-epoch curves of the selected runs side by side: a row every `--every` epochs and the last."""
+    p = _parser("curves")
+    p.add_argument("--keys", required=True, help="comma-separated curve keys (`stage1/shallow/test/acc`)")
+    p.add_argument("--every", type=int, default=10)
+    a = p.parse_args(argv)
+    if a.every < 1:
+        raise DataError(f"--every must be a number of epochs >= 1, got {a.every}")
+    runs = sorted(select(a.dirs, a.where).runs, key=lambda r: str(r.results.get("seed")).zfill(8))
+    cols = [(r, k) for r in runs for k in a.keys.split(",")]
+    series = {(id(r), k): {e["epoch"]: e[k] for e in r.epochs() if k in e} for r, k in cols}
+    last = max((max(s, default=0) for s in series.values()), default=0)
+    epochs = sorted({1, last} | set(range(a.every, last + 1, a.every))) if last else []
+    lines = ["| epoch | " + " | ".join(f"seed {r.results.get('seed')}: {k}" for r, k in cols) + " |"]
+    lines.append("|---:|" + "---:|" * len(cols))
+    lines += [f"| {e} | " + " | ".join(_cell(k, series[id(r), k].get(e)) for r, k in cols) + " |" for e in epochs]
+    return "\n".join(lines) + f"\n\n- {len(runs)} runs\n"
+
+
+RENDER: dict[str, Callable[[list[str]], str]] = {"table": _table, "runs": _runs, "curves": _curves}
 
 
 def regenerate(text: str) -> str:

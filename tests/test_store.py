@@ -106,6 +106,10 @@ def test_table_and_curves_blocks_read_only_the_runs_where_says(tmp_path, capsys,
     assert f"| epoch | seed 0: {key} | seed 1: {key} |" in text
     for epoch in (1, 2, 3):  # 1, every 2nd, and the last of 3
         assert f"| {epoch} | {100 * curves[0][epoch - 1]:.2f} | {100 * curves[1][epoch - 1]:.2f} |" in text
+    labelled = regenerate(
+        f"<!-- curves: store --where seed=0 --keys {key} --label dataset.conflict_pct -->\n<!-- end -->\n"
+    )
+    assert f"| epoch | dataset.conflict_pct 1: {key} | dataset.conflict_pct 5: {key} |" in labelled
     assert sweep_main(["table", str(to), "--where", "seed=1"]) is None and "(n=1)" in capsys.readouterr().out
     assert _error(["table", str(to), "--where", "seed"]).startswith("error: --where takes KEY=VALUE")
     with pytest.raises(DataError, match="--every must be"):

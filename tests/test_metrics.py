@@ -42,3 +42,14 @@ def test_unbiased_differs_from_sample_accuracy_under_imbalance():
     assert m["acc"] == pytest.approx(0.98)
     assert m["acc_unbiased"] == pytest.approx(0.5)
     assert m["acc_conflicting"] == 0.0 and m["acc_aligned"] == 1.0
+
+
+def test_pred_entropy_reads_how_many_classes_are_predicted_and_no_label():
+    y = torch.arange(10).repeat(10)
+    m = group_metrics(y, y, y, 10, 10)
+    assert m["pred_entropy"] == pytest.approx(1.0)  # every class equally often
+    collapsed = group_metrics(y % 2, y, y, 10, 10)
+    assert collapsed["pred_entropy"] == pytest.approx(math.log(2) / math.log(10))  # two classes
+    labels_moved = group_metrics(y % 2, (y + 3) % 10, torch.zeros_like(y), 10, 10)
+    assert labels_moved["pred_entropy"] == collapsed["pred_entropy"]  # the labels do not enter
+    assert group_metrics(torch.zeros(4, dtype=torch.long), y[:4], y[:4], 10, 10)["pred_entropy"] == 0.0

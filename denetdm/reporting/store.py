@@ -20,7 +20,7 @@ FORMAT = 1  # bump when a record's layout changes, and re-export the store
 SUFFIX = ".record.json"
 # per head and phase, the curves a record keeps (accuracies to 1e-4, i.e. 0.01 points)
 CURVE_METRICS = (
-    *("val/acc", "val/acc_unbiased", "val/acc_conflicting"),
+    *("val/acc", "val/acc_unbiased", "val/acc_conflicting", "val/pred_entropy"),
     *("test/acc_unbiased", "test/acc_conflicting", "test/acc_aligned"),  # aligned: a collapsed expert shows there
 )
 

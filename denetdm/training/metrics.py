@@ -10,6 +10,7 @@ METRICS = (
     "acc",
     "acc_conflicting_samples",
     "acc_worst_class",
+    "pred_entropy",
 )
 
 
@@ -28,8 +29,8 @@ def group_metrics(
     pred: torch.Tensor, y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int
 ) -> dict[str, float]:
     """Unbiased (mean of cells), aligned (diagonal), conflicting (off-diagonal), worst-group and plain accuracy,
-    the plain accuracy over bias-conflicting samples (what the BFFHQ papers report), and the lowest per-class
-    accuracy (which needs no bias label)."""
+    the plain accuracy over bias-conflicting samples (what the BFFHQ papers report), the lowest per-class
+    accuracy (which needs no bias label) and the entropy of the predicted classes (which needs no label at all)."""
     acc = cell_accuracy(pred, y, b, num_classes, num_biases)
     diag = torch.eye(num_classes, num_biases, dtype=torch.bool, device=acc.device)
     full = ~acc.isnan()
@@ -42,6 +43,7 @@ def group_metrics(
             (pred == y).double().mean(),
             (pred == y)[y != b].double().mean() if (y != b).any() else acc.new_tensor(float("nan")),
             _worst_class(pred, y, num_classes).to(acc),
+            pred_entropy(pred, num_classes).to(acc),
         ]
     )
     return dict(zip(METRICS, out.tolist()))
@@ -52,3 +54,12 @@ def _worst_class(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch
     correct = torch.bincount(y, weights=(pred == y).double(), minlength=num_classes)
     present = total > 0
     return (correct[present] / total[present]).min() if present.any() else total.new_tensor(float("nan"))
+
+
+def pred_entropy(pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Entropy of the predicted-class histogram over log(num_classes): 1 when every class is predicted equally
+    often, log(k)/log(num_classes) when k classes are; an expert that has collapsed onto a few classes shows here
+    without any label (docs/results.md, the spread over seeds)."""
+    p = torch.bincount(pred, minlength=num_classes).double() / max(len(pred), 1)
+    h = -(p[p > 0] * p[p > 0].log()).sum()
+    return h / torch.log(torch.tensor(float(num_classes), dtype=torch.double, device=p.device)) + 0.0  # not -0.0

@@ -103,13 +103,13 @@ def test_table_and_curves_blocks_read_only_the_runs_where_says(tmp_path, capsys,
     runs = [r for r in collect([to]).runs if r.config["dataset"]["conflict_pct"] == 1]
     runs.sort(key=lambda r: r.results["seed"])
     curves = [[e[key] for e in r.epochs() if key in e] for r in runs]
-    assert f"| epoch | seed 0: {key} | seed 1: {key} |" in text
+    assert "| epoch | seed 0 | seed 1 |" in text and f"- 2 runs; cells: {key}" in text
     for epoch in (1, 2, 3):  # 1, every 2nd, and the last of 3
         assert f"| {epoch} | {100 * curves[0][epoch - 1]:.2f} | {100 * curves[1][epoch - 1]:.2f} |" in text
     labelled = regenerate(
-        f"<!-- curves: store --where seed=0 --keys {key} --label dataset.conflict_pct -->\n<!-- end -->\n"
+        f"<!-- curves: store --where seed=0 --keys {key} --label dataset.conflict_pct,seed -->\n<!-- end -->\n"
     )
-    assert f"| epoch | dataset.conflict_pct 1: {key} | dataset.conflict_pct 5: {key} |" in labelled
+    assert "| epoch | conflict_pct 1, seed 0 | conflict_pct 5, seed 0 |" in labelled and f"cells: {key}" in labelled
     assert sweep_main(["table", str(to), "--where", "seed=1"]) is None and "(n=1)" in capsys.readouterr().out
     assert _error(["table", str(to), "--where", "seed"]).startswith("error: --where takes KEY=VALUE")
     with pytest.raises(DataError, match="--every must be"):

@@ -84,19 +84,25 @@ def _curves(argv: list[str]) -> str:
     p = _parser("curves")
     p.add_argument("--keys", required=True, help="comma-separated curve keys (`stage1/shallow/test/acc`)")
     p.add_argument("--every", type=int, default=10)
-    p.add_argument("--label", default="seed", help="the key that names each run's columns (default seed)")
+    p.add_argument("--label", default="seed", help="comma-separated keys that name each run's columns (seed)")
     a = p.parse_args(argv)
     if a.every < 1:
         raise DataError(f"--every must be a number of epochs >= 1, got {a.every}")
-    runs = sorted(select(a.dirs, a.where).runs, key=lambda r: str(value(r, a.label)).zfill(8))
-    cols = [(r, k) for r in runs for k in a.keys.split(",")]
+    labels, keys = a.label.split(","), a.keys.split(",")
+
+    def name(r: Run, key: str) -> str:  # `weight_decay 0.001`: a dotted key by its last part; the key if several
+        run = ", ".join(f"{k.split('.')[-1]} {value(r, k)}" for k in labels)
+        return f"{run}: {key}" if len(keys) > 1 else run
+
+    runs = sorted(select(a.dirs, a.where).runs, key=lambda r: [str(value(r, k)).zfill(8) for k in labels])
+    cols = [(r, k) for r in runs for k in keys]
     series = {(id(r), k): {e["epoch"]: e[k] for e in r.epochs() if k in e} for r, k in cols}
     last = max((max(s, default=0) for s in series.values()), default=0)
     epochs = sorted({1, last} | set(range(a.every, last + 1, a.every))) if last else []
-    lines = ["| epoch | " + " | ".join(f"{a.label} {value(r, a.label)}: {k}" for r, k in cols) + " |"]
+    lines = ["| epoch | " + " | ".join(name(r, k) for r, k in cols) + " |"]
     lines.append("|---:|" + "---:|" * len(cols))
     lines += [f"| {e} | " + " | ".join(_cell(k, series[id(r), k].get(e)) for r, k in cols) + " |" for e in epochs]
-    return "\n".join(lines) + f"\n\n- {len(runs)} runs\n"
+    return "\n".join(lines) + f"\n\n- {len(runs)} runs" + ("\n" if len(keys) > 1 else f"; cells: {keys[0]}\n")
 
 
 RENDER: dict[str, Callable[[list[str]], str]] = {"table": _table, "runs": _runs, "curves": _curves}

@@ -310,3 +310,19 @@ def test_bench_times_every_phase_of_a_method(tmp_path):
     rows = bench._time_method("jtt", data, args)
     assert [r[0] for r in rows] == ["jtt_id", "jtt"] and all(r[1] > 0 for r in rows)
     assert rows[1][2] == 100  # the paper schedule's epochs of the final phase (Colored MNIST)
+
+
+def test_a_collapsed_deep_expert_is_a_warning_in_the_log_and_in_results(tmp_path, monkeypatch, caplog):
+    from denetdm.methods.denetdm import DeNetDMStage1
+
+    stage1 = DeNetDMStage1.build(_ctx())
+    entropies = {"stage1/shallow/val/pred_entropy": 0.96}
+    assert stage1.diagnose("stage1", entropies | {"stage1/deep/val/pred_entropy": 0.95}) == []  # healthy
+    assert stage1.diagnose("stage1", {"stage1/deep/val/acc": 0.1}) == []  # nothing to read: nothing said
+    (warning,) = stage1.diagnose("stage1", entropies | {"stage1/deep/val/pred_entropy": 0.45})
+    assert warning.startswith("stage1: the deep expert predicts few classes (pred_entropy 0.45 on val")
+    # through a run: a phase's warnings reach the log and results.json
+    monkeypatch.setattr(DeNetDMStage1, "diagnose", lambda self, phase, metrics: [f"{phase}: collapsed"])
+    train(compose_cfg(TINY), tmp_path)
+    assert read_results(tmp_path)["warnings"] == ["stage1: collapsed"]
+    assert "stage1: collapsed" in caplog.text

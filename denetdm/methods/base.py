@@ -129,3 +129,8 @@ class Method(nn.Module):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Penultimate features by head name, for linear probes (`probe.every`); none by default."""
         return {}
+
+    def diagnose(self, phase: str, metrics: Mapping[str, float]) -> list[str]:
+        """Warnings about the trained phase, from its selected epoch's metrics (logged and kept in results.json
+        under `warnings`); none by default."""
+        return []

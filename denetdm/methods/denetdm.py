@@ -1,5 +1,7 @@
 """DeNetDM's two stages as methods (docs/protocols.md §1)."""
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 
@@ -8,6 +10,9 @@ from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
+
+# a deep expert whose predicted classes' entropy is below this share of the shallow one's has collapsed
+COLLAPSED = 0.9
 
 
 class DeNetDMStage1(Method):
@@ -38,6 +43,20 @@ class DeNetDMStage1(Method):
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         deep, shallow = self.model.features(x)
         return {"shallow": shallow, "deep": deep}
+
+    def diagnose(self, phase: str, metrics: Mapping[str, float]) -> list[str]:
+        """A deep expert that answers with few classes (pred_entropy, no labels read, well below the shallow
+        one's) has collapsed: the shallow expert then takes the bias, and stage 2 distils a biased teacher
+        (docs/results.md, "the spread over seeds": 0.99-1.05 times the shallow one's in a healthy stage 1, 0.14-0.81
+        in collapsed ones)."""
+        deep, shallow = (metrics.get(f"{phase}/{h}/val/pred_entropy") for h in ("deep", "shallow"))
+        if deep is None or shallow is None or not deep < COLLAPSED * shallow:
+            return []
+        return [
+            f"{phase}: the deep expert predicts few classes (pred_entropy {deep:.2f} on val against the shallow "
+            f"expert's {shallow:.2f}): it has likely collapsed and left the bias to the shallow expert, so the "
+            "target will not be debiased; try other seeds (docs/results.md, the spread over seeds)"
+        ]
 
 
 class DeNetDMStage2(Method):

@@ -113,10 +113,13 @@ class StageRunner:
         meta, resume = self.meta(phase), self.p.resume
         return self.trainer.begin(phase, method, self.data, self.p.schedules[phase], meta, resume, self.data.augment)
 
-    def record(self, phase: str, r: StageResult) -> None:
-        """A trained phase's entries of results.json."""
+    def record(self, phase: str, r: StageResult, method: Method) -> None:
+        """A trained phase's entries of results.json, and the method's warnings about it."""
         self.results.update(r.metrics)
         self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
+        for warning in method.diagnose(phase, r.metrics):
+            log.warning("%s", warning)
+            self.results.setdefault("warnings", []).append(warning)
 
     def start(self) -> Method | None:
         """Before the first trained phase: stage=eval's evaluation, and the phase before it from its checkpoint
@@ -287,7 +290,7 @@ def train_phases(runners: Sequence[StageRunner], vectorize: bool) -> list[Denetd
             if isinstance(result, DenetdmError):
                 errors[k] = result
             else:
-                runners[k].record(phase, result)
+                runners[k].record(phase, result, previous[k])
     return errors
 
 

@@ -185,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         "--published", action="store_true", help="the paper's numbers beside ours (denetdm/reporting/published.yaml)"
     )
     t.add_argument(
-        "--where", action="append", default=[], help="only runs with KEY=VALUE (a results or dotted config key)"
+        "--where",
+        action="append",
+        default=[],
+        help="only runs with KEY=VALUE (a results or dotted config key; a key given twice: either value)",
     )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)

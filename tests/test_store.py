@@ -111,6 +111,8 @@ def test_table_and_curves_blocks_read_only_the_runs_where_says(tmp_path, capsys,
     )
     assert "| epoch | conflict_pct 1, seed 0 | conflict_pct 5, seed 0 |" in labelled and f"cells: {key}" in labelled
     assert sweep_main(["table", str(to), "--where", "seed=1"]) is None and "(n=1)" in capsys.readouterr().out
+    sweep_main(["table", str(to), "--where", "seed=1", "--where", "seed=0", "--where", "dataset.conflict_pct=5"])
+    assert "(n=2)" in capsys.readouterr().out  # a key given twice: either value; other keys: and
     assert _error(["table", str(to), "--where", "seed"]).startswith("error: --where takes KEY=VALUE")
     with pytest.raises(DataError, match="--every must be"):
         regenerate(f"<!-- curves: store --keys {key} --every 0 -->\n<!-- end -->\n")

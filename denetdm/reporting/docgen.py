@@ -25,12 +25,16 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 
 def select(dirs: list[str], where: list[str]) -> Collection:
-    """The runs below `dirs` whose `value` of each `KEY=VALUE` in `where` prints as that value."""
-    wanted = [w.split("=", 1) for w in where]
-    if any(len(w) != 2 for w in wanted):
+    """The runs below `dirs` whose `value` of each key in `where` (`KEY=VALUE`) prints as one of the values given
+    for that key (a key given twice: either value)."""
+    pairs = [w.split("=", 1) for w in where]
+    if any(len(w) != 2 for w in pairs):
         raise DataError(f"--where takes KEY=VALUE (dataset.conflict_pct=1), got {where}")
+    wanted: dict[str, set[str]] = {}
+    for k, v in pairs:
+        wanted.setdefault(k, set()).add(v)
     coll = collect(dirs)
-    coll.runs = [r for r in coll.runs if all(str(value(r, k)) == v for k, v in wanted)]
+    coll.runs = [r for r in coll.runs if all(str(value(r, k)) in vs for k, vs in wanted.items())]
     return coll
 
 

@@ -100,7 +100,8 @@ def _curves(argv: list[str]) -> str:
 
     runs = sorted(select(a.dirs, a.where).runs, key=lambda r: [str(value(r, k)).zfill(8) for k in labels])
     cols = [(r, k) for r in runs for k in keys]
-    series = {(id(r), k): {e["epoch"]: e[k] for e in r.epochs() if k in e} for r, k in cols}
+    records = {id(r): r.epochs() for r in runs}  # once per run: a record's curves are parsed anew each call
+    series = {(id(r), k): {e["epoch"]: e[k] for e in records[id(r)] if k in e} for r, k in cols}
     last = max((max(s, default=0) for s in series.values()), default=0)
     epochs = sorted({1, last} | set(range(a.every, last + 1, a.every))) if last else []
     lines = ["| epoch | " + " | ".join(name(r, k) for r, k in cols) + " |"]

@@ -7,6 +7,7 @@ protobuf `Record` as payload.
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,14 +38,29 @@ def _payloads(path: Path) -> Iterator[bytes]:
             yield pending + chunk
 
 
-def read_run(path: Path) -> dict:
-    """{'run': {group, job_type, tags, name, config keys}, 'history': [dict], 'summary': dict} of one run file."""
+def _records(path: Path, wait_s: float) -> list:
+    """The file's records once it holds the run's `exit` record (waiting up to wait_s), else as they are."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    # W&B's writer (another process) buffers 32 KiB blocks and may close the file after `finish()` returns:
+    # a small run read at once can look empty
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            records = [pb.Record.FromString(p) for p in _payloads(path)]
+        except Exception:  # a chunk cut short by the writer
+            if time.monotonic() > deadline:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def read_run(path: Path, wait_s: float = 60.0) -> dict:
+    """{'run': {group, job_type, tags, name, config keys}, 'history': [dict], 'summary': dict} of one run file."""
     out: dict = {"run": {}, "history": [], "summary": {}, "artifacts": []}
-    for payload in _payloads(path):
-        rec = pb.Record()
-        rec.ParseFromString(payload)
+    for rec in _records(path, wait_s):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run

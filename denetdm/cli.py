@@ -184,12 +184,28 @@ def _sweep_jobs(overrides: list[str], conf: Path) -> tuple[list[list[str]], set,
 # the sweeps Hydra's basic sweeper runs (an interval needs a sampler: the Optuna sweeper's)
 DISCRETE = {"SIMPLE_CHOICE_SWEEP", "CHOICE_SWEEP", "RANGE_SWEEP", "GLOB_CHOICE_SWEEP"}
 SWEEP_FLAGS = ("-m", "--multirun")
+# Hydra's modes: it takes one of them per command and refuses two with a traceback
+MODES = {"-m": "-m", "--multirun": "-m", "-r": "--run", "--run": "--run", "-c": "--cfg", "--cfg": "--cfg"}
+MODES |= {"-i": "--info", "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def _mode_problem(args: list[str]) -> str | None:
+    """One error line for two of Hydra's modes in one command (`-m ... --cfg job`)."""
+    modes = list(dict.fromkeys(MODES[a] for a in args if a in MODES))
+    if len(modes) < 2:
+        return None
+    hint = ""
+    if {"-m", "--cfg"} <= set(modes):
+        hint = "; to see one job's config, drop -m and give each swept key one value"
+    return f"error: {' and '.join(modes)} cannot be combined: Hydra takes one of them per command{hint}"
 
 
 def check_overrides(args: list[str], conf: Path = CONF) -> str | None:
     """One error line for an override Hydra cannot read, a key the config does not have, or a value that does
     not resolve (Hydra would print several lines); None when the command line composes. A `-m` sweep is checked
     on its first job; other Hydra flags (`--cfg job`, `-cn` ...) leave the command line to Hydra."""
+    if problem := _mode_problem(args):
+        return problem
     multirun = any(a in SWEEP_FLAGS for a in args)
     args = [a for a in args if a not in SWEEP_FLAGS]
     if any(a.startswith("-") for a in args):

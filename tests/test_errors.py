@@ -127,6 +127,8 @@ def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
         (["experts.lr=${nowhere}"], "error: experts.lr: Interpolation key 'nowhere' not found"),
         (["dataset=[synthetic,cmnist]"], "error: dataset takes one name"),
         (["dataset=null"], "error: dataset takes one name"),
+        (["-m", "seed=0,1", "--cfg", "job"], "error: -m and --cfg cannot be combined"),
+        (["--info", "--cfg", "job"], "error: --info and --cfg cannot be combined"),
     ],
 )
 def test_command_lines_hydra_would_report_in_several_lines_are_one_line(args, start):

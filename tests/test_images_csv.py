@@ -163,6 +163,16 @@ def test_a_class_without_training_samples_is_one_clear_line(tmp_path):
         train(cfg, tmp_path / "r")
 
 
+def test_a_table_of_one_class_is_one_clear_line(tmp_path):
+    top = waterbirds_tree(tmp_path / "wb", n=40)
+    rows = [r.split(",") for r in (top / "metadata.csv").read_text().splitlines()]
+    rows[1:] = [p[:2] + ["0"] + p[3:] for p in rows[1:]]  # every bird a landbird (y = 0)
+    (top / "metadata.csv").write_text("\n".join(map(",".join, rows)) + "\n")
+    cfg = compose_cfg([*COMMON, *SMALL, "dataset=waterbirds", f"dataset.root={top}"])
+    with pytest.raises(DataError, match="has one class \\(0\\): a classifier needs two"):
+        train(cfg, tmp_path / "r")
+
+
 @pytest.mark.slow  # trains
 def test_subsets_a_biased_validation_hold_out_and_label_free_selection_work_as_for_built_in_data(tmp_path):
     top = waterbirds_tree(tmp_path / "wb")

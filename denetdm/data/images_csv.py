@@ -179,6 +179,9 @@ def label_rows(rows: list[dict], columns: dict, splits: dict, aligned: dict | No
             )
     by_split = _assign_splits(rows, columns["split"], splits)
     classes = _ordered({r[columns["target"]] for r in rows})
+    if len(classes) < 2:
+        col = columns["target"]
+        raise DataError(f"the metadata's {col!r} column has one class ({classes[0]}): a classifier needs two")
     bias_class = _bias_classes(rows, columns["bias"], classes, aligned)
     _check_training_values(by_split["train"], columns, classes, bias_class)
     index = {c: i for i, c in enumerate(classes)}

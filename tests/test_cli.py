@@ -14,7 +14,7 @@ import pytest
 from denetdm.files.jsonlines import parse_line
 from denetdm.training import provenance
 
-from conftest import ROOT, TINY, read_results, run_cli
+from conftest import ROOT, TINY, compose_cfg, read_results, run_cli
 from wandb_files import read_run
 
 pytestmark = pytest.mark.slow
@@ -189,6 +189,19 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert epochs == [1, 2]
     results = read_results(tmp_path / "w")
     assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])
+
+
+def test_a_runs_warnings_are_text_in_its_wandb_summary(tmp_path, monkeypatch):
+    from denetdm.reporting.loggers import WandbLogger
+    from denetdm.training.plan import plan
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with WandbLogger(str(tmp_path), plan(compose_cfg(TINY), tmp_path).config) as logger:
+        logger.summary({"test/acc": 0.5, "warnings": ["stage1: the deep expert collapsed", "another"]})
+    (file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    summary = read_run(file)["summary"]
+    assert json.loads(summary["test/acc"]) == 0.5
+    assert json.loads(summary["warnings"]) == "stage1: the deep expert collapsed\nanother"
 
 
 def test_a_resumed_run_continues_the_same_wandb_run_with_later_steps(tmp_path):

@@ -198,6 +198,8 @@ class WandbLogger(NullLogger):
             for k, v in results.items():
                 if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
                     self.run.summary[k] = v
+            if results.get("warnings"):  # the method's doubts about the run (a collapsed expert), as text
+                self.run.summary["warnings"] = "\n".join(results["warnings"])
             if self.log_checkpoints:
                 self._log_checkpoints()
 

@@ -191,6 +191,14 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])
 
 
+def test_provenance_names_the_cpu_kernels_torch_ran_with():
+    # they round differently (AVX2 against AVX-512): a record says which made it, ATEN_CPU_CAPABILITY picks them
+    code = "import torch; from denetdm.training import provenance; print(provenance.machine(torch.device('cpu')))"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "'cpu_kernels': 'DEFAULT'" in proc.stdout, proc.stderr[-2000:]
+
+
 def test_a_runs_warnings_are_text_in_its_wandb_summary(tmp_path, monkeypatch):
     from denetdm.reporting.loggers import WandbLogger
     from denetdm.training.plan import plan

@@ -39,12 +39,16 @@ def _processor() -> str:
 
 
 def machine(device: torch.device) -> dict:
-    """The device that trained (the GPU's name on CUDA), the processor, cores, torch threads and torch version."""
+    """The device that trained (the GPU's name on CUDA), the processor, cores, torch threads, torch's CPU kernels
+    and torch version."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
         "device": name,
         "processor": _processor(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        # the vector instructions torch's CPU kernels use (AVX2, AVX512, ...): each rounds its own way, so a CPU
+        # run repeats bit for bit only with the same ones (ATEN_CPU_CAPABILITY=avx2 picks them where the CPU has more)
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
     }

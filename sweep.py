@@ -168,10 +168,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"{args.file} {'is up to date' if current else 'regenerated'}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the sub-command and run it; user errors become one line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
+def _table_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("table", help="mean ± std over seeds per method/depth pair and dataset/severity/ratio")
     t.add_argument("dirs", nargs="+", help="run and sweep directories (searched recursively)")
     t.add_argument("--metric", default="test/acc_unbiased", help="a results.json key (default test/acc_unbiased)")
@@ -192,6 +189,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the sub-command and run it; user errors become one line."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _table_parser(sub)
     pl = sub.add_parser("plot", help="heatmaps, optimisation history and stage-1 curves")
     pl.add_argument("dir")
     pl.add_argument("--out", help="output folder (default <dir>/plots)")

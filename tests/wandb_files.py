@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BLOCK = 32768
+WAIT_S = 60.0  # for W&B's writer to finish the file
 
 
 def _payloads(path: Path) -> Iterator[bytes]:
@@ -38,13 +39,13 @@ def _payloads(path: Path) -> Iterator[bytes]:
             yield pending + chunk
 
 
-def _records(path: Path, wait_s: float) -> list:
-    """The file's records once it holds the run's `exit` record (waiting up to wait_s), else as they are."""
+def _records(path: Path) -> list:
+    """The file's records once it holds the run's `exit` record (waiting up to WAIT_S), else as they are."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     # W&B's writer (another process) buffers 32 KiB blocks and may close the file after `finish()` returns:
     # a small run read at once can look empty
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + WAIT_S
     while True:
         try:
             records = [pb.Record.FromString(p) for p in _payloads(path)]
@@ -57,10 +58,10 @@ def _records(path: Path, wait_s: float) -> list:
         time.sleep(0.2)
 
 
-def read_run(path: Path, wait_s: float = 60.0) -> dict:
+def read_run(path: Path) -> dict:
     """{'run': {group, job_type, tags, name, config keys}, 'history': [dict], 'summary': dict} of one run file."""
     out: dict = {"run": {}, "history": [], "summary": {}, "artifacts": []}
-    for rec in _records(path, wait_s):
+    for rec in _records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run

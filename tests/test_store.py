@@ -125,7 +125,7 @@ def test_docs_results_md_is_what_the_committed_store_gives(monkeypatch):
 
 
 def _by_run(name: str) -> dict:
-    records = [json.loads(f.read_text()) for f in (ROOT / "results" / name).glob(f"*{store.SUFFIX}")]
+    records = [store.read(f) for f in (ROOT / "results" / name).glob(f"*{store.SUFFIX}")]
     return {(r["method"], r["config"]["dataset"]["conflict_pct"], r["seed"], r["selection"]): r for r in records}
 
 

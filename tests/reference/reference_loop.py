@@ -15,7 +15,7 @@ branch's aligned / conflicting / unbiased accuracy (eval mode, the other branch'
     git --git-dir <mirror of kadarsh22/DeNetDM> archive HEAD | tar -x -C /tmp/ref
     PYTHONPATH=. python tests/reference/reference_loop.py /tmp/ref --dataset cmnist --pct 0.5 --seed 0 --out ref.jsonl
     PYTHONPATH=. python tests/reference/reference_loop.py /tmp/ref --dataset ccifar10 --source <cifar10-jpeg.zip> \\
-        --subset 10000 --eval-subset 2000 --epochs 30 --stage2-epochs 0 --out ref.jsonl
+        --subset 10000 --eval-subset 2000 --epochs 100 --stage2-epochs 0 --probe-every 10 --out ref.jsonl
 """
 
 import argparse
@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from denetdm.analysis.probes import probe_all
 from denetdm.seeding import generator
 
 # the reference's config.py: (model class, stage-1 batch, lr, weight decay; stage-2 batch, lr)
@@ -88,6 +89,17 @@ def evaluate(model, data, row: dict) -> dict:
     return row
 
 
+class Branches(torch.nn.Module):
+    """The reference model's two branches as `probe_all` reads a method: features by head (shallow, deep)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"shallow": self.model.debias_branch(x), "deep": self.model.bias_branch(x)}
+
+
 def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int, lr: float, wd: float, epochs: int):
     """One stage's loop; returns the per-epoch rows and the state chosen on val."""
     opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
@@ -107,6 +119,8 @@ def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int
             loss.backward()
             opt.step()
         row = evaluate(model, data, {"stage": stage, "epoch": epoch, "seconds": round(time.time() - t, 1)})
+        if a.probe_every and epoch % a.probe_every == 0:  # as ours with probe.every: val, seeded by seed and epoch
+            row |= probe_all(Branches(model), data, f"stage{stage}", seed=a.seed * 1000 + epoch)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if best is None or row[select] > best[select]:
@@ -125,6 +139,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--stage2-epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-every", type=int, default=0, help="linear probes of y and b every N epochs (0: none)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
     p.add_argument("--out", required=True)

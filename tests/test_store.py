@@ -53,6 +53,18 @@ def test_export_writes_one_record_per_run_and_tables_read_the_store_as_the_runs(
     assert [e[key] for e in run.epochs() if key in e] == [round(e[key], 4) for e in plain.epochs() if key in e]
 
 
+def test_probe_curves_are_kept_at_their_epochs_only():
+    # probes run every `probe.every` epochs: their curves hold null elsewhere and read back only where measured
+    probe, acc = "stage1/shallow/probe/b", "stage1/shallow/test/acc_conflicting"
+    epochs = [{"stage": "stage1", "epoch": e, acc: e / 10, "stage1/time/epoch_s": 1.0} for e in (2, 1, 3)]
+    epochs[0][probe] = 0.8  # epoch 2
+    kept = store.curves(epochs)
+    assert kept == {acc: [0.1, 0.2, 0.3], probe: [None, 0.8, None]}
+    back = store.epochs_of({"curves": kept})
+    assert [e.get(probe) for e in back] == [None, 0.8, None] and [probe in e for e in back] == [False, True, False]
+    assert [e[acc] for e in back] == [0.1, 0.2, 0.3]
+
+
 def test_export_bad_input_is_one_line(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")

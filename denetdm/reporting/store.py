@@ -22,6 +22,7 @@ SUFFIX = ".record.json"
 CURVE_METRICS = (
     *("val/acc", "val/acc_unbiased", "val/acc_conflicting", "val/pred_entropy"),
     *("test/acc_unbiased", "test/acc_conflicting", "test/acc_aligned"),  # aligned: a collapsed expert shows there
+    *("probe/y", "probe/b"),  # linear probes (probe.every): null at the epochs without one
 )
 
 
@@ -35,16 +36,24 @@ def record(results: dict, epochs: list[dict], source: str) -> dict:
     return out
 
 
+def _kept(key: str, value) -> bool:
+    parts = key.split("/")
+    wanted = key.endswith("/train/loss") or (len(parts) == 4 and "/".join(parts[2:]) in CURVE_METRICS)
+    return wanted and isinstance(value, int | float)
+
+
 def curves(epochs: list[dict]) -> dict[str, list]:
-    """`<phase>/<head>/<split>/<metric>` (CURVE_METRICS) and `<phase>/train/loss` per epoch, epoch 1 first."""
-    out: dict[str, list] = {}
+    """`<phase>/<head>/<split>/<metric>` (CURVE_METRICS) and `<phase>/train/loss` per epoch, epoch 1 first; null
+    where an epoch lacks the key (a probe's, or a non-finite value)."""
+    values: dict[str, dict[int, float | None]] = {}
+    last: dict[str, int] = {}  # each phase's last epoch
     for rec in sorted(epochs, key=lambda r: (str(r.get("stage")), r.get("epoch", 0))):
+        stage, epoch = str(rec.get("stage")), rec.get("epoch", 0)
+        last[stage] = max(last.get(stage, 0), epoch)
         for key, value in rec.items():
-            parts = key.split("/")
-            keep = key.endswith("/train/loss") or (len(parts) == 4 and "/".join(parts[2:]) in CURVE_METRICS)
-            if keep and isinstance(value, int | float):
-                out.setdefault(key, []).append(round(value, 4) if math.isfinite(value) else None)
-    return out
+            if _kept(key, value):
+                values.setdefault(key, {})[epoch] = round(value, 4) if math.isfinite(value) else None
+    return {key: [v.get(e) for e in range(1, last[key.split("/")[0]] + 1)] for key, v in values.items()}
 
 
 def record_id(rec: dict) -> str:
@@ -82,10 +91,13 @@ def read(path: Path) -> dict:
 
 
 def epochs_of(rec: dict) -> list[dict]:
-    """The stored curves as per-epoch records (`stage`, `epoch`, the keys), like metrics.jsonl's."""
+    """The stored curves as per-epoch records (`stage`, `epoch`, the keys), like metrics.jsonl's: a key is absent
+    at an epoch without a value (no probe, or not finite)."""
     rows: dict[tuple[str, int], dict] = {}
     for key, values in (rec.get("curves") or {}).items():
         stage = key.split("/")[0]
         for epoch, value in enumerate(values, 1):
-            rows.setdefault((stage, epoch), {"stage": stage, "epoch": epoch})[key] = value
+            row = rows.setdefault((stage, epoch), {"stage": stage, "epoch": epoch})
+            if value is not None:
+                row[key] = value
     return [rows[k] for k in sorted(rows)]

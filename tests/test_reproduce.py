@@ -16,8 +16,8 @@ def test_unknown_step_is_one_clear_error(tmp_path):
 
 
 def test_a_spent_budget_runs_nothing_and_says_so(tmp_path, capsys):
-    assert reproduce.main(["--out", str(tmp_path), "--budget", "0", "--steps", "cmnist_seeds"]) == 1
-    assert "not finished: cmnist_seeds" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+    assert reproduce.main(["--out", str(tmp_path), "--budget", "0", "--steps", "ccifar10_erm"]) == 1
+    assert "not finished: ccifar10_erm" in capsys.readouterr().out and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow

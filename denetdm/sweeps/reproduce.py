@@ -29,8 +29,8 @@ STEPS = [
     ("ccifar10_denetdm", C10, "ccifar10_table1"),
     ("ccifar10_erm", [*C10, "method=erm"], "ccifar10_table1"),
     ("ccifar10_lff", [*C10, "method=lff"], "ccifar10_table1"),
-    ("cmnist_one", ["experiment=paper_cmnist", "seed=0"], "cmnist_gpu_stack"),
-    ("cmnist_stack16", ["experiment=paper_cmnist", "seed=range(16)"], "cmnist_gpu_stack"),
+    ("cmnist_one", ["experiment=paper_cmnist", "seed=0"], "cmnist_gpu_one"),
+    ("cmnist_stack16", ["experiment=paper_cmnist", "seed=range(16)"], "cmnist_gpu_stack16"),
 ]
 # the tiny size of the CPU test: few samples and epochs, the same sweeps
 TINY = ["dataset.subset=256", "dataset.val_size=50", "dataset.eval_subset=100", "experts.epochs=1", "target.epochs=1"]

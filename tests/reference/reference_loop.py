@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from denetdm.analysis.probes import probe_all
-from denetdm.seeding import generator
+from denetdm.seeding import derive_seed, generator
 
 # the reference's config.py: (model class, stage-1 batch, lr, weight decay; stage-2 batch, lr)
 SETTINGS = {
@@ -100,10 +100,22 @@ class Branches(torch.nn.Module):
         return {"shallow": self.model.debias_branch(x), "deep": self.model.bias_branch(x)}
 
 
+def our_draws(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
+    """Stage 1 from the initial weights our run of the same seed draws (copied into the reference's model)."""
+    from same_model import ours, pairs  # noqa: PLC0415 (needs tests/ on the path; only for --draws ours)
+
+    torch.manual_seed(derive_seed(a.seed, "stage1-init"))  # as denetdm.training.pipeline seeds a phase's init
+    shape = (3, 28, 28) if a.dataset == "cmnist" else (3, 32, 32)
+    our = ours(f"paper_{a.dataset}", shape).model
+    ref_model.load_state_dict({x: our.state_dict()[y] for x, y in pairs(ref_model, our)})
+
+
 def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int, lr: float, wd: float, epochs: int):
     """One stage's loop; returns the per-epoch rows and the state chosen on val."""
     opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    gen, rows, best, key = generator(a.seed, f"reference-stage{stage}"), [], None, None
+    # with --draws ours, stage 1 takes our run's stream for batch order and augmentation (the same draws, in order)
+    purpose = "stage1-batches" if a.draws == "ours" and stage == 1 else f"reference-stage{stage}"
+    gen, rows, best, key = generator(a.seed, purpose), [], None, None
     select = "debias/val/acc_conflicting" if stage == 1 else "debias/val/acc_unbiased"
     for epoch in range(1, epochs + 1):
         t = time.time()
@@ -140,6 +152,12 @@ def main() -> None:
     p.add_argument("--stage2-epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-every", type=int, default=0, help="linear probes of y and b every N epochs (0: none)")
+    p.add_argument(
+        "--draws",
+        choices=("reference", "ours"),
+        default="reference",
+        help="ours: stage 1's initial weights, batch order and augmentation as our run of the seed draws",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
     p.add_argument("--out", required=True)
@@ -152,6 +170,8 @@ def main() -> None:
     cls, b1, lr1, wd1, b2, lr2 = SETTINGS[a.dataset]
     torch.manual_seed(a.seed)
     model = getattr(ref, cls)(num_classes=10, stage="1")
+    if a.draws == "ours":
+        our_draws(model, a)
     ce = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
     rows, best1, state1 = train_stage(model, model.parameters(), ce, data, augment, a, 1, b1, lr1, wd1, a.epochs)
     if a.stage2_epochs:

@@ -142,7 +142,8 @@ def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int
     return rows, best, key
 
 
-def main() -> None:
+def parse() -> argparse.Namespace:
+    """The command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkout")
     p.add_argument("--dataset", choices=sorted(SETTINGS), default="cmnist")
@@ -163,7 +164,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
     p.add_argument("--out", required=True)
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    a = parse()
     torch.set_num_threads(a.threads)
     sys.path.insert(0, a.checkout)
     import module.model as ref  # noqa: PLC0415 (the checkout is known only at run time)

@@ -102,13 +102,14 @@ class Branches(torch.nn.Module):
 
 def our_draws(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
     """Stage 1 from the initial weights our run of the same seed draws (copied into the reference's model)."""
-    from same_model import ours, pairs  # noqa: PLC0415 (needs tests/ on the path; only for --draws ours)
+    from same_model import SETTINGS as MODELS  # noqa: PLC0415 (needs tests/ on the path; only for --draws ours)
+    from same_model import ours, pairs  # noqa: PLC0415
 
     torch.set_num_threads(a.threads)  # importing tests/conftest.py set two
 
     torch.manual_seed(derive_seed(a.seed, "stage1-init"))  # as denetdm.training.pipeline seeds a phase's init
-    shape = (3, 28, 28) if a.dataset == "cmnist" else (3, 32, 32)
-    our = ours(f"paper_{a.dataset}", shape).model
+    experiment = f"paper_{a.dataset}"
+    our = ours(experiment, MODELS[experiment][1]).model
     ref_model.load_state_dict({x: our.state_dict()[y] for x, y in pairs(ref_model, our)})
 
 

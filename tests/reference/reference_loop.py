@@ -100,9 +100,9 @@ class Branches(torch.nn.Module):
         return {"shallow": self.model.debias_branch(x), "deep": self.model.bias_branch(x)}
 
 
-def our_draws(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
+def our_init(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
     """Stage 1 from the initial weights our run of the same seed draws (copied into the reference's model)."""
-    from same_model import SETTINGS as MODELS  # noqa: PLC0415 (needs tests/ on the path; only for --draws ours)
+    from same_model import SETTINGS as MODELS  # noqa: PLC0415 (needs tests/ on the path; only for --init ours)
     from same_model import ours, pairs  # noqa: PLC0415
 
     torch.set_num_threads(a.threads)  # importing tests/conftest.py set two
@@ -116,8 +116,8 @@ def our_draws(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
 def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int, lr: float, wd: float, epochs: int):
     """One stage's loop; returns the per-epoch rows and the state chosen on val."""
     opt = torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    # with --draws ours, stage 1 takes our run's stream for batch order and augmentation (the same draws, in order)
-    purpose = "stage1-batches" if a.draws == "ours" and stage == 1 else f"reference-stage{stage}"
+    # with --order ours, stage 1 takes our run's stream for batch order and augmentation (the same draws, in order)
+    purpose = "stage1-batches" if a.order == "ours" and stage == 1 else f"reference-stage{stage}"
     gen, rows, best, key = generator(a.seed, purpose), [], None, None
     select = "debias/val/acc_conflicting" if stage == 1 else "debias/val/acc_unbiased"
     for epoch in range(1, epochs + 1):
@@ -156,12 +156,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--stage2-epochs", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-every", type=int, default=0, help="linear probes of y and b every N epochs (0: none)")
-    p.add_argument(
-        "--draws",
-        choices=("reference", "ours"),
-        default="reference",
-        help="ours: stage 1's initial weights, batch order and augmentation as our run of the seed draws",
-    )
+    draws = ("reference", "ours")
+    p.add_argument("--init", choices=draws, default="reference", help="ours: stage 1's initial weights as our run's")
+    p.add_argument("--order", choices=draws, default="reference", help="ours: stage 1's batches and crops as ours")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
     p.add_argument("--out", required=True)
@@ -178,8 +175,8 @@ def main() -> None:
     cls, b1, lr1, wd1, b2, lr2 = SETTINGS[a.dataset]
     torch.manual_seed(a.seed)
     model = getattr(ref, cls)(num_classes=10, stage="1")
-    if a.draws == "ours":
-        our_draws(model, a)
+    if a.init == "ours":
+        our_init(model, a)
     ce = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
     rows, best1, state1 = train_stage(model, model.parameters(), ce, data, augment, a, 1, b1, lr1, wd1, a.epochs)
     if a.stage2_epochs:

@@ -163,3 +163,25 @@ def test_background_checkpoints_hold_the_values_of_when_they_were_saved_and_repo
     writer.save({"kind": "stage1"}, tmp_path / "file" / "b.pt", "checkpoint", background=True)  # not a folder
     with pytest.raises(CheckpointError, match="could not write the checkpoint"):
         writer.flush()
+
+
+def test_background_writes_run_in_the_order_queued_and_a_record_write_error_names_the_file(tmp_path):
+    import time
+
+    from denetdm.errors import WriteError
+    from denetdm.training.checkpoint import CheckpointWriter
+    from denetdm.reporting.loggers import NullLogger
+    from denetdm.training.engine import Recorder
+
+    writer, done = CheckpointWriter(), []
+    writer.call(lambda: (time.sleep(0.2), done.append("record")), background=True)  # a slow fsync
+    writer.save({"kind": "stage1"}, tmp_path / "a.pt", "checkpoint", background=True)
+    writer.call(lambda: done.append("after" if (tmp_path / "a.pt").exists() else "before"), background=True)
+    assert done == []  # queued: the caller went on
+    writer.flush()
+    assert done == ["record", "after"]
+    (tmp_path / "run").write_text("")  # the run directory is a file: metrics.jsonl cannot be written
+    recorder = Recorder(tmp_path / "run", NullLogger(), protocol("val"), "acc")
+    recorder.writer.call(recorder._append, "stage1", {"stage": "stage1", "epoch": 1}, background=True)
+    with pytest.raises(WriteError, match="could not write .*metrics.jsonl"):
+        recorder.writer.flush()

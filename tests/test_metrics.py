@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from denetdm.training.metrics import cell_accuracy, group_metrics
+from denetdm.training.metrics import group_metrics, group_metrics_rows
 
 
 def test_hand_built_two_by_two():
@@ -14,7 +14,6 @@ def test_hand_built_two_by_two():
     b = torch.tensor([0, 0, 1, 0, 0, 1])
     pred = torch.tensor([0, 0, 1, 1, 0, 1])
     m = group_metrics(pred, y, b, 2, 2)
-    assert cell_accuracy(pred, y, b, 2, 2).tolist() == [[1.0, 0.0], [0.5, 1.0]]
     assert m["acc_unbiased"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     assert m["acc_aligned"] == pytest.approx((1 + 1) / 2)
     assert m["acc_conflicting"] == pytest.approx((0 + 0.5) / 2)
@@ -27,9 +26,7 @@ def test_empty_cells_are_ignored_not_counted_as_zero():
     y = torch.tensor([0, 1, 2])
     b = torch.tensor([0, 1, 0])
     pred = torch.tensor([0, 1, 2])
-    acc = cell_accuracy(pred, y, b, 3, 3)
-    assert math.isnan(acc[0, 1]) and acc[2, 0] == 1.0
-    m = group_metrics(pred, y, b, 3, 3)
+    m = group_metrics(pred, y, b, 3, 3)  # cells (0,0), (1,1), (2,0) hold a sample each, all right
     assert m["acc_unbiased"] == 1.0 and m["acc_worst_group"] == 1.0 and m["acc_conflicting"] == 1.0
 
 
@@ -53,3 +50,18 @@ def test_pred_entropy_reads_how_many_classes_are_predicted_and_no_label():
     labels_moved = group_metrics(y % 2, (y + 3) % 10, torch.zeros_like(y), 10, 10)
     assert labels_moved["pred_entropy"] == collapsed["pred_entropy"]  # the labels do not enter
     assert group_metrics(torch.zeros(4, dtype=torch.long), y[:4], y[:4], 10, 10)["pred_entropy"] == 0.0
+
+
+def test_rows_with_their_own_labels_give_each_row_its_own_metrics():
+    gen = torch.Generator().manual_seed(0)
+    y, b = torch.randint(0, 5, (6, 300), generator=gen), torch.randint(0, 4, (6, 300), generator=gen)
+    pred = torch.where(torch.rand(6, 300, generator=gen) < 0.7, y, torch.randint(0, 5, (6, 300), generator=gen))
+    rows = group_metrics_rows(pred, y, b, 5, 4)
+    for r in range(6):
+        one = group_metrics(pred[r], y[r], b[r], 5, 4)
+        assert rows[r] == one  # the same numbers, bit for bit
+        assert one["acc"] == (pred[r] == y[r]).double().mean().item()
+        hits = (pred[r] == y[r])[y[r] != b[r]]
+        assert one["acc_conflicting_samples"] == pytest.approx(hits.double().mean().item(), abs=1e-15)
+    assert rows[0] != rows[1]
+    assert math.isnan(group_metrics(y[0] % 4, y[0] % 4, y[0] % 4, 5, 4)["acc_conflicting_samples"])  # no y != b

@@ -1,5 +1,6 @@
 """Checkpoints: written atomically with a checksum, read with weights_only=True, damage reported in one line."""
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,25 +28,30 @@ def save_checkpoint(ckpt: dict, path: Path, what: str = "checkpoint", previous: 
 
 
 class CheckpointWriter:
-    """Checkpoints written in order by one background thread while training goes on (GPU runs: the digest and the
-    file cost a GPU epoch's worth of milliseconds per member of a stack). The tensors are copied to host memory
-    before `save` returns; a write error is raised by the next `save` or by `flush`. A kill loses only the files
-    still queued: every file on disk is whole, and a resume starts from the last one written."""
+    """A run's files written in order by one background thread while training goes on (GPU runs: an epoch's record
+    and checkpoints cost a GPU epoch's worth of milliseconds per member of a stack, mostly fsync and the digest).
+    Tensors are copied to host memory before `save` returns; a write error is raised by the next call or by
+    `flush`. A kill loses only the files still queued, in order: a checkpoint is never written before its epoch's
+    record, every file on disk is whole, and a resume starts from the last checkpoint written."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
-    def save(self, ckpt: dict, path: Path, what: str, background: bool, previous: Path | None = None) -> None:
-        """`save_checkpoint`, in the background where asked."""
+    def call(self, write: Callable[..., None], *args: object, background: bool) -> None:
+        """`write(*args)` now, or queued behind the earlier writes where `background`."""
         self._raise_errors()
         if not background:
-            save_checkpoint(ckpt, path, what, previous)
+            write(*args)
             return
-        snapshot = on_host(ckpt, copy=True)  # training may change the tensors as soon as this returns
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="checkpoints")
-        self._pending.append(self._pool.submit(save_checkpoint, snapshot, path, what, previous))
+        self._pending.append(self._pool.submit(write, *args))
+
+    def save(self, ckpt: dict, path: Path, what: str, background: bool, previous: Path | None = None) -> None:
+        """`save_checkpoint`, in the background where asked."""
+        snapshot = on_host(ckpt, copy=True) if background else ckpt  # training may change the tensors at once
+        self.call(save_checkpoint, snapshot, path, what, previous, background=background)
 
     def flush(self) -> None:
         """Wait for the queued files (raising the first write error) and end the thread."""

@@ -22,7 +22,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
 from denetdm.reporting.loggers import NullLogger
 from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint, on_host, save_checkpoint
-from denetdm.training.metrics import group_metrics
+from denetdm.training.metrics import group_metrics_rows
 from denetdm.training.phases import Schedule
 from denetdm.training.selection import PROTOCOLS, Protocol
 
@@ -48,14 +48,19 @@ def evaluate(
         for head, logits in method.predict(x).items():
             preds.setdefault(head, []).append(logits.argmax(1))
     method.train(was_training)
-    return head_metrics({head: torch.cat(p) for head, p in preds.items()}, split, num_classes, num_biases)
+    one = {head: torch.cat(p)[None] for head, p in preds.items()}
+    return head_metrics(one, split.y[None], split.b[None], num_classes, num_biases)[0]
 
 
 def head_metrics(
-    preds: dict[str, torch.Tensor], split: Split, num_classes: int, num_biases: int
-) -> dict[str, dict[str, float]]:
-    """Group metrics of each head's predicted classes on `split`: {head: {metric: value}}."""
-    return {head: group_metrics(p, split.y, split.b, num_classes, num_biases) for head, p in preds.items()}
+    preds: dict[str, torch.Tensor], y: torch.Tensor, b: torch.Tensor, num_classes: int, num_biases: int
+) -> list[dict[str, dict[str, float]]]:
+    """Group metrics of each head's (K, N) predicted classes for K members with (K, N) labels, read back at once:
+    per member {head: {metric: value}}."""
+    heads, k = list(preds), len(y)
+    flat = torch.cat([preds[h] for h in heads])
+    rows = group_metrics_rows(flat, y.repeat(len(heads), 1), b.repeat(len(heads), 1), num_classes, num_biases)
+    return [{h: rows[i * k + m] for i, h in enumerate(heads)} for m in range(k)]
 
 
 def keyed(stage: str, split_name: str, per_head: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -174,27 +179,30 @@ class Recorder:
 
     def record(self, fit: Fit, epoch: int, record: dict, metrics: dict[str, float]) -> None:
         """Append an epoch's record, log it, keep its checkpoint if selection prefers it, save the last one."""
+        # a GPU trains on while a thread writes; on a CPU the writes would compete with training for the cores
+        background = any(p.is_cuda for p in fit.method.parameters())
+        self.writer.call(self._append, fit.stage, record, background=background)
+        self.logger.log(fit.stage, epoch, record)
+        self._select_and_save(fit, epoch, metrics, background)
+        self._report(fit.stage, epoch, fit.schedule, record)
+        if self.on_epoch is not None:
+            self.on_epoch(fit.stage, epoch, record)
+
+    def _append(self, stage: str, record: dict) -> None:
         try:
             self.records.append(record)
         except OSError as e:
             raise WriteError(
                 f"could not write {self.records.path} ({e.strerror or e}): free space (or fix the folder's "
-                f"permissions) and run the same command again. {self.saved_so_far(fit.stage)}"
+                f"permissions) and run the same command again. {self.saved_so_far(stage)}"
             ) from None
-        self.logger.log(fit.stage, epoch, record)
-        self._select_and_save(fit, epoch, metrics)
-        self._report(fit.stage, epoch, fit.schedule, record)
-        if self.on_epoch is not None:
-            self.on_epoch(fit.stage, epoch, record)
 
-    def _select_and_save(self, fit: Fit, epoch: int, metrics: dict[str, float]) -> None:
+    def _select_and_save(self, fit: Fit, epoch: int, metrics: dict[str, float], background: bool) -> None:
         stage, method, state = fit.stage, fit.method, fit.state
         key = self.selection_key(stage, fit.schedule)
         if key is not None and key not in metrics:
             raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {stage}.select")
         score = epoch if key is None else metrics[key]
-        # a GPU trains on while a thread writes; on a CPU the writes would compete with training for the cores
-        background = any(p.is_cuda for p in method.parameters())
         better = score > state["best_score"]
         if better:  # a copy: the next epochs change the method's tensors in place
             best = on_host(method.state_dict(), copy=True)

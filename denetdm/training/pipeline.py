@@ -323,12 +323,23 @@ def train_runs(
                 write_json(runner.p.run_dir / "stack.json", {"members": members, "member": k})
         on_gpu = bool(runners) and runners[0].p.device.type == "cuda"
         errors = train_phases(runners, on_gpu if vectorize is None else vectorize)
+        for runner, error in zip(runners, errors, strict=True):
+            if error is not None:
+                _drain(runner)
         for k, (i, runner) in enumerate(zip(todo, runners, strict=True)):
             out[i] = errors[k] or conclude(runner, t_data if k == 0 else 0.0)  # the loading counted once
     for r in out:
         if isinstance(r, dict):
             print(summary_table(r))
     return out
+
+
+def _drain(runner: StageRunner) -> None:
+    """Wait for a stopped run's queued files (a GPU run's last records and checkpoints) before it returns."""
+    try:
+        runner.trainer.recorder.writer.flush()
+    except DenetdmError:
+        pass  # the error that stopped the run is the one to report; the resume starts from the files written
 
 
 def train(cfg: DictConfig, run_dir: str | Path, pruning: dict | None = None, slot: int | None = None) -> dict:

@@ -171,9 +171,10 @@ class Stack:
                 x = _stack_like([s.x[start : start + batch_size] for s in splits])
                 for head, logits in self._call(self.params, self.buffers, x).items():
                     preds.setdefault(head, []).append(logits.argmax(-1))
-            for k, (d, split) in enumerate(zip(datas, splits, strict=True)):
-                mine = {head: torch.cat([q[k] for q in p]) for head, p in preds.items()}
-                out[k] |= keyed(stage, name, head_metrics(mine, split, d.num_classes, d.num_biases))
+            y, b = torch.stack([s.y for s in splits]), torch.stack([s.b for s in splits])
+            every = {head: torch.cat(p, 1) for head, p in preds.items()}  # (K, N) each
+            for k, mine in enumerate(head_metrics(every, y, b, datas[0].num_classes, datas[0].num_biases)):
+                out[k] |= keyed(stage, name, mine)
         return out
 
     @torch.no_grad()

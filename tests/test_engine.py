@@ -169,8 +169,8 @@ def test_background_writes_run_in_the_order_queued_and_a_record_write_error_name
     import time
 
     from denetdm.errors import WriteError
-    from denetdm.training.checkpoint import CheckpointWriter
     from denetdm.reporting.loggers import NullLogger
+    from denetdm.training.checkpoint import CheckpointWriter
     from denetdm.training.engine import Recorder
 
     writer, done = CheckpointWriter(), []

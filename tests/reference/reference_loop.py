@@ -106,11 +106,11 @@ def our_init(ref_model: torch.nn.Module, a: argparse.Namespace) -> None:
     from same_model import ours, pairs  # noqa: PLC0415
 
     torch.set_num_threads(a.threads)  # importing tests/conftest.py set two
-
     torch.manual_seed(derive_seed(a.seed, "stage1-init"))  # as denetdm.training.pipeline seeds a phase's init
     experiment = f"paper_{a.dataset}"
     our = ours(experiment, MODELS[experiment][1]).model
-    ref_model.load_state_dict({x: our.state_dict()[y] for x, y in pairs(ref_model, our)})
+    state = our.state_dict()
+    ref_model.load_state_dict({x: state[y] for x, y in pairs(ref_model, our)})
 
 
 def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int, lr: float, wd: float, epochs: int):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from denetdm.analysis.probes import probe_all
 from denetdm.seeding import derive_seed, generator
+from denetdm.training.metrics import pred_entropy
 
 # the reference's config.py: (model class, stage-1 batch, lr, weight decay; stage-2 batch, lr)
 SETTINGS = {
@@ -69,6 +70,7 @@ def accuracy(model: torch.nn.Module, split, weights: tuple[int, int]) -> dict[st
     pred = torch.cat(
         [model(x, debias_weight=weights[0], bias_weight=weights[1]).argmax(1) for x, _, _ in split.batches(1024)]
     )
+    hist = torch.bincount(pred, minlength=10).double()
     cells = {}
     for y in range(10):
         for b in range(10):
@@ -77,7 +79,7 @@ def accuracy(model: torch.nn.Module, split, weights: tuple[int, int]) -> dict[st
                 cells[(y, b)] = (pred[mask] == y).float().mean().item()
     groups = {"aligned": [v for (y, b), v in cells.items() if y == b], "unbiased": list(cells.values())}
     groups["conflicting"] = [v for (y, b), v in cells.items() if y != b]
-    return {k: sum(v) / len(v) for k, v in groups.items()}
+    return {f"acc_{k}": sum(v) / len(v) for k, v in groups.items()} | {"pred_entropy": pred_entropy(hist).item()}
 
 
 def evaluate(model, data, row: dict) -> dict:
@@ -85,7 +87,7 @@ def evaluate(model, data, row: dict) -> dict:
     for split in ("val", "test"):
         for name, w in BRANCHES.items():
             for k, v in accuracy(model, getattr(data, split), w).items():
-                row[f"{name}/{split}/acc_{k}"] = round(v, 5)
+                row[f"{name}/{split}/{k}"] = round(v, 5)
     return row
 
 
@@ -159,6 +161,7 @@ def parse() -> argparse.Namespace:
     draws = ("reference", "ours")
     p.add_argument("--init", choices=draws, default="reference", help="ours: stage 1's initial weights as our run's")
     p.add_argument("--order", choices=draws, default="reference", help="ours: stage 1's batches and crops as ours")
+    p.add_argument("--depths", default="3,5", help="Colored MNIST: the (shallow, deep) MLP depths, as its model takes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
     p.add_argument("--out", required=True)
@@ -174,16 +177,19 @@ def main() -> None:
     data, augment = load_data(a)
     cls, b1, lr1, wd1, b2, lr2 = SETTINGS[a.dataset]
     torch.manual_seed(a.seed)
-    model = getattr(ref, cls)(num_classes=10, stage="1")
+    shallow, deep = (int(d) for d in a.depths.split(","))
+    # CMNISTDeNetDMModel builds each branch at the depth it is given (a depth counts the shared classifier)
+    depths = dict(debias_hidden_layers=shallow, bias_hidden_layers=deep) if a.dataset == "cmnist" else {}
+    model = getattr(ref, cls)(num_classes=10, stage="1", **depths)
     if a.init == "ours":
         our_init(model, a)
     ce = lambda x, y: F.cross_entropy(model(x), y)  # noqa: E731
     rows, best1, state1 = train_stage(model, model.parameters(), ce, data, augment, a, 1, b1, lr1, wd1, a.epochs)
     if a.stage2_epochs:
-        teacher = getattr(ref, cls)(num_classes=10, stage="1")
+        teacher = getattr(ref, cls)(num_classes=10, stage="1", **depths)
         teacher.load_state_dict(state1)
         teacher.eval()
-        student = getattr(ref, cls)(num_classes=10, stage="2")
+        student = getattr(ref, cls)(num_classes=10, stage="2", **depths)
         student.load_state_dict(state1, strict=False)  # bias branch and classifier; a fresh debiasing branch
 
         def loss2(x, y, t=2.0):

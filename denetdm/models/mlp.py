@@ -21,22 +21,43 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-class MLP(nn.Sequential):
-    """Flatten, then (depth - 1) x [Linear, ReLU]; the shared linear head is the depth-th layer."""
+INITS = ("default", "kaiming")
+NORMS = ("none", "layer", "batch")
 
-    def __init__(self, in_features: int, depth: int, width: int, input_scale: float = 1.0) -> None:
+
+class MLP(nn.Sequential):
+    """Flatten, then (depth - 1) x [Linear, (norm), ReLU]; the shared linear head is the depth-th layer."""
+
+    def __init__(
+        self, in_features: int, depth: int, width: int, input_scale: float = 1.0, init: str = "default", norm="none"
+    ) -> None:
         # input_scale 1/255 reproduces the LfF reference MLP, whose inputs end up divided by 255 twice
         layers: list[nn.Module] = [nn.Flatten()] if input_scale == 1.0 else [Scale(input_scale), nn.Flatten()]
         for i in range(depth - 1):
-            layers += [nn.Linear(in_features if i == 0 else width, width), nn.ReLU()]
+            linear = nn.Linear(in_features if i == 0 else width, width)
+            if init == "kaiming":
+                # torch's default (the reference's) keeps 1/6 of the signal's second moment per Linear+ReLU, so
+                # a 7-layer expert's features start ~200x smaller than its first layer's; He's init keeps it
+                nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+                nn.init.zeros_(linear.bias)
+            normal = {"none": [], "layer": [nn.LayerNorm(width)], "batch": [nn.BatchNorm1d(width)]}[norm]
+            layers += [linear, *normal, nn.ReLU()]
         super().__init__(*layers)
         self.num_features = width if depth > 1 else in_features  # depth 1: the head alone, a linear model
 
 
 @register_backbone("mlp")
-def mlp(input_shape: tuple[int, ...], depth: int = 5, width: int = 100, input_scale: float = 1.0) -> nn.Module:
+def mlp(
+    input_shape: tuple[int, ...],
+    depth: int = 5,
+    width: int = 100,
+    input_scale: float = 1.0,
+    init: str = "default",
+    norm: str = "none",
+) -> nn.Module:
     """MLP extractor whose `depth` counts Linear layers including the shared head (paper: deep 5, shallow 3);
-    `input_scale` multiplies its input first (1/255: the LfF reference's quirk, docs/protocols.md §8)."""
+    `input_scale` multiplies its input first (1/255: the LfF reference's quirk, docs/protocols.md §8); `init`
+    and `norm` are the deep-expert remedies of conf/remedy/ (torch's default init and no norm: the reference)."""
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ConfigError(
             f"mlp depth counts Linear layers including the head and must be an integer >= 1, got {depth!r}"
@@ -44,4 +65,8 @@ def mlp(input_shape: tuple[int, ...], depth: int = 5, width: int = 100, input_sc
     if not isinstance(width, int) or width < 1:
         raise ConfigError(f"mlp width must be a positive integer, got {width!r}")
     number("mlp input_scale", input_scale, strict=True)
-    return MLP(math.prod(input_shape), depth, width, input_scale)
+    if init not in INITS:
+        raise ConfigError(f"mlp init must be one of {list(INITS)}, got {init!r}")
+    if norm not in NORMS:
+        raise ConfigError(f"mlp norm must be one of {list(NORMS)}, got {norm!r}")
+    return MLP(math.prod(input_shape), depth, width, input_scale, init, norm)

@@ -312,17 +312,29 @@ def test_bench_times_every_phase_of_a_method(tmp_path):
     assert rows[1][2] == 100  # the paper schedule's epochs of the final phase (Colored MNIST)
 
 
-def test_a_collapsed_deep_expert_is_a_warning_in_the_log_and_in_results(tmp_path, monkeypatch, caplog):
+def test_a_collapsed_deep_expert_is_a_label_free_verdict_in_the_results(tmp_path, monkeypatch, caplog):
     from denetdm.methods.denetdm import DeNetDMStage1
 
     stage1 = DeNetDMStage1.build(_ctx())
-    entropies = {"stage1/shallow/val/pred_entropy": 0.96}
-    assert stage1.diagnose("stage1", entropies | {"stage1/deep/val/pred_entropy": 0.95}) == []  # healthy
-    assert stage1.diagnose("stage1", {"stage1/deep/val/acc": 0.1}) == []  # nothing to read: nothing said
-    (warning,) = stage1.diagnose("stage1", entropies | {"stage1/deep/val/pred_entropy": 0.45})
+    shallow = {"stage1/shallow/val/pred_entropy": 0.96}
+    healthy = stage1.diagnose("stage1", shallow | {"stage1/deep/val/pred_entropy": 0.95}, 100)
+    assert healthy == {"stage1/collapse_signal": pytest.approx(0.95 / 0.96), "stage1/collapsed": False}
+    assert stage1.diagnose("stage1", {"stage1/deep/val/acc": 0.1}, 100) == {}  # nothing to read: nothing said
+    collapsed = stage1.diagnose("stage1", shallow | {"stage1/deep/val/pred_entropy": 0.45}, 100)
+    assert collapsed["stage1/collapsed"] is True and collapsed["stage1/collapse_signal"] == pytest.approx(0.45 / 0.96)
+    (warning,) = collapsed["warnings"]
     assert warning.startswith("stage1: the deep expert predicts few classes (pred_entropy 0.45 on val")
-    # through a run: a phase's warnings reach the log and results.json
-    monkeypatch.setattr(DeNetDMStage1, "diagnose", lambda self, phase, metrics: [f"{phase}: collapsed"])
-    train(compose_cfg(TINY), tmp_path)
-    assert read_results(tmp_path)["warnings"] == ["stage1: collapsed"]
-    assert "stage1: collapsed" in caplog.text
+    # too short to judge (a debug run): no verdict, and it says why
+    short = stage1.diagnose("stage1", shallow | {"stage1/deep/val/pred_entropy": 0.45}, 1)
+    assert short["stage1/collapsed"] is None and "warnings" not in short
+    assert short["stage1/collapse_note"] == "not judged: 1 epoch(s), fewer than 3"
+    # through runs: the verdict and the signal in results.json, a collapse's warning in the log too
+    train(compose_cfg(TINY), tmp_path / "short")  # 2 epochs
+    assert read_results(tmp_path / "short")["stage1/collapsed"] is None
+    train(compose_cfg([*TINY, "experts.epochs=3"]), tmp_path / "judged")
+    judged = read_results(tmp_path / "judged")
+    assert isinstance(judged["stage1/collapsed"], bool) and judged["stage1/collapse_signal"] > 0
+    monkeypatch.setattr(DeNetDMStage1, "diagnose", lambda self, phase, m, epochs: {"warnings": [f"{phase}: x"]})
+    train(compose_cfg(TINY), tmp_path / "warned")
+    assert read_results(tmp_path / "warned")["warnings"] == ["stage1: x"]
+    assert "stage1: x" in caplog.text

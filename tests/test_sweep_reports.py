@@ -98,6 +98,17 @@ def test_a_cell_with_several_settings_shows_the_one_best_on_validation():
     assert "(n=2, best of 2 settings)" in to_markdown(table)  # in the cell itself, not only in a note
 
 
+def test_a_cell_counts_its_runs_whose_deep_expert_collapsed():
+    runs = [_fake_run(path, seed, 0.1, 0.9, 0.5) for path, seed in (("a", 0), ("b", 1), ("c", 2))]
+    for run, verdict in zip(runs, (True, False, None)):  # None: too short to judge
+        run.results["stage1/collapsed"] = verdict
+    text = to_markdown(build_table(Collection(runs=runs)))
+    assert "50.00 ± 0.00 (n=3, 1 collapsed)" in text and "k collapsed: k of the cell's runs" in text
+    for run in runs:
+        run.results["stage1/collapsed"] = False
+    assert "collapsed" not in to_markdown(build_table(Collection(runs=runs)))
+
+
 def test_a_quick_run_beside_the_papers_number_is_flagged():
     from denetdm.reporting.tables import OFF_PRESET_MARK, add_published
 

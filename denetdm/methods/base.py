@@ -130,7 +130,7 @@ class Method(nn.Module):
         """Penultimate features by head name, for linear probes (`probe.every`); none by default."""
         return {}
 
-    def diagnose(self, phase: str, metrics: Mapping[str, float]) -> list[str]:
-        """Warnings about the trained phase, from its selected epoch's metrics (logged and kept in results.json
-        under `warnings`); none by default."""
-        return []
+    def diagnose(self, phase: str, metrics: Mapping[str, float], epochs: int) -> dict:
+        """Verdicts on the trained phase (`epochs` long), from its selected epoch's metrics: results.json entries,
+        `warnings` among them a list of lines that are also logged; none by default."""
+        return {}

@@ -1,5 +1,6 @@
 """DeNetDM's two stages as methods (docs/protocols.md §1)."""
 
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -11,8 +12,10 @@ from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
 
+log = logging.getLogger(__name__)
 # a deep expert whose predicted classes' entropy is below this share of the shallow one's has collapsed
 COLLAPSED = 0.9
+MIN_EPOCHS = 3  # a stage 1 shorter than this is not judged (a debug run): its experts have barely begun
 
 
 class DeNetDMStage1(Method):
@@ -44,19 +47,27 @@ class DeNetDMStage1(Method):
         deep, shallow = self.model.features(x)
         return {"shallow": shallow, "deep": deep}
 
-    def diagnose(self, phase: str, metrics: Mapping[str, float]) -> list[str]:
-        """A deep expert that answers with few classes (pred_entropy, no labels read, well below the shallow
-        one's) has collapsed: the shallow expert then takes the bias, and stage 2 distils a biased teacher
-        (docs/results.md, "the spread over seeds": 0.99-1.05 times the shallow one's in a healthy stage 1, 0.14-0.81
-        in collapsed ones)."""
+    def diagnose(self, phase: str, metrics: Mapping[str, float], epochs: int) -> dict:
+        """`<phase>/collapsed`, read without any label: the deep expert answers with few classes, its predictions'
+        entropy on val below COLLAPSED times the shallow expert's (`<phase>/collapse_signal`, that ratio). It then
+        leaves the bias to the shallow expert, and stage 2 distils a biased teacher (docs/results.md, the depth
+        pairs). Null, with the reason, for a stage too short to judge."""
         deep, shallow = (metrics.get(f"{phase}/{h}/val/pred_entropy") for h in ("deep", "shallow"))
-        if deep is None or shallow is None or not deep < COLLAPSED * shallow:
-            return []
-        return [
-            f"{phase}: the deep expert predicts few classes (pred_entropy {deep:.2f} on val against the shallow "
-            f"expert's {shallow:.2f}): it has likely collapsed and left the bias to the shallow expert, so the "
-            "target will not be debiased; try other seeds (docs/results.md, the spread over seeds)"
-        ]
+        if deep is None or shallow is None:
+            return {}
+        signal = deep / shallow if shallow > 0 else float(deep > 0)  # both on one class: collapsed
+        out = {f"{phase}/collapse_signal": signal, f"{phase}/collapsed": None}
+        if epochs < MIN_EPOCHS:
+            log.info("%s: %d epoch(s) are too few to judge a collapse (%s/collapsed is null)", phase, epochs, phase)
+            return out | {f"{phase}/collapse_note": f"not judged: {epochs} epoch(s), fewer than {MIN_EPOCHS}"}
+        out[f"{phase}/collapsed"] = bool(signal < COLLAPSED)
+        if out[f"{phase}/collapsed"]:
+            out["warnings"] = [
+                f"{phase}: the deep expert predicts few classes (pred_entropy {deep:.2f} on val against the "
+                f"shallow expert's {shallow:.2f}): it has likely collapsed and left the bias to the shallow expert, "
+                "so the target will not be debiased; try other seeds or a remedy (docs/results.md, the depth pairs)"
+            ]
+        return out
 
 
 class DeNetDMStage2(Method):

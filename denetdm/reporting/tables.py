@@ -31,6 +31,7 @@ class Cell:
     settings: int  # how many settings the cell chose from
     off_preset: list[str] = field(default_factory=list)  # where the chosen runs left the dataset preset's schedule
     flagged: bool = False  # shown beside a published number although off the preset
+    collapsed: int = 0  # runs whose stage-1 deep expert collapsed (stage1/collapsed)
 
     @property
     def mean(self) -> float:
@@ -152,7 +153,10 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
         chosen = sorted(chosen, key=lambda r: str(r.results.get("seed")))  # values in seed order, wherever read
         scale = 100 if is_fraction(metric) else 1
         off = sorted({key for r in chosen for key in off_preset(r)})
-        table.cells[row, col] = Cell([scale * float(r.results[metric]) for r in chosen], n_settings, off)
+        collapsed = sum(r.results.get("stage1/collapsed") is True for r in chosen)
+        table.cells[row, col] = Cell(
+            [scale * float(r.results[metric]) for r in chosen], n_settings, off, False, collapsed
+        )
     table.rows = sorted({row for row, _ in table.cells})
     table.cols = sorted(
         {col for _, col in table.cells},
@@ -173,6 +177,11 @@ def _notes(table: Table, left: Counter, coll: Collection) -> None:
         table.notes.append(
             f"{searched} cell(s) held several hyperparameter settings: each shows the setting with the best mean "
             f"objective (what its protocol lets a run read: validation numbers), never the best {table.metric}"
+        )
+    if any(c.collapsed for c in table.cells.values()):
+        table.notes.append(
+            "k collapsed: k of the cell's runs say their stage-1 deep expert collapsed (stage1/collapsed, read "
+            "without labels); they are in the cell"
         )
     reasons = {
         "duplicate": "run(s) repeating another run's config and seed",
@@ -215,6 +224,7 @@ def _cell_text(cell: Cell | None, pm: str = "±") -> str:
     if cell is None:
         return "-"
     n = f"n={len(cell.values)}" + (f", best of {cell.settings} settings" if cell.settings > 1 else "")
+    n += f", {cell.collapsed} collapsed" if cell.collapsed else ""
     mark = f" {OFF_PRESET_MARK}" if cell.flagged else ""
     if cell.std is None:
         return f"{cell.mean:.2f} ({n}){mark}"
@@ -285,7 +295,7 @@ FORMATS = {"md": to_markdown, "latex": to_latex, "csv": to_csv}
 def runs_table(coll: Collection) -> tuple[list[str], list[list]]:
     """One row per run (trial, params, objective, key metrics): the W&B table of a sweep."""
     keys = ["val/acc_unbiased", "test/acc_unbiased", "test/acc_conflicting", "stage1/shallow/val/acc_conflicting"]
-    keys += ["stage1/deep/val/acc_conflicting", "stage1/separation"]
+    keys += ["stage1/deep/val/acc_conflicting", "stage1/separation", "stage1/collapsed"]
     columns = ["run", "trial", "seed", "shallow", "deep", "equal_depth", "params", *keys]
     rows = []
     for run in coll.runs:

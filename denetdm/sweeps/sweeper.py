@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
 _FINISHED = (_COMPLETE, optuna.trial.TrialState.PRUNED)  # what n_trials counts
 _PRUNED_MARK = "pruned"
+COLLAPSED_ERROR = "stage 1's deep expert collapsed"
 # the user attributes of a trial that trials.jsonl shows (besides number, params, state, value and error)
-TRIAL_FACTS = ("job", "repeat_of", "retry_of", "interrupted", "not_drawn", "separation", "equal_depth")
+TRIAL_FACTS = (
+    *("job", "repeat_of", "retry_of", "interrupted", "not_drawn", "separation", "equal_depth"),
+    *("collapsed", "collapse_signal"),  # stage 1's label-free verdict on its deep expert (results.json)
+)
 
 
 def create_or_load_study(
@@ -97,6 +101,7 @@ class OptunaLoop(Sweeper):
         self.sampler, self.direction, self.storage = kwargs["sampler"], kwargs["direction"], kwargs["storage"]
         self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
+        self.fail_collapsed = kwargs.get("fail_collapsed", False)
         self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -137,7 +142,7 @@ class OptunaLoop(Sweeper):
         self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
-        while (left := self.n_trials - self._count(study, _FINISHED)) > 0:
+        while (left := self.n_trials - self._count(study, finished=True)) > 0:
             trials = [study.ask() for _ in range(min(self.n_jobs, left))]
             for t in trials:
                 t.set_user_attr("sweep_dir", self.sweep_key)
@@ -153,8 +158,13 @@ class OptunaLoop(Sweeper):
         """This sweep directory's trials (other workers of a shared study have theirs)."""
         return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep_dir") == self.sweep_key]
 
-    def _count(self, study: optuna.Study, states: tuple) -> int:
-        return sum(t.state in states and not t.user_attrs.get("interrupted") for t in self._own(study))
+    def _count(self, study: optuna.Study, finished: bool) -> int:
+        """This directory's trials that n_trials counts (finished: complete, pruned, or failed for a collapsed
+        deep expert), or the failures that max_failure_rate counts (the other failed ones)."""
+        own = [t for t in self._own(study) if not t.user_attrs.get("interrupted")]
+        if finished:
+            return sum(t.state in _FINISHED or _failed_collapsed(t) for t in own)
+        return sum(t.state == optuna.trial.TrialState.FAIL and not _failed_collapsed(t) for t in own)
 
     def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
         """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
@@ -200,17 +210,18 @@ class OptunaLoop(Sweeper):
         # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from the
         # study: the same config gives the same numbers, so training it again would only cost time
         known: dict[str, optuna.trial.FrozenTrial] = {}
-        for t in study.get_trials(deepcopy=False, states=_FINISHED):
-            known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
+        for t in study.get_trials(deepcopy=False):
+            if t.state in _FINISHED or _failed_collapsed(t):
+                known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
         repeats = {t.number: known.get(_key(t.params)) for t in trials}
         returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
         for trial in trials:
-            tell(study, trial, repeats[trial.number], returns.get(trial.number))
+            tell(study, trial, repeats[trial.number], returns.get(trial.number), self.fail_collapsed)
 
     def _check_failures(self, study: optuna.Study, sweep_dir: Path) -> None:
         """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
         limit = math.floor(self.max_failure_rate * self.n_trials)
-        failed = self._count(study, (optuna.trial.TrialState.FAIL,))
+        failed = self._count(study, finished=False)
         if failed > limit:
             save_best(study, self.storage, sweep_dir)
             done = len([t for t in self._own(study) if not t.user_attrs.get("interrupted")])
@@ -258,6 +269,8 @@ def _checked_settings(kwargs: dict) -> Any:
         sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         sys.exit(f"error: hydra.sweeper.n_trials must be a positive integer, got {n_trials!r}")
+    if not isinstance(kwargs.get("fail_collapsed", False), bool):
+        sys.exit(f"error: hydra.sweeper.fail_collapsed must be true or false, got {kwargs['fail_collapsed']!r}")
     return pruner
 
 
@@ -293,11 +306,12 @@ def recover(study: optuna.Study, own: list) -> dict[str, int]:
     return retries
 
 
-def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any) -> None:
+def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any, fail_collapsed: bool = False) -> None:
     """Tell the study a trial's result, with its facts as user attributes: a repeat's from the trial it repeats
-    (`twin`), a launched one's from its job return `ret`."""
+    (`twin`), a launched one's from its job return `ret`; with `fail_collapsed`, a trial whose stage 1 collapsed
+    fails (so that the search does not optimise into collapse, nor report such a trial as its best)."""
     if twin is not None:
-        value, error = twin.value, None
+        value, error = twin.value, twin.user_attrs.get("error") if _failed_collapsed(twin) else None
         trial.set_user_attr("repeat_of", twin.number)
         log.info("trial %d repeats trial %d: its value %s is reused", trial.number, twin.number, value)
         if twin.state == optuna.trial.TrialState.PRUNED:  # it would be pruned at the same epoch again
@@ -306,8 +320,14 @@ def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any) -> None:
             error = _PRUNED_MARK
     else:
         value, error = _value(ret)
-        for k, v in _trial_facts(ret, trial.params).items():
+        facts = _trial_facts(ret, trial.params)
+        for k, v in facts.items():
             trial.set_user_attr(k, v)
+        if fail_collapsed and facts.get("collapsed") is True and error is None:
+            error = (
+                f"{COLLAPSED_ERROR} (stage1/collapse_signal {facts['collapse_signal']:.3f}); "
+                "hydra.sweeper.fail_collapsed=true fails such trials"
+            )
     if error == _PRUNED_MARK:
         log.info("trial %d was pruned", trial.number)
         if twin is None:  # the job reported through its own connection: read past the storage's cache
@@ -359,8 +379,8 @@ def _params_override(params: dict) -> str:
 
 
 def _trial_facts(ret: Any, params: dict) -> dict:
-    """What trials.jsonl adds to a launched trial: its stage-1 separation (results.json) and whether it is
-    an equal-depth control."""
+    """What trials.jsonl adds to a launched trial: its stage-1 separation and collapse verdict (results.json) and
+    whether it is an equal-depth control."""
     facts: dict = {}
     if params.get("model.shallow.depth") is not None and params.get("model.shallow.depth") == params.get(
         "model.deep.depth"
@@ -368,11 +388,17 @@ def _trial_facts(ret: Any, params: dict) -> dict:
         facts["equal_depth"] = True
     try:
         results = json.loads((Path(ret.hydra_cfg.hydra.runtime.output_dir) / "results.json").read_text())
-        if "stage1/separation" in results:
-            facts["separation"] = results["stage1/separation"]
+        for fact in ("separation", "collapsed", "collapse_signal"):
+            if results.get(f"stage1/{fact}") is not None:
+                facts[fact] = results[f"stage1/{fact}"]
     except Exception:  # a failed job has no results: its error is recorded instead
         pass
     return facts
+
+
+def _failed_collapsed(t: Any) -> bool:
+    """A trial failed by fail_collapsed: its run finished, so n_trials counts it and max_failure_rate does not."""
+    return t.state == optuna.trial.TrialState.FAIL and str(t.user_attrs.get("error", "")).startswith(COLLAPSED_ERROR)
 
 
 def _value(ret: Any) -> tuple[float | None, str | None]:

@@ -114,12 +114,14 @@ class StageRunner:
         return self.trainer.begin(phase, method, self.data, self.p.schedules[phase], meta, resume, self.data.augment)
 
     def record(self, phase: str, r: StageResult, method: Method) -> None:
-        """A trained phase's entries of results.json, and the method's warnings about it."""
+        """A trained phase's entries of results.json, and the method's verdicts and warnings about it."""
         self.results.update(r.metrics)
         self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
-        for warning in method.diagnose(phase, r.metrics):
+        verdicts = method.diagnose(phase, r.metrics, self.p.schedules[phase].epochs)
+        for warning in verdicts.pop("warnings", []):
             log.warning("%s", warning)
             self.results.setdefault("warnings", []).append(warning)
+        self.results.update(verdicts)
 
     def start(self) -> Method | None:
         """Before the first trained phase: stage=eval's evaluation, and the phase before it from its checkpoint

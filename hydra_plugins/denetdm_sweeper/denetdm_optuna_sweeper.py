@@ -130,6 +130,9 @@ class DenetdmOptunaSweeperConf:
     # null, median or successive_halving (denetdm.sweeps.pruning.PRUNERS), or a node with _target_: each job reports its
     # objective's metric per epoch of the final phase, and a pruned trial stops (PRUNED, not a failure)
     pruner: Any = None
+    # true: a trial whose stage 1 says its deep expert collapsed (results.json stage1/collapsed, label-free) is FAIL,
+    # so it is never the best trial; n_trials counts it (its run finished) and max_failure_rate does not
+    fail_collapsed: Any = False
     # Read by run.py in each job: this sweeper records a failed trial itself, so the job re-raises its error
     # instead of returning NaN (what the basic sweeper needs to go on with a grid).
     records_failures: bool = True

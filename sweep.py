@@ -31,7 +31,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     if coll.runs and not any(args.metric in r.results for r in coll.runs):
         known = sorted({k for r in coll.runs for k, v in r.results.items() if finite(v) and k.count("/") >= 1})
         sys.exit(f"error: no run has the metric {args.metric!r}; try one of: {', '.join(known[:12])}, ...")
-    table = build_table(coll, args.metric, selections)
+    table = build_table(coll, args.metric, selections, args.last_epoch)
     if args.published:
         add_published(table)
     if not table.cells:
@@ -186,6 +186,11 @@ def _table_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="only runs with KEY=VALUE (a results or dotted config key; a key given twice: either value)",
+    )
+    t.add_argument(
+        "--last-epoch",
+        action="store_true",
+        help="each run's metric at its final phase's last epoch (its curve) instead of at the selected epoch",
     )
     t.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     t.set_defaults(func=cmd_table)

@@ -109,6 +109,22 @@ def test_a_cell_counts_its_runs_whose_deep_expert_collapsed():
     assert "collapsed" not in to_markdown(build_table(Collection(runs=runs)))
 
 
+def test_last_epoch_reads_each_runs_curve_of_its_final_phase_not_its_selected_epoch():
+    runs = []
+    for seed, curve in ((0, [0.2, 0.6, 0.4]), (1, [0.3, 0.5, 0.5])):
+        run = _fake_run(f"r{seed}.record.json", seed, 0.1, 0.9, max(curve))  # selected: the best epoch
+        run.results["config"]["method"] = {"final": {"phase": "stage2", "head": "target"}}
+        run.results["curves"] = {"stage2/target/test/acc_unbiased": curve, "stage1/shallow/test/acc": [0.1, 0.7]}
+        runs.append(run)
+    coll = Collection(runs=runs)
+    assert build_table(coll).cells[next(iter(build_table(coll).cells))].values == pytest.approx([60.0, 50.0])
+    last = build_table(coll, last_epoch=True)
+    assert next(iter(last.cells.values())).values == pytest.approx([40.0, 50.0])
+    assert "at the last epoch of the final phase" in to_markdown(last)
+    staged = build_table(coll, "stage1/shallow/test/acc", last_epoch=True)  # a phase's own key: its own curve
+    assert next(iter(staged.cells.values())).values == pytest.approx([70.0, 70.0])
+
+
 def test_a_quick_run_beside_the_papers_number_is_flagged():
     from denetdm.reporting.tables import OFF_PRESET_MARK, add_published
 

@@ -43,8 +43,10 @@ def _table(argv: list[str]) -> str:
     p.add_argument("--metric", default="test/acc_unbiased")
     p.add_argument("--selection", default="val")
     p.add_argument("--published", action="store_true")
+    p.add_argument("--last-epoch", action="store_true")
     a = p.parse_args(argv)
-    table = build_table(select(a.dirs, a.where), a.metric, [protocol(s).name for s in a.selection.split(",")])
+    selections = [protocol(s).name for s in a.selection.split(",")]
+    table = build_table(select(a.dirs, a.where), a.metric, selections, a.last_epoch)
     if a.published:
         add_published(table)
     text, _, notes = to_markdown(table).partition("\n\n")

@@ -79,6 +79,15 @@ class Run:
         """The Optuna trial number (None outside an Optuna sweep)."""
         return (self.config.get("trial") or {}).get("number")
 
+    def at_last_epoch(self, key: str) -> float | None:
+        """`key` at the last epoch of its phase (from the per-epoch curves), whatever epoch the run selected; a key
+        of the final model (`test/acc_unbiased`) is read from the final phase's head (conf/method/: `final`)."""
+        if key.count("/") == 1:
+            final = self.config["method"]["final"]
+            key = f"{final['phase']}/{final['head']}/{key}"
+        values = [e[key] for e in self.epochs() if key in e]
+        return values[-1] if values else None
+
     def epochs(self) -> list[dict]:
         """The per-epoch records of metrics.jsonl (empty when the file is gone); a store record's curves."""
         if self.path.name.endswith(store.SUFFIX):

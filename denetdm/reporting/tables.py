@@ -51,6 +51,7 @@ class Table:
 
     metric: str
     selections: list[str]
+    last_epoch: bool = False  # the metric at the final phase's last epoch, not at the selected one
     rows: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)
     cols: list[tuple[str, str, str, float, str]] = field(default_factory=list)
     cells: dict[tuple, Cell] = field(default_factory=dict)
@@ -129,7 +130,7 @@ def _group(coll: Collection, table: Table) -> tuple[dict[tuple, list[Run]], Coun
         seen.add(run.fingerprint)
         if run.selection not in table.selections:
             left["selection"] += 1
-        elif not finite(run.results.get(table.metric)) or run.is_eval:
+        elif not finite(value(table, run)) or run.is_eval:
             left["metric"] += 1
         else:
             groups.setdefault(((run.method, run.depths), _column(run)), []).append(run)
@@ -137,16 +138,24 @@ def _group(coll: Collection, table: Table) -> tuple[dict[tuple, list[Run]], Coun
     return groups, left
 
 
+def value(table: Table, run: Run) -> float | None:
+    """The run's value of the table's metric: at its selected epoch (results.json), or at the last epoch."""
+    return run.at_last_epoch(table.metric) if table.last_epoch else run.results.get(table.metric)
+
+
 def is_fraction(metric: str) -> bool:
     """Whether a results key is a fraction shown as % (accuracies, separations), not a count or seconds."""
     return "acc" in metric or "separation" in metric
 
 
-def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: str | list[str] = "val") -> Table:
+def build_table(
+    coll: Collection, metric: str = "test/acc_unbiased", selection: str | list[str] = "val", last_epoch: bool = False
+) -> Table:
     """Group the finished runs into cells of `metric` for runs whose checkpoints were chosen by `selection` (a
-    protocol name, or several: their columns side by side)."""
+    protocol name, or several: their columns side by side); with `last_epoch`, each run's value at the last epoch
+    of its phase (the per-epoch curves) instead of at the selected one."""
     selections = [SYNONYMS.get(s, s) for s in ([selection] if isinstance(selection, str) else selection)]
-    table = Table(metric, selections)
+    table = Table(metric, selections, last_epoch)
     groups, left = _group(coll, table)
     for (row, col), runs in groups.items():
         chosen, n_settings = _choose(runs)
@@ -154,9 +163,8 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
         scale = 100 if is_fraction(metric) else 1
         off = sorted({key for r in chosen for key in off_preset(r)})
         collapsed = sum(r.results.get("stage1/collapsed") is True for r in chosen)
-        table.cells[row, col] = Cell(
-            [scale * float(r.results[metric]) for r in chosen], n_settings, off, False, collapsed
-        )
+        values = [scale * float(value(table, r)) for r in chosen]
+        table.cells[row, col] = Cell(values, n_settings, off, False, collapsed)
     table.rows = sorted({row for row, _ in table.cells})
     table.cols = sorted(
         {col for _, col in table.cells},
@@ -169,7 +177,10 @@ def build_table(coll: Collection, metric: str = "test/acc_unbiased", selection: 
 def _notes(table: Table, left: Counter, coll: Collection) -> None:
     where = ", ".join(f"{s} ({PROTOCOLS[s].about})" if s in PROTOCOLS else s for s in table.selections)
     unit = " (%)" if is_fraction(table.metric) else ""
-    table.notes.append(f"cells: {table.metric}{unit}, mean ± std over seeds (n runs); checkpoints selected on {where}")
+    at = "; at the last epoch of the final phase (its curve), whatever epoch was selected" if table.last_epoch else ""
+    table.notes.append(
+        f"cells: {table.metric}{unit}, mean ± std over seeds (n runs); checkpoints selected on {where}{at}"
+    )
     if any(BIAS_LABEL_MARK in label for label, _ in table.rows):
         table.notes.append(f"{BIAS_LABEL_MARK.strip()}: the method trains with bias labels")
     searched = sum(c.settings > 1 for c in table.cells.values())

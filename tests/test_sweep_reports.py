@@ -356,3 +356,27 @@ def test_a_stage1_only_run_is_checked_against_its_preset_schedule():
     assert off_preset(Run(Path("r"), {"config": config})) == []
     experts["epochs"] = 2
     assert off_preset(Run(Path("r"), {"config": config})) == ["experts.epochs"]
+
+
+def _stage1_record(tmp_path, seed: int, deep: float, aligned: float, epochs: int = 5) -> None:
+    """A stage-1 store record whose deep expert's val pred_entropy is `deep` (the shallow one's 1.0) at its
+    selected epoch 2, and right on `aligned` of the aligned test images."""
+    curves = {"stage1/deep/val/pred_entropy": [1.0, deep] + [1.0] * (epochs - 2)}
+    curves["stage1/shallow/val/pred_entropy"] = [1.0] * epochs
+    rec = {"format": 1, "config": {"seed": seed}, "method": "denetdm_stage1", "seed": seed, "depths": [3, 7]}
+    rec |= {"curves": curves, "stage1/selected_epoch": 2, "stage1/deep/test/acc_aligned": aligned}
+    (tmp_path / "store").mkdir(exist_ok=True)
+    (tmp_path / "store" / f"r{seed}.record.json").write_text(json.dumps(rec))
+
+
+def test_the_detector_block_counts_hits_misses_and_false_alarms_at_the_selected_epoch(tmp_path):
+    from denetdm.reporting.docgen import regenerate
+
+    for seed, deep, aligned in ((0, 0.5, 0.3), (1, 0.95, 0.4), (2, 0.8, 0.99), (3, 0.99, 0.99)):
+        _stage1_record(tmp_path, seed, deep, aligned)
+    _stage1_record(tmp_path, 4, 0.5, 0.3, epochs=2)  # too short to judge
+    text = regenerate(f"<!-- detector: {tmp_path / 'store'} -->\n<!-- end -->\n")
+    assert "| store | 0 | 0.500 | True | 30.00 | hit |" in text.replace("denetdm_stage1 | [3, 7] | ", "")
+    assert "| 1 | 0.950 | False | 40.00 | miss |" in text and "| 2 | 0.800 | True | 99.00 | false alarm |" in text
+    assert "| 4 | 0.500 | None | 30.00 | not judged |" in text
+    assert "5 stage-1 runs: 1 hit, 1 miss, 1 false alarm, 1 not judged, 1 rightly passed" in text

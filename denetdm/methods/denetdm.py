@@ -6,6 +6,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from denetdm.analysis.verdict import collapse_verdict
 from denetdm.checks import number
 from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
@@ -13,9 +14,6 @@ from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
 
 log = logging.getLogger(__name__)
-# a deep expert whose predicted classes' entropy is below this share of the shallow one's has collapsed
-COLLAPSED = 0.9
-MIN_EPOCHS = 3  # a stage 1 shorter than this is not judged (a debug run): its experts have barely begun
 
 
 class DeNetDMStage1(Method):
@@ -48,19 +46,14 @@ class DeNetDMStage1(Method):
         return {"shallow": shallow, "deep": deep}
 
     def diagnose(self, phase: str, metrics: Mapping[str, float], epochs: int) -> dict:
-        """`<phase>/collapsed`, read without any label: the deep expert answers with few classes, its predictions'
-        entropy on val below COLLAPSED times the shallow expert's (`<phase>/collapse_signal`, that ratio). It then
-        leaves the bias to the shallow expert, and stage 2 distils a biased teacher (docs/results.md, the depth
-        pairs). Null, with the reason, for a stage too short to judge."""
+        """`<phase>/collapsed` and its signal, read without any label (denetdm.analysis.verdict), with a warning
+        when the deep expert collapsed."""
         deep, shallow = (metrics.get(f"{phase}/{h}/val/pred_entropy") for h in ("deep", "shallow"))
         if deep is None or shallow is None:
             return {}
-        signal = deep / shallow if shallow > 0 else float(deep > 0)  # both on one class: collapsed
-        out = {f"{phase}/collapse_signal": signal, f"{phase}/collapsed": None}
-        if epochs < MIN_EPOCHS:
-            log.info("%s: %d epoch(s) are too few to judge a collapse (%s/collapsed is null)", phase, epochs, phase)
-            return out | {f"{phase}/collapse_note": f"not judged: {epochs} epoch(s), fewer than {MIN_EPOCHS}"}
-        out[f"{phase}/collapsed"] = bool(signal < COLLAPSED)
+        out = collapse_verdict(deep, shallow, epochs, phase)
+        if out[f"{phase}/collapsed"] is None:
+            log.info("%s: %s (%s/collapsed is null)", phase, out[f"{phase}/collapse_note"], phase)
         if out[f"{phase}/collapsed"]:
             out["warnings"] = [
                 f"{phase}: the deep expert predicts few classes (pred_entropy {deep:.2f} on val against the "

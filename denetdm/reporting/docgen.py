@@ -1,20 +1,22 @@
-"""docs/results.md is generated from the results store: each block between `<!-- table: ARGS -->` (or
-`<!-- runs: ARGS -->`, `<!-- curves: ARGS -->`) and `<!-- end -->` is replaced by what those arguments give, so
-the prose around the numbers is written by hand and the numbers never are. `python sweep.py report` rewrites the
-file; `--check` says whether it is up to date (a test runs it)."""
+"""docs/results.md is generated from the results store: each block between `<!-- table: ARGS -->` (or `runs`,
+`curves`, `detector`) and `<!-- end -->` is replaced by what those arguments give, so the prose around the numbers
+is written by hand and the numbers never are. `python sweep.py report` rewrites the file; `--check` says whether it
+is up to date (a test runs it)."""
 
 import argparse
 import re
 import shlex
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from denetdm.analysis.verdict import COLLAPSED, TRUTH_ALIGNED, judge_record
 from denetdm.errors import DataError
 from denetdm.reporting.runs import Collection, Run, collect, finite
 from denetdm.reporting.tables import add_published, build_table, is_fraction, to_markdown
 from denetdm.training.selection import protocol
 
-BLOCK = re.compile(r"^<!-- (table|runs|curves): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
+BLOCK = re.compile(r"^<!-- (table|runs|curves|detector): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -112,7 +114,48 @@ def _curves(argv: list[str]) -> str:
     return "\n".join(lines) + f"\n\n- {len(runs)} runs" + ("\n" if len(keys) > 1 else f"; cells: {keys[0]}\n")
 
 
-RENDER: dict[str, Callable[[list[str]], str]] = {"table": _table, "runs": _runs, "curves": _curves}
+OUTCOMES = {(True, True): "hit", (False, True): "miss", (True, False): "false alarm", (False, False): "-"}
+
+
+def _detector(argv: list[str]) -> str:
+    """The collapse rule applied to each stage-1 run at its selected epoch (denetdm.analysis.verdict), against the
+    truth it is measured by: a row per run (its store first), then the counts of hits, misses and false alarms."""
+    p = _parser("detector")
+    p.add_argument("--keys", default="method,depths,seed", help="comma-separated keys that name each run")
+    a = p.parse_args(argv)
+    keys = a.keys.split(",")
+    runs = [r for r in select(a.dirs, a.where).runs if "stage1/selected_epoch" in r.results]
+    runs.sort(key=lambda r: [r.path.parent.name, *(str(value(r, k)).zfill(8) for k in keys)])
+    lines = ["| store | " + " | ".join(keys) + " | signal | collapsed | deep aligned | outcome |"]
+    lines.append("|---|" + "---:|" * (len(keys) + 4))
+    outcomes, unread = Counter(), Counter()
+    for r in runs:
+        if (v := judge_record(r.results, r.epochs())) is None:
+            unread[r.path.parent.name] += 1
+            continue
+        said = v["stage1/collapsed"]
+        outcome = "not judged" if said is None else OUTCOMES[said, v["truth"]]
+        outcomes[outcome] += 1
+        cells = [r.path.parent.name, *(_cell(k, value(r, k)) for k in keys), f"{v['stage1/collapse_signal']:.3f}"]
+        cells += [str(said), _cell("acc", r.results["stage1/deep/test/acc_aligned"]), outcome]
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{outcomes[k]} {k}" for k in ("hit", "miss", "false alarm", "not judged"))
+    notes = [f"{sum(outcomes.values())} stage-1 runs: {counts}, {outcomes['-']} rightly passed"]
+    notes.append(f"rule: collapsed when signal < {COLLAPSED} (deep / shallow pred_entropy on val, no label read)")
+    notes.append(
+        f"truth (bias labels, this measurement only): deep expert right on < {TRUTH_ALIGNED:.0%} of aligned test images"
+    )
+    if unread:
+        notes.append("without the curves it needs: " + ", ".join(f"{n} in {s}" for s, n in sorted(unread.items())))
+    return "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes)
+
+
+RENDER: dict[str, Callable[[list[str]], str]] = {
+    "table": _table,
+    "runs": _runs,
+    "curves": _curves,
+    "detector": _detector,
+}
 
 
 def regenerate(text: str) -> str:

@@ -31,6 +31,7 @@ from denetdm.files.jsonlines import write_json
 from denetdm.models.experts import TwoExpertModel, build_backbone
 from denetdm.seeding import derive_seed, generator
 from denetdm.training.metrics import group_metrics
+from denetdm.training.provenance import commit, machine
 
 log = logging.getLogger("denetdm.collapse")
 ARMS = {"l2": torch.optim.Adam, "decoupled": torch.optim.AdamW, "none": torch.optim.Adam}
@@ -152,7 +153,18 @@ def run(cfg: DictConfig) -> dict:
                     *(depth, seed, arm, end["step"], end["deep_acc_aligned"], end["deep_pred_entropy"]),
                 )
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    return {"dataset": data.name, "model": model, "collapse": OmegaConf.to_container(cfg.collapse), "runs": runs}
+    where = {"commit": commit(), "machine": machine(torch.device("cpu"))}
+    out = {"dataset": data.name, "model": model, "experts": OmegaConf.to_container(cfg.experts), "provenance": where}
+    return out | {"collapse": OmegaConf.to_container(cfg.collapse), "runs": _rounded(runs)}
+
+
+def _rounded(tree):
+    """Measurements to 4 significant digits (the file is committed as evidence, docs/results.md reads it)."""
+    if isinstance(tree, dict):
+        return {k: _rounded(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_rounded(v) for v in tree]
+    return float(f"{tree:.4g}") if isinstance(tree, float) else tree
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="collapse")

@@ -1,11 +1,13 @@
 """docs/results.md is generated from the results store: each block between `<!-- table: ARGS -->` (or `runs`,
-`curves`, `detector`) and `<!-- end -->` is replaced by what those arguments give, so the prose around the numbers
-is written by hand and the numbers never are. `python sweep.py report` rewrites the file; `--check` says whether it
-is up to date (a test runs it)."""
+`curves`, `detector`, `mechanism`) and `<!-- end -->` is replaced by what those arguments give, so the prose around
+the numbers is written by hand and the numbers never are. `python sweep.py report` rewrites the file; `--check`
+says whether it is up to date (a test runs it)."""
 
 import argparse
+import json
 import re
 import shlex
+import statistics
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from denetdm.reporting.runs import Collection, Run, collect, finite
 from denetdm.reporting.tables import add_published, build_table, is_fraction, to_markdown
 from denetdm.training.selection import protocol
 
-BLOCK = re.compile(r"^<!-- (table|runs|curves|detector): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
+BLOCK = re.compile(r"^<!-- (table|runs|curves|detector|mechanism): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -148,6 +150,50 @@ def _detector(argv: list[str]) -> str:
     if unread:
         notes.append("without the curves it needs: " + ", ".join(f"{n} in {s}" for s, n in sorted(unread.items())))
     return "\n".join(lines) + "\n\n" + "".join(f"- {n}\n" for n in notes)
+
+
+def _mean(traces: list[dict], step: int, read: Callable[[dict], float]) -> float:
+    return statistics.fmean(read(next(t for t in trace if t["step"] == step)) for trace in traces)
+
+
+def _layers(key: str, layers: slice = slice(None)) -> Callable[[dict], float]:
+    return lambda m: statistics.fmean(x[key] for x in m["layers"][layers])
+
+
+MEASURES = {  # column -> (step: "init" or "end", reading of one measurement)
+    "input share, last layer (init)": ("init", lambda m: m["layers"][-1]["input_share"]),
+    "dead units (init)": ("init", _layers("dead")),
+    "grad RMS, first layer (init)": ("init", lambda m: m["layers"][0]["grad_rms"]),
+    "decay-dominated weights (init)": ("init", _layers("decay_dominated")),
+    "weight RMS, hidden layers (end)": ("end", _layers("weight_rms", slice(1, None))),
+    "deep / shallow feature RMS (end)": ("end", lambda m: m["deep_feature_rms"] / m["shallow_feature_rms"]),
+    "deep pred_entropy (end)": ("end", lambda m: m["deep_pred_entropy"]),
+    "deep aligned acc (end)": ("end", lambda m: m["deep_acc_aligned"]),
+}
+
+
+def _mechanism(argv: list[str]) -> str:
+    """Seed means of `python -m denetdm.analysis.collapse` files (committed under results/): per deep depth and
+    weight-decay arm, the measures at initialisation and at the last step measured."""
+    p = argparse.ArgumentParser(prog="mechanism", exit_on_error=False)
+    p.add_argument("files", nargs="+")
+    a = p.parse_args(argv)
+    lines = [
+        "| deep MLP | depth | weight decay | " + " | ".join(MEASURES) + " |",
+        "|---|" + "---:|" * (len(MEASURES) + 2),
+    ]
+    for path in a.files:
+        result = json.loads(Path(path).read_text())
+        deep, end = result["model"]["deep"], max(result["collapse"]["at"])
+        name = f"init {deep.get('init', 'default')}, norm {deep.get('norm', 'none')}"
+        groups: dict[tuple, list] = {}
+        for run in result["runs"]:
+            groups.setdefault((run["depth"], run["arm"]), []).append(run["trace"])
+        for (depth, arm), traces in groups.items():
+            cells = [_mean(traces, 0 if at == "init" else end, read) for at, read in MEASURES.values()]
+            lines.append(f"| {name} | {depth} | {arm} | " + " | ".join(f"{c:.3g}" for c in cells) + " |")
+    n = {len(r) for r in groups.values()}
+    return "\n".join(lines) + f"\n\n- cells: means over {', '.join(map(str, sorted(n)))} seeds; end: step {end}\n"
 
 
 RENDER: dict[str, Callable[[list[str]], str]] = {

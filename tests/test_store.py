@@ -160,6 +160,13 @@ def test_the_committed_protocol_runs_repeat_the_table_runs_they_share_a_training
             assert r["test/acc_unbiased"] == pytest.approx(max(curve), abs=5e-5)
 
 
+def test_every_published_row_names_its_source():
+    published = yaml.safe_load((ROOT / "denetdm" / "reporting" / "published.yaml").read_text())
+    rows = {row.split(" (")[0] for metrics in published["results"].values() for r in metrics.values() for row in r}
+    assert rows and rows <= set(published["row_sources"]), rows - set(published["row_sources"])
+    assert "not DFA's own paper's numbers" in published["row_sources"]["DFA"]
+
+
 def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside():
     preset = yaml.safe_load((ROOT / "conf" / "hparams_search" / "depth_pairs.yaml").read_text())
     grid = {tuple(json.loads(f"[{p}]")) for p in preset["hydra"]["sweeper"]["params"]["depth_pair"][1:-1].split("],[")}

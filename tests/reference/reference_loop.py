@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,41 @@ def train_stage(model, params, loss_fn, data, augment, a, stage: int, batch: int
     return rows, best, key
 
 
+HEADS = {"debias": "shallow", "bias": "deep", "poe": "poe"}  # its branches by our heads' names
+
+
+def export(rows: list[dict], a: argparse.Namespace) -> None:
+    """Stage 1 of a Colored MNIST run as a record of the results store (`--to`): chosen on val as `selection=val`
+    does, named `reference_stage1`, so `sweep.py table` and docs/results.md show it beside ours."""
+    from denetdm.reporting import store  # noqa: PLC0415
+    from denetdm.training.provenance import commit, machine  # noqa: PLC0415
+
+    epochs = [
+        {"stage": "stage1", "epoch": r["epoch"]}
+        | {f"stage1/{HEADS[k.split('/')[0]]}/{k.split('/', 1)[1]}": v for k, v in r.items() if "/" in k}
+        for r in rows
+        if r["stage"] == 1
+    ]
+    best = max(epochs, key=lambda e: (e["stage1/shallow/val/acc_conflicting"], -e["epoch"]))  # the first best
+    shallow, deep = (int(d) for d in a.depths.split(","))
+    config = {
+        "reference": "kadarsh22/DeNetDM@790e363 module/model.py, its stage-1 loop (tests/reference/reference_loop.py)",
+        "dataset": {"name": a.dataset, "conflict_pct": a.pct, "seed": a.seed},
+        "severity": {"level": "4"},
+        "model": {"shallow": {"name": "mlp", "depth": shallow}, "deep": {"name": "mlp", "depth": deep}},
+        "experts": dict(zip(("batch_size", "lr", "weight_decay"), SETTINGS[a.dataset][1:4])) | {"epochs": a.epochs},
+        "method": {"name": "reference_stage1", "final": {"phase": "stage1", "head": "shallow"}},
+        "seed": a.seed,
+        "selection": "val",
+    }
+    rec = {k: v for k, v in best.items() if k.count("/") == 3} | {"stage1/selected_epoch": best["epoch"]}
+    rec |= {"method": "reference_stage1", "method_label": "reference code stage 1", "depths": [shallow, deep]}
+    rec |= {"seed": a.seed, "selection": "val", "selection_oracle": False, "stages": ["stage1"], "config": config}
+    rec |= {"format": store.FORMAT, "source": a.out, "curves": store.curves(epochs)}
+    rec["provenance"] = {"commit": commit(), "machine": machine(torch.device("cpu"))}
+    store.write(rec, Path(a.to))
+
+
 def parse() -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,12 +200,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--depths", default="3,5", help="Colored MNIST: the (shallow, deep) MLP depths, as its model takes")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/denetdm"))
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the per-epoch JSON lines (with --rows-from: where they came from)")
+    p.add_argument("--to", default=None, help="Colored MNIST: also export stage 1 as a store record into this folder")
+    p.add_argument("--rows-from", default=None, help="train nothing: export the stage-1 rows of this file (--to)")
     return p.parse_args()
 
 
 def main() -> None:
     a = parse()
+    if a.rows_from:
+        return export([json.loads(line) for line in open(a.rows_from)], a)
     torch.set_num_threads(a.threads)
     sys.path.insert(0, a.checkout)
     import module.model as ref  # noqa: PLC0415 (the checkout is known only at run time)
@@ -203,6 +243,8 @@ def main() -> None:
         rows += rows2
     with open(a.out, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
+    if a.to:
+        export(rows, a)
     for stage, key in ((1, "debias/test/acc_conflicting"), (2, "debias/test/acc_unbiased")):
         chosen = [r for r in rows if r["stage"] == stage]
         if chosen:

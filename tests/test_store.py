@@ -12,7 +12,7 @@ import yaml
 
 from denetdm.errors import DataError
 from denetdm.reporting import store
-from denetdm.reporting.docgen import regenerate, report
+from denetdm.reporting.docgen import BLOCK, regenerate, report
 from denetdm.reporting.runs import collect
 from denetdm.reporting.tables import Table, add_published, build_table
 from sweep import main as sweep_main
@@ -158,6 +158,42 @@ def test_the_committed_protocol_runs_repeat_the_table_runs_they_share_a_training
         if selection == "oracle":
             curve = r["curves"][f"{r['stages'][-1]}/target/test/acc_unbiased"]
             assert r["test/acc_unbiased"] == pytest.approx(max(curve), abs=5e-5)
+
+
+TWO_DECIMALS = re.compile(r"(?<![\d.])-?\d+\.\d\d(?![\d])")
+
+
+def _numbers(text: str) -> set[str]:
+    return set(TWO_DECIMALS.findall(text))
+
+
+def _floats(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [v for x in tree.values() for v in _floats(x)]
+    if isinstance(tree, list):
+        return [v for x in tree for v in _floats(x)]
+    return [tree] if isinstance(tree, float) else []
+
+
+def _stored_numbers() -> set[str]:
+    """Every number of the records and of the files the store names beside them (the reference loops' JSON lines),
+    as fractions and as percentages to two decimals (either way of rounding a half); the published numbers."""
+    out = set()
+    for path in (ROOT / "results").rglob("*.json*"):
+        lines = path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]
+        for v in (v for line in lines for v in _floats(json.loads(line))):
+            out |= {f"{v:.2f}", f"{100 * v:.2f}", f"{round(100 * v + 1e-9, 2):.2f}"}
+    return out | _numbers((ROOT / "denetdm" / "reporting" / "published.yaml").read_text())
+
+
+def test_every_number_the_prose_of_results_md_gives_to_two_decimals_is_on_the_page_or_in_the_store():
+    text = (ROOT / "docs" / "results.md").read_text()
+    blocks = "".join(m.group(0) for m in BLOCK.finditer(text))
+    prose = BLOCK.sub("", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    derived = set().union(*(_numbers(m) for m in re.findall(r"<!-- derived: (.*?) -->", prose, flags=re.S)))
+    prose = re.sub(r"<!-- derived: .*? -->", "", prose, flags=re.S)
+    missing = _numbers(prose) - _numbers(blocks) - _stored_numbers() - derived
+    assert not missing, f"numbers in docs/results.md's prose that no table, record file or derived note holds: {missing}"
 
 
 def test_every_published_row_names_its_source():

@@ -201,6 +201,7 @@ RENDER: dict[str, Callable[[list[str]], str]] = {
     "runs": _runs,
     "curves": _curves,
     "detector": _detector,
+    "mechanism": _mechanism,
 }
 
 

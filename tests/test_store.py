@@ -193,7 +193,7 @@ def test_every_number_the_prose_of_results_md_gives_to_two_decimals_is_on_the_pa
     derived = set().union(*(_numbers(m) for m in re.findall(r"<!-- derived: (.*?) -->", prose, flags=re.S)))
     prose = re.sub(r"<!-- derived: .*? -->", "", prose, flags=re.S)
     missing = _numbers(prose) - _numbers(blocks) - _stored_numbers() - derived
-    assert not missing, f"numbers in docs/results.md's prose that no table, record file or derived note holds: {missing}"
+    assert not missing, f"prose numbers of docs/results.md in no table, record, file or derived note: {missing}"
 
 
 def test_every_published_row_names_its_source():

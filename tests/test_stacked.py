@@ -87,8 +87,8 @@ def test_members_may_differ_in_the_stage2_loss_weights_and_learning_rates(tmp_pa
     from denetdm.training.pipeline import load_data, plan
 
     (loaded, _) = load_data(plan(data, tmp_path / "x"))
-    got = evaluate_checkpoint(str(tmp_path / "stack1" / "checkpoints" / "stage2_selected.pt"), loaded)
-    want = evaluate_checkpoint(str(tmp_path / "plain1" / "checkpoints" / "stage2_selected.pt"), loaded)
+    got = evaluate_checkpoint(str(tmp_path / "stack1" / "checkpoints" / "stage2_selected.pt"), loaded, data.method)
+    want = evaluate_checkpoint(str(tmp_path / "plain1" / "checkpoints" / "stage2_selected.pt"), loaded, data.method)
     got.pop("checkpoint"), want.pop("checkpoint")
     assert got == want  # its checkpoints are ordinary ones: stage=eval reads them
 

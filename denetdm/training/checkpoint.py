@@ -9,6 +9,7 @@ import torch
 from denetdm.errors import CheckpointError
 from denetdm.files.atomic import atomic_save
 from denetdm.files.digest import tree_digest
+from denetdm.training.reference import is_reference
 
 __all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "on_host", "save_checkpoint"]
 
@@ -88,8 +89,11 @@ def on_host(obj: object, copy: bool = False) -> object:
     return obj
 
 
-def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
-    """Load a checkpoint dict safely (tensors and plain data only) or raise a CheckpointError."""
+def load_checkpoint(
+    path: str | Path, what: str = "checkpoint", reference: Callable[[dict], dict] | None = None
+) -> dict:
+    """Load a checkpoint dict safely (tensors and plain data only) or raise a CheckpointError; `reference` turns a
+    state dict that the reference code saved (it has no checksum) into one."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist; give the path of a .pt file written by run.py")
@@ -100,6 +104,8 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
             f"{what} {path} is damaged or not a denetdm checkpoint ({type(e).__name__}); "
             "delete it to retrain that stage, or point to another file"
         ) from None
+    if reference is not None and is_reference(ckpt):
+        return reference(ckpt)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{what} {path} is damaged or not a denetdm checkpoint (no 'kind' entry)")
     digest = ckpt.pop("digest", None)

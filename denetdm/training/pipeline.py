@@ -30,7 +30,7 @@ from denetdm.models import is_convolutional
 from denetdm.reporting.summary import summary_table
 from denetdm.seeding import derive_seed
 from denetdm.training import phases as ph
-from denetdm.training import provenance
+from denetdm.training import provenance, reference
 from denetdm.training.checkpoint import load_checkpoint
 from denetdm.training.engine import StageResult, Trainer, evaluate_all, metric_key
 from denetdm.training.fingerprint import fingerprint
@@ -62,9 +62,23 @@ def context(data: BiasedData, specs: Mapping, optimizer=None, lr: float = 0.0, w
     return BuildContext(shape, data.num_classes, data.num_biases, specs, data.train, optimizer, lr, weight_decay)
 
 
-def evaluate_checkpoint(path: str, data: BiasedData) -> dict:
-    """stage=eval: metrics of every head of a saved checkpoint on the evaluation splits."""
-    ckpt = load_checkpoint(path)
+def from_reference(state: Mapping, data: BiasedData, method: Mapping) -> dict:
+    """A state dict the reference code saved (denetdm.training.reference) as our checkpoint of its phase."""
+    family, kind, specs = reference.layout(state)
+    if data.name != family:
+        raise ConfigError(f"the file is the reference's {family} model; evaluate it with experiment=paper_{family}")
+    if kind not in (method.get("phases") or {}):
+        raise ConfigError(f"the file is the reference's DeNetDM {kind}; evaluate it with method=denetdm")
+    torch.manual_seed(0)  # a stage-2 file lacks the shallow expert: built, never read (stage 2 predicts the target)
+    ours = ph.rebuild(method, kind, context(data, specs)).state_dict()
+    meta = {"input_shape": list(data.input_shape), "num_classes": data.num_classes, "model": specs, "method": method}
+    return {"kind": kind, "meta": meta, "method": reference.mapped(state, kind, ours)}
+
+
+def evaluate_checkpoint(path: str, data: BiasedData, method: Mapping) -> dict:
+    """stage=eval: metrics of every head of a saved checkpoint (ours, or one the reference code saved, read as
+    `method`'s) on the evaluation splits."""
+    ckpt = load_checkpoint(path, reference=lambda state: from_reference(state, data, method))
     meta = ckpt["meta"]
     if list(data.input_shape) != list(meta["input_shape"]):
         raise ConfigError(
@@ -127,7 +141,7 @@ class StageRunner:
         """Before the first trained phase: stage=eval's evaluation, and the phase before it from its checkpoint
         (`stage.previous_ckpt`) when the run starts later than the method's first phase."""
         if self.p.eval_ckpt:
-            self.results.update(evaluate_checkpoint(self.p.eval_ckpt, self.data))
+            self.results.update(evaluate_checkpoint(self.p.eval_ckpt, self.data, self.p.config["method"]))
         names, run = list(self.p.phases), self.p.trained
         if not run or run[0] == names[0]:
             return None

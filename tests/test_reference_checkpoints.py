@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from reference.reference_checkpoints import SHAPES, draw, inputs
 
 from denetdm.errors import CheckpointError, ConfigError
 from denetdm.training.pipeline import from_reference, train
 from denetdm.training.reference import layout
 
 from conftest import CONF, ROOT, compose_cfg, read_results
-from reference.reference_checkpoints import SHAPES, draw, inputs
 
 FIXTURES = ROOT / "tests" / "fixtures" / "reference_checkpoints"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -56,7 +56,8 @@ def test_the_layout_and_depths_are_read_from_the_file():
     family, kind, specs = layout(draw(shapes))
     assert (family, kind) == ("cmnist", "stage1")
     assert (specs["shallow"]["depth"], specs["deep"]["depth"]) == (3, 5)
-    assert layout(draw(EXPECTED["layouts"]["ccifar10_stage2"]["shapes"]))[2]["deep"] == {"name": "resnet_cifar", "depth": 20}
+    resnet20 = {"name": "resnet_cifar", "depth": 20}
+    assert layout(draw(EXPECTED["layouts"]["ccifar10_stage2"]["shapes"]))[2]["deep"] == resnet20
     with pytest.raises(CheckpointError, match="no layout known here"):
         layout({"bias_branch.weird.weight": torch.zeros(3)})
     with pytest.raises(ConfigError, match="experiment=paper_cmnist"):

@@ -68,9 +68,9 @@ def layouts(ref) -> dict:
 def trained_cmnist(ref) -> dict:
     """A short stage 1 and stage 2 of the reference's Colored MNIST model on our data; saves the stage-2 file and
     returns the reference's evaluation of it."""
-    from denetdm.data.cmnist import ColoredMNIST  # noqa: PLC0415
-
     import os  # noqa: PLC0415
+
+    from denetdm.data.cmnist import ColoredMNIST  # noqa: PLC0415
 
     data = ColoredMNIST(
         root=os.environ.get("DENETDM_DATA", "data"),

@@ -41,8 +41,8 @@ SETTINGS = {
 BRANCHES = {"debias": (1, 0), "bias": (0, 1), "poe": (1, 1)}  # (debias_weight, bias_weight)
 
 
-def load_data(a: argparse.Namespace):
-    """Our splits for the setting, on the CPU (normalised where the dataset normalises)."""
+def dataset(a: argparse.Namespace):
+    """Our dataset object for the setting (not loaded)."""
     common = dict(
         severity=4,
         conflict_pct=a.pct,
@@ -60,7 +60,12 @@ def load_data(a: argparse.Namespace):
         from denetdm.data.ccifar10 import CorruptedCIFAR10
 
         data = CorruptedCIFAR10(name="ccifar10", root="data", source=a.source, download=False, **common)
-    data = data.load()
+    return data
+
+
+def load_data(a: argparse.Namespace):
+    """Our splits for the setting, on the CPU (normalised where the dataset normalises)."""
+    data = dataset(a).load()
     return data.to("cpu"), data.augment
 
 
@@ -172,12 +177,13 @@ def export(rows: list[dict], a: argparse.Namespace) -> None:
         "method": {"name": "reference_stage1", "final": {"phase": "stage1", "head": "shallow"}},
         "seed": a.seed,
         "selection": "val",
+        "data_digest": dataset(a).digest,  # the same source files as our runs': their tables share columns
     }
     rec = {k: v for k, v in best.items() if k.count("/") == 3} | {"stage1/selected_epoch": best["epoch"]}
     rec |= {"method": "reference_stage1", "method_label": "reference code stage 1", "depths": [shallow, deep]}
     rec |= {"seed": a.seed, "selection": "val", "selection_oracle": False, "stages": ["stage1"], "config": config}
     rec |= {"format": store.FORMAT, "source": a.out, "curves": store.curves(epochs)}
-    rec["provenance"] = {"commit": commit(), "machine": machine(torch.device("cpu"))}
+    rec["provenance"] = {"commit": a.run_commit or commit(), "machine": machine(torch.device("cpu"))}
     store.write(rec, Path(a.to))
 
 
@@ -203,6 +209,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the per-epoch JSON lines (with --rows-from: where they came from)")
     p.add_argument("--to", default=None, help="Colored MNIST: also export stage 1 as a store record into this folder")
     p.add_argument("--rows-from", default=None, help="train nothing: export the stage-1 rows of this file (--to)")
+    p.add_argument("--run-commit", default=None, help="with --rows-from: the commit the rows were made at")
     return p.parse_args()
 
 

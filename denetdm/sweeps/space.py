@@ -87,6 +87,15 @@ def suggest(trial: Any, name: str, dist: BaseDistribution) -> Any:
     return suggest_number(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
+class GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler for an ask-and-tell loop. Its `after_trial` calls `study.stop()` once the grid is
+    drawn, which raises outside `study.optimize` (a traceback that ended the sweep); this loop stops by itself at
+    n_trials, capped at the grid's size."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        """Nothing: the loop knows when the grid is done."""
+
+
 def search_space(params: dict, arguments: list[str], sampler: Any, n_trials: int) -> tuple[dict, dict, Any, int]:
     """(swept distributions, fixed values, the sampler, n_trials) of a sweep: a grid sampler is built here from the
     values of the swept keys, and n_trials is capped at the grid's size."""
@@ -94,7 +103,7 @@ def search_space(params: dict, arguments: list[str], sampler: Any, n_trials: int
     dists = {k: v for k, v in dists.items() if k not in fixed}
     if isinstance(sampler, functools.partial) and sampler.func == optuna.samplers.GridSampler:
         grid = {name: grid_values(name, d) for name, d in dists.items()}
-        sampler, n_trials = sampler(grid), min(n_trials, math.prod(len(v) for v in grid.values()))
+        sampler, n_trials = GridSampler(grid, **sampler.keywords), min(n_trials, math.prod(map(len, grid.values())))
     return dists, fixed, sampler, n_trials
 
 

@@ -157,6 +157,7 @@ HEADS = {"debias": "shallow", "bias": "deep", "poe": "poe"}  # its branches by o
 def export(rows: list[dict], a: argparse.Namespace) -> None:
     """Stage 1 of a Colored MNIST run as a record of the results store (`--to`): chosen on val as `selection=val`
     does, named `reference_stage1`, so `sweep.py table` and docs/results.md show it beside ours."""
+    from denetdm.analysis.verdict import collapse_verdict  # noqa: PLC0415
     from denetdm.reporting import store  # noqa: PLC0415
     from denetdm.training.provenance import commit, machine  # noqa: PLC0415
 
@@ -180,6 +181,8 @@ def export(rows: list[dict], a: argparse.Namespace) -> None:
         "data_digest": dataset(a).digest,  # the same source files as our runs': their tables share columns
     }
     rec = {k: v for k, v in best.items() if k.count("/") == 3} | {"stage1/selected_epoch": best["epoch"]}
+    entropy = (best[f"stage1/{h}/val/pred_entropy"] for h in ("deep", "shallow"))
+    rec |= collapse_verdict(*entropy, a.epochs)  # the verdict our runs record, by the same rule
     rec |= {"method": "reference_stage1", "method_label": "reference code stage 1", "depths": [shallow, deep]}
     rec |= {"seed": a.seed, "selection": "val", "selection_oracle": False, "stages": ["stage1"], "config": config}
     rec |= {"format": store.FORMAT, "source": a.out, "curves": store.curves(epochs)}

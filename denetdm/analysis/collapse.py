@@ -8,11 +8,11 @@ arm, stage 1 starts from the initial weights and batch order a run of that seed 
 `collapse.epochs`; at each step of `collapse.at` it measures on a fixed batch of validation images, per Linear layer
 of the deep expert: the RMS of its post-ReLU output, the share of that output that depends on the input (variance
 across images over the second moment), the share of dead units, the RMS of the loss gradient of its weight, the
-weight decay's share of what Adam is fed (|wd w| / |g|, and the share of weights where it outweighs the gradient: the
-L2 arm) and the RMS step Adam took since the last
-measurement relative to the weight's RMS; and for the whole expert the gradient that the product of experts passes
-to its features, its label-free `pred_entropy` and its accuracy on the colour-aligned images. Writes collapse.json
-into the run directory.
+weight decay's share of what Adam is fed (|wd w| / |g|, and the share of weights where it outweighs the gradient;
+the L2 arm only) and the RMS step Adam took since the last measurement relative to the weight's RMS; and for the
+whole expert the gradient that the product of experts passes to its features, its features' size beside the
+shallow expert's, its label-free `pred_entropy` and its accuracy on the colour-aligned images. Writes
+collapse.json into the run directory (results/collapse_mechanism holds the committed ones).
 """
 
 import logging

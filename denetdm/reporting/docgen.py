@@ -182,6 +182,7 @@ def _mechanism(argv: list[str]) -> str:
         "| deep MLP | depth | weight decay | " + " | ".join(MEASURES) + " |",
         "|---|" + "---:|" * (len(MEASURES) + 2),
     ]
+    seeds = set()
     for path in a.files:
         result = json.loads(Path(path).read_text())
         deep, end = result["model"]["deep"], max(result["collapse"]["at"])
@@ -189,11 +190,11 @@ def _mechanism(argv: list[str]) -> str:
         groups: dict[tuple, list] = {}
         for run in result["runs"]:
             groups.setdefault((run["depth"], run["arm"]), []).append(run["trace"])
+        seeds |= {len(traces) for traces in groups.values()}
         for (depth, arm), traces in groups.items():
             cells = [_mean(traces, 0 if at == "init" else end, read) for at, read in MEASURES.values()]
             lines.append(f"| {name} | {depth} | {arm} | " + " | ".join(f"{c:.3g}" for c in cells) + " |")
-    n = {len(r) for r in groups.values()}
-    return "\n".join(lines) + f"\n\n- cells: means over {', '.join(map(str, sorted(n)))} seeds; end: step {end}\n"
+    return "\n".join(lines) + f"\n\n- cells: means over {', '.join(map(str, sorted(seeds)))} seeds; end: step {end}\n"
 
 
 RENDER: dict[str, Callable[[list[str]], str]] = {

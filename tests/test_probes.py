@@ -149,3 +149,50 @@ def test_depth_analysis_bad_values_are_one_error_line(tmp_path):
         text=True,
     )
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: analysis.depths")
+
+
+def _collapse_cfg(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from denetdm.cli import CONF
+
+    tiny = ["dataset=synthetic", "dataset.train_size=640", "dataset.test_size=100", "dataset.val_size=100"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="collapse", overrides=[*tiny, "logger=none", *overrides])
+
+
+def test_collapse_analysis_measures_the_signal_and_the_decay_layer_by_layer(tmp_path):
+    import json
+
+    from denetdm.analysis.collapse import run
+    from denetdm.reporting.docgen import _mechanism
+
+    cfg = _collapse_cfg(["collapse.depths=[3,8]", "collapse.seeds=1", "collapse.arms=[l2,none]", "collapse.epochs=1"])
+    cfg.collapse.at = [0, 5]
+    result = run(cfg)
+    traces = {(r["depth"], r["arm"]): r["trace"] for r in result["runs"]}
+    assert set(traces) == {(3, "l2"), (3, "none"), (8, "l2"), (8, "none")}
+    start = {k: t[0] for k, t in traces.items()}
+    assert len(start[8, "l2"]["layers"]) == 7 and len(start[3, "l2"]["layers"]) == 2  # hidden Linears + the first
+    # torch's default init: the deeper the expert, the less its output depends on the input
+    assert start[8, "l2"]["layers"][-1]["input_share"] < start[3, "l2"]["layers"][-1]["input_share"]
+    assert start[8, "l2"]["layers"][-1]["input_share"] < 1e-3
+    assert start[8, "none"]["layers"][0]["decay_dominated"] == 0 < start[8, "l2"]["layers"][0]["decay_dominated"]
+    assert traces[8, "l2"][1]["layers"][0]["step_rel"] > 0  # Adam moved the weights between the measurements
+    path = tmp_path / "collapse.json"
+    path.write_text(json.dumps(result))
+    table = _mechanism([str(path)])
+    assert "| init default, norm none | 8 | l2 |" in table and "means over 1 seeds; end: step 5" in table
+
+
+def test_collapse_analysis_bad_values_are_one_error(tmp_path):
+    from denetdm.analysis.collapse import run
+    from denetdm.errors import ConfigError
+
+    for bad, match in (
+        ("collapse.depths=[1]", "at least 2"),
+        ("collapse.arms=[adam]", "arms"),
+        ("collapse.seeds=0", "seeds"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            run(_collapse_cfg([bad]))

@@ -56,7 +56,8 @@ def _stage1(cfg: DictConfig, data, depth: int, seed: int, arm: str):
     spec = {**OmegaConf.to_container(cfg.model.deep, resolve=True), "depth": depth}
     shallow = OmegaConf.to_container(cfg.model.shallow, resolve=True)
     torch.manual_seed(derive_seed(seed, "stage1-init"))  # as the pipeline seeds stage 1's initial weights
-    model = TwoExpertModel(build_backbone(spec, data.input_shape), build_backbone(shallow, data.input_shape), 10)
+    deep, shallow = (build_backbone(s, data.input_shape) for s in (spec, shallow))
+    model = TwoExpertModel(deep, shallow, data.num_classes)
     wd = 0.0 if arm == "none" else float(cfg.experts.weight_decay)
     return model, ARMS[arm](model.parameters(), lr=float(cfg.experts.lr), weight_decay=wd)
 
@@ -75,7 +76,7 @@ def _outputs(model: TwoExpertModel, x: torch.Tensor) -> list[torch.Tensor]:
     return outs
 
 
-def _measure(model, opt, x, y, b, before: list[torch.Tensor], steps: int) -> dict:
+def _measure(model, opt, x, y, b, before: list[torch.Tensor], steps: int, cells: tuple[int, int]) -> dict:
     """One measurement of every layer and of the whole deep expert, on the probe batch."""
     model.eval()
     layers = _layers(model)
@@ -104,7 +105,7 @@ def _measure(model, opt, x, y, b, before: list[torch.Tensor], steps: int) -> dic
         )
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
-        deep = group_metrics(model.head(fd).argmax(1), y, b, 10, 10)
+        deep = group_metrics(model.head(fd).argmax(1), y, b, *cells)
     return {
         "layers": rows,
         "poe_grad_rms": fd.grad.pow(2).mean().sqrt().item(),
@@ -126,7 +127,8 @@ def trace(cfg: DictConfig, data, depth: int, seed: int, arm: str) -> list[dict]:
     for _ in range(cfg.collapse.epochs):
         for xb, yb, _ in data.train.batches(cfg.experts.batch_size, gen, drop_last=True):
             if step in at:
-                out.append({"step": step, **_measure(model, opt, x, y, b, weights, step - last)})
+                cells = (data.num_classes, data.num_biases)
+                out.append({"step": step, **_measure(model, opt, x, y, b, weights, step - last, cells)})
                 weights, last = [lin.weight.detach().clone() for lin in _layers(model)], step
             model.train()
             opt.zero_grad(set_to_none=True)

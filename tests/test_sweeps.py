@@ -155,6 +155,8 @@ def test_each_trial_is_a_wandb_run_grouped_by_its_setting_and_tagged_with_its_st
             logged["run"]["tags"]
         )
         assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
+        # the stage-1 verdict on the deep expert, as trials.jsonl has it
+        assert json.loads(logged["summary"]["stage1/collapsed"]) == t["collapsed"]
         key = "stage1/shallow/val/acc_conflicting"
         curve = [json.loads(h[key]) for h in logged["history"] if key in h]
         assert json.loads(logged["summary"][f"best/{key}"]) == pytest.approx(max(curve))

@@ -22,25 +22,32 @@ class Scale(nn.Module):
 
 
 INITS = ("default", "kaiming")
-NORMS = ("none", "layer", "batch")
+NORMS = ("none", "layer")
 
 
 class MLP(nn.Sequential):
     """Flatten, then (depth - 1) x [Linear, (norm), ReLU]; the shared linear head is the depth-th layer."""
 
     def __init__(
-        self, in_features: int, depth: int, width: int, input_scale: float = 1.0, init: str = "default", norm="none"
+        self,
+        in_features: int,
+        depth: int,
+        width: int,
+        input_scale: float = 1.0,
+        init: str = "default",
+        norm: str = "none",
     ) -> None:
         # input_scale 1/255 reproduces the LfF reference MLP, whose inputs end up divided by 255 twice
         layers: list[nn.Module] = [nn.Flatten()] if input_scale == 1.0 else [Scale(input_scale), nn.Flatten()]
         for i in range(depth - 1):
             linear = nn.Linear(in_features if i == 0 else width, width)
             if init == "kaiming":
-                # torch's default (the reference's) keeps 1/6 of the signal's second moment per Linear+ReLU, so
-                # a 7-layer expert's features start ~200x smaller than its first layer's; He's init keeps it
+                # torch's default (the reference's) keeps about a sixth of the input-driven second moment per Linear
+                # and ReLU while each bias adds a constant, so at 6+ layers the output barely depends on the input
+                # at the start (docs/results.md, the depth pairs); He's init keeps the signal's scale
                 nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
                 nn.init.zeros_(linear.bias)
-            normal = {"none": [], "layer": [nn.LayerNorm(width)], "batch": [nn.BatchNorm1d(width)]}[norm]
+            normal = [nn.LayerNorm(width)] if norm == "layer" else []
             layers += [linear, *normal, nn.ReLU()]
         super().__init__(*layers)
         self.num_features = width if depth > 1 else in_features  # depth 1: the head alone, a linear model

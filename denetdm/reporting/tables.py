@@ -164,7 +164,7 @@ def build_table(
         off = sorted({key for r in chosen for key in off_preset(r)})
         collapsed = sum(r.results.get("stage1/collapsed") is True for r in chosen)
         values = [scale * float(value(table, r)) for r in chosen]
-        table.cells[row, col] = Cell(values, n_settings, off, False, collapsed)
+        table.cells[row, col] = Cell(values, n_settings, off, collapsed=collapsed)
     table.rows = sorted({row for row, _ in table.cells})
     table.cols = sorted(
         {col for _, col in table.cells},

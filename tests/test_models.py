@@ -291,6 +291,26 @@ def test_mlp_input_scale_multiplies_the_input_and_is_absent_by_default():
         create_backbone("mlp", SHAPE, input_scale=0)
 
 
+def test_mlp_remedies_he_init_and_layernorm_and_their_bad_values():
+    from conftest import compose_cfg
+
+    torch.manual_seed(0)
+    he = create_backbone("mlp", SHAPE, depth=8, init="kaiming")
+    linears = [m for m in he if isinstance(m, nn.Linear)]
+    assert all(m.bias.abs().max().item() == 0 for m in linears)
+    assert linears[1].weight.detach().std().item() == pytest.approx((2 / 100) ** 0.5, rel=0.05)  # fan-in 100, ReLU gain
+    normed = create_backbone("mlp", SHAPE, depth=4, norm="layer")
+    assert [type(m).__name__ for m in normed][1:4] == ["Linear", "LayerNorm", "ReLU"]
+    with pytest.raises(ConfigError, match="mlp init"):
+        create_backbone("mlp", SHAPE, init="xavier")
+    with pytest.raises(ConfigError, match="mlp norm"):
+        create_backbone("mlp", SHAPE, norm="batch")
+    # the remedy group sets both experts; without it, the specs have neither key (stored fingerprints hold)
+    model = compose_cfg(["experiment=paper_cmnist", "remedy=layernorm"]).model
+    assert model.shallow.norm == model.deep.norm == "layer" and "norm" not in model.target
+    assert "init" not in compose_cfg(["experiment=paper_cmnist"]).model.deep
+
+
 @pytest.mark.parametrize(
     "name, kwargs, words",
     [

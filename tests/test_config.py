@@ -174,13 +174,17 @@ def test_the_sweeper_plugin_is_found_by_hydra_without_importing_optuna():
 @pytest.mark.parametrize(
     "overrides,study",
     [
-        (["dataset=ccifar10"], "seeds-ccifar10-dataset_preset"),
-        (["experiment=paper_ccifar10"], "seeds-ccifar10-paper_ccifar10"),
+        (["dataset=ccifar10"], "seeds-ccifar10-2026-12-04_09-00-00"),
+        (["experiment=paper_ccifar10"], "seeds-ccifar10-paper_ccifar10-2026-12-04_09-00-00"),
     ],
 )
 def test_the_seeds_search_says_which_setting_it_runs(overrides, study):
+    from denetdm.sweeps.jobs import default_study
+
     cfg = compose_cfg([*overrides, "hparams_search=seeds"])
-    assert cfg.trial.study == study
+    assert cfg.trial.study is None  # each job names it after its sweep (run.py)
+    sweep_dir = "multirun/ccifar10/2026-12-04_09-00-00"
+    assert default_study("seeds", cfg.dataset.name, cfg.experiment_name, sweep_dir) == study
     assert cfg.model.target.get("pretrained") is (True if "experiment=paper_ccifar10" in overrides else None)
 
 

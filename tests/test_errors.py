@@ -10,7 +10,7 @@ from denetdm.cli import check_group_choices
 from denetdm.errors import CheckpointError, ConfigError, DataError, DenetdmError
 from denetdm.training.pipeline import train
 
-from conftest import COMMON, TINY, compose_cfg
+from conftest import COMMON, TINY, compose_cfg, fake_mnist
 
 
 def _error(overrides: list[str], tmp_path, kind: type[DenetdmError] = DenetdmError) -> str:
@@ -96,6 +96,26 @@ def test_damaged_or_missing_checkpoint_is_reported(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     assert "damaged" in _error(["stage=eval", f"stage.ckpt={bad}"], tmp_path, CheckpointError)
     assert "does not exist" in _error(["stage=eval", f"stage.ckpt={tmp_path}/none.pt"], tmp_path, CheckpointError)
+
+
+def test_stage2_refuses_experts_trained_on_other_data_or_depths(tmp_path):
+    s1 = tmp_path / "s1"
+    train(compose_cfg([*TINY, "stage=stage1", "experts.epochs=1"]), s1)
+    stage2 = [*TINY, "stage=stage2", f"stage.previous_ckpt={s1}/checkpoints/stage1_selected.pt", "target.epochs=1"]
+    for override, words in [
+        ("model.deep.depth=4", ["model.deep.depth=5", "this run has 4"]),
+        ("seed=1", ["dataset.seed=0", "this run has 1"]),
+        ("dataset.train_size=1000", ["dataset.train_size=1200"]),
+        ("dataset.subset=500", ["dataset.subset=null", "this run has 500"]),  # a debug-size draw
+    ]:
+        message = _error([*stage2, override], tmp_path, ConfigError)
+        assert all(w in message for w in words), message
+    mnist = [f"data_root={fake_mnist(tmp_path / 'data')}", "dataset.download=false", "dataset.val_size=100"]
+    with pytest.raises(ConfigError, match='trained with dataset.name="synthetic".*this run has "cmnist"'):
+        train(compose_cfg([*COMMON, "dataset=cmnist", *mnist, *stage2[len(TINY) :]]), tmp_path / "c")
+    # the same data and experts, another distillation: the run's depths are the checkpoint's
+    results = train(compose_cfg([*stage2, "method.dist_weight=0.5"]), tmp_path / "s2")
+    assert results["depths"] == [3, 5] and results["config"]["model"]["deep"]["depth"] == 5
 
 
 @pytest.mark.slow

@@ -69,6 +69,32 @@ def test_seeds_sweep_runs_each_combination(tmp_path):
         for r in (json.loads((j / "results.json").read_text()) for j in _jobs(sweep))
     }
     assert combos == {(0, 1), (0, 5), (1, 1), (1, 5)}
+    studies = {json.loads((j / "results.json").read_text())["config"]["trial"]["study"] for j in _jobs(sweep)}
+    assert studies == {"seeds-synthetic-sweep"}  # named after this sweep: a W&B filter shows it alone
+
+
+def test_a_study_holds_one_setting_and_one_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hparams_search=distill", *TINY, "target.epochs=1", f"hydra.sweep.dir={sweep}"]
+    assert run_cli([*args, "hydra.sweeper.n_trials=1", "experts.epochs=1"]).returncode == 0
+    assert [t["study"] for t in _trials(sweep)] == ["distill-synthetic-sweep"]
+    # resumed with another fixed value: refused in one line, the study and its trials unchanged
+    proc = run_cli([*args, "hydra.sweeper.n_trials=2", "experts.epochs=2"])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: study distill-synthetic-sweep") and "experts.epochs=1, this command has 2" in last
+    # another study in this directory would reuse its job directories
+    proc = run_cli([*args, "hydra.sweeper.n_trials=2", "experts.epochs=2", "hydra.sweeper.study_name=other"])
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {sweep} holds the trials of study distill-")
+    assert len(_trials(sweep)) == 1
+    # the same settings resume it; a swept value given a new range is no other setting
+    assert (
+        run_cli(
+            [*args, "hydra.sweeper.n_trials=2", "experts.epochs=1", "target.lr=tag(log,interval(0.0005,0.005))"]
+        ).returncode
+        == 0
+    )
+    assert [t["state"] for t in _trials(sweep)] == ["COMPLETE", "COMPLETE"]
 
 
 def _trials(sweep_dir):
@@ -151,7 +177,7 @@ def test_each_trial_is_a_wandb_run_grouped_by_its_setting_and_tagged_with_its_st
         assert logged["run"]["job_type"] == "denetdm-full"
         trial = logged["run"]["config"]["trial"]
         assert trial["number"] == t["number"] and trial["params"] == t["params"]
-        assert {"synthetic", "sev4", "conflict1pct", f"depths{pair}", "study-depth_gap-synthetic"} <= set(
+        assert {"synthetic", "sev4", "conflict1pct", f"depths{pair}", "study-depth_gap-synthetic-sweep"} <= set(
             logged["run"]["tags"]
         )
         assert json.loads(logged["summary"]["val/acc_unbiased"]) == pytest.approx(t["value"])
@@ -326,7 +352,7 @@ def test_optuna_dashboard_opens_a_sweeps_study(storage, tmp_path):
     url = str(sweep / "study.journal") if storage == "journal" else f"sqlite:///{sweep / 'study.db'}"
     app = wsgi(url)
     (summary,) = _dashboard_get(app, "/api/studies")["study_summaries"]
-    assert summary["study_name"] == "distill-synthetic"
+    assert summary["study_name"] == "distill-synthetic-sweep"
     detail = _dashboard_get(app, f"/api/studies/{summary['study_id']}")
     assert [t["state"] for t in detail["trials"]] == ["Complete", "Complete"]
     rows = [json.loads(line) for line in (sweep / "trials.jsonl").read_text().splitlines()]

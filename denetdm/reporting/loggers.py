@@ -7,6 +7,7 @@ import logging
 import math
 import secrets
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from denetdm.errors import ConfigError
@@ -73,7 +74,13 @@ def auto_tags(config: dict, study: str | None) -> list[str]:
         f"selection-{f['selection']}",
         f"bias-labels-{bool(config['method'].get('uses_bias_labels'))}",
     ]
-    return tags + ([f"study-{study}"] if study else [])
+    return tags + ([short_tag(f"study-{study}")] if study else [])
+
+
+def short_tag(tag: str) -> str:
+    """A W&B tag of at most 64 characters (W&B refuses longer ones): a long one ends in a digest of its whole."""
+    digest = hashlib.sha256(tag.encode()).hexdigest()[:6]
+    return tag if len(tag) <= 64 else f"{tag[:57]}-{digest}"
 
 
 def _run_name(template: str, fields: dict[str, str]) -> str:
@@ -82,6 +89,22 @@ def _run_name(template: str, fields: dict[str, str]) -> str:
         return str(template).format(**fields)
     except (KeyError, IndexError, ValueError) as e:
         raise ConfigError(f"logger.name: {template!r} is not a template of {{{'}, {'.join(fields)}}} ({e})") from None
+
+
+def _checked_tags(tags: object) -> list[str]:
+    """logger.tags: a list of words of 1-64 characters (W&B's limit), else one error line."""
+    if tags is None:
+        return []
+    ok = (
+        isinstance(tags, Sequence)
+        and not isinstance(tags, str)
+        and all(isinstance(t, str | int | float) and 0 < len(str(t)) <= 64 for t in tags)
+    )
+    if not ok:
+        raise ConfigError(
+            f"logger.tags must be a list of words of 1-64 characters, e.g. logger.tags=[mine], got {tags!r}"
+        )
+    return [str(t) for t in tags]
 
 
 def _checked_options(log_checkpoints: object, init_timeout: object) -> tuple[bool, float]:
@@ -118,7 +141,7 @@ class WandbLogger(NullLogger):
             group=group or run_group(run_config),
             job_type=job_type,
             name=_run_name(name, run_fields(run_config)),
-            tags=auto_tags(run_config, study) + [str(t) for t in tags or []],
+            tags=auto_tags(run_config, study) + _checked_tags(tags),
             config=run_config | {"run": _where(run_dir)},
             dir=str(run_dir),
         )

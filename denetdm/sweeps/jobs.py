@@ -11,13 +11,26 @@ def _scalar(text: str):
         return text
 
 
+def default_study(search: str | None, dataset: str, experiment: str, sweep_dir: str) -> str:
+    """A sweep's study name where none is given: its search, dataset, experiment and sweep directory's name, unique
+    per sweep (the default directory is named by the time the sweep started), so `study-<name>` filters one sweep."""
+    from pathlib import Path
+
+    preset = [] if experiment == "dataset_preset" else [experiment]
+    return "-".join([search or "sweep", dataset, *preset, Path(sweep_dir).name])
+
+
 def record_swept_values(cfg, hc) -> None:
-    """The basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params."""
+    """The basic sweeper does not say which values it chose: keep all of the job's overrides as trial.params, and
+    name the sweep's study where the command did not."""
     from omegaconf import open_dict
 
     chosen = [o.split("=", 1) for o in hc.overrides.task if "=" in o and not o.startswith("trial.")]
     with open_dict(cfg):
         cfg.trial.params = {k.lstrip("+~"): _scalar(v) for k, v in chosen}
+        if cfg.trial.study is None:
+            search = hc.runtime.choices.get("hparams_search")
+            cfg.trial.study = default_study(search, cfg.dataset.name, cfg.experiment_name, hc.sweep.dir)
 
 
 def trial_pruning(cfg, hc) -> dict | None:

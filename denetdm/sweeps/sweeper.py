@@ -28,6 +28,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy.exc
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -39,8 +40,10 @@ from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
+from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import TrialPruned, build_pruner, open_storage, redact, study_storage
 from denetdm.sweeps.space import configure, search_space
+from denetdm.training.fingerprint import differences, fingerprint, value_at
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -80,6 +83,40 @@ def create_or_load_study(
                 "a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
             )
     raise AssertionError("unreachable")
+
+
+def sweep_setting(config: DictConfig, fixed: dict) -> dict:
+    """What every trial of a sweep shares that can change its numbers: the fingerprint of the sweep's config with
+    the fixed values of `hydra.sweeper.params` and the command line (denetdm.training.fingerprint)."""
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
+    parser = OverridesParser.create()
+    for key, value in fixed.items():
+        if value is not None:  # a deletion (~key) has no value to compare
+            tree, *path = [plain, *key.lstrip("+").split(".")]
+            for part in path[:-1]:
+                tree = tree.setdefault(part, {}) if isinstance(tree, dict) else {}
+            if isinstance(tree, dict):
+                tree[path[-1]] = parser.parse_override(f"{key}={value}").value()
+    return fingerprint(plain, ((plain.get("stage") or {}).get("stages") or ["stage2"])[-1])
+
+
+def bind_setting(study: optuna.Study, setting: dict, swept: set[str], where: str) -> None:
+    """A study holds one setting: the first command stores it in the study, a later one (a resume, another worker)
+    with other fixed values is one error line naming the first difference; the swept keys may differ."""
+    saved = study.user_attrs.get("setting")
+    if saved is None:
+        study.set_user_attr("setting", setting)
+        return
+    swept |= {name for t in study.get_trials(deepcopy=False) for name in t.params}  # also a custom space's
+    diff = [d for d in differences(saved, setting) if not any(d == k or d.startswith(k + ".") for k in swept)]
+    if diff:
+        then, now = (json.dumps(value_at(tree, diff[0])) for tree in (saved, setting))
+        sys.exit(
+            f"error: study {study.study_name} ({where}) holds trials run with {diff[0]}={then}, this command has "
+            f"{now}{f' (and {len(diff) - 1} more differences)' if len(diff) > 1 else ''}: resume it with the same "
+            "settings, or run this setting as another sweep: a new hydra.sweep.dir (and a new hydra.sweeper.study_name "
+            "where you named the study)"
+        )
 
 
 def study_summary(study: optuna.Study) -> dict[str, Any]:
@@ -132,7 +169,8 @@ class OptunaLoop(Sweeper):
     def _sweep(self, sweep_dir: Path, dists: dict, fixed: dict, direction: str) -> None:
         """The sweep, with its directory locked."""
         self.storage = study_storage(self.storage, sweep_dir)
-        study = create_or_load_study(self.study_name, self.storage, self.sampler, direction, self.pruner)
+        study = create_or_load_study(self._name(sweep_dir), self.storage, self.sampler, direction, self.pruner)
+        bind_setting(study, sweep_setting(self.config, fixed), set(dists), redact(self.storage))
         self.sweep_key = str(sweep_dir.resolve())
         log.info(
             "Study %s (storage %s, sampler %s)", study.study_name, redact(self.storage), type(self.sampler).__name__
@@ -153,6 +191,20 @@ class OptunaLoop(Sweeper):
         write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
         redact_hydra_files(sweep_dir, self.storage)
         save_best(study, self.storage, sweep_dir)
+
+    def _name(self, sweep_dir: Path) -> str:
+        """The study's name (hydra.sweeper.study_name, else one per sweep), refused where the sweep directory holds
+        another study's trials: its job directories are numbered by that study, another would reuse them."""
+        cfg = self.config
+        name = self.study_name or default_study(
+            cfg.hydra.runtime.choices.get("hparams_search"), cfg.dataset.name, cfg.experiment_name, str(sweep_dir)
+        )
+        if others := {r.get("study") for r in JsonLines(sweep_dir / "trials.jsonl").read()} - {name}:
+            sys.exit(
+                f"error: {sweep_dir} holds the trials of study {sorted(map(str, others))[0]}: resume it with "
+                f"hydra.sweeper.study_name=<that name>, or run study {name} in a new hydra.sweep.dir"
+            )
+        return name
 
     def _own(self, study: optuna.Study) -> list:
         """This sweep directory's trials (other workers of a shared study have theirs)."""

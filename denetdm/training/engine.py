@@ -22,6 +22,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
 from denetdm.reporting.loggers import NullLogger
 from denetdm.training.checkpoint import CheckpointWriter, load_checkpoint, on_host, save_checkpoint
+from denetdm.training.fingerprint import differences
 from denetdm.training.metrics import group_metrics_rows
 from denetdm.training.phases import Schedule
 from denetdm.training.selection import PROTOCOLS, Protocol
@@ -385,14 +386,8 @@ def _check_same_config(saved: dict | None, current: dict | None, path: Path) -> 
         return
     if saved == current:
         return
-    diff = sorted(_diff(saved, current))
+    diff = differences(saved, current)
     raise CheckpointError(
         f"{path} was written by a run with a different config (differs in: {', '.join(diff[:6])}); "
         "use a new hydra.run.dir, or resume=false to start this directory over"
     )
-
-
-def _diff(a: object, b: object, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".")]

@@ -68,3 +68,17 @@ def setting(config: Mapping, stages: list[str]) -> dict:
     if isinstance(fp.get("dataset"), dict):
         fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default
     return fp
+
+
+def differences(a: object, b: object, prefix: str = "") -> list[str]:
+    """The dotted keys at which two config trees differ (a key missing on one side differs)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def value_at(tree: Mapping, dotted: str) -> object:
+    """The value at a dotted key of a config tree (None where absent)."""
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, Mapping) else None
+    return tree

@@ -33,7 +33,7 @@ from denetdm.training import phases as ph
 from denetdm.training import provenance, reference
 from denetdm.training.checkpoint import load_checkpoint
 from denetdm.training.engine import StageResult, Trainer, evaluate_all, metric_key
-from denetdm.training.fingerprint import fingerprint
+from denetdm.training.fingerprint import differences, fingerprint, value_at
 from denetdm.training.metrics import METRICS
 from denetdm.training.plan import EVAL_SPLITS, Plan, plan
 from denetdm.training.stacked import fit_together
@@ -150,7 +150,7 @@ class StageRunner:
         if ckpt["kind"] != phase:
             where = f"stage.previous_ckpt={self.p.previous_ckpt}"
             raise ConfigError(f"{where} holds a {ckpt['kind']} checkpoint, not {phase}")
-        self.specs.update({k: v for k, v in ckpt["meta"]["model"].items() if k != "target"})
+        check_previous(ckpt, self.p.fingerprint(phase), where=f"stage.previous_ckpt={self.p.previous_ckpt}")
         method = ph.rebuild(self.p.config["method"], phase, context(self.data, self.specs))
         method = method.to(self.p.device, memory_format=self.fmt)
         method.load_state_dict(ckpt["method"])
@@ -164,6 +164,25 @@ class StageRunner:
             self.results.update(final_results(self.results, final["phase"], final["head"]))
         self.results.update(separation(self.results))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
+
+
+def check_previous(ckpt: dict, ours: dict, where: str) -> None:
+    """Refuse a previous phase's checkpoint trained on other data or with other experts than the run's config
+    (`ours`: its fingerprint of that phase) names: results.json, tables and W&B report the config's."""
+    saved = ckpt["meta"].get("config") or {}
+    parts = [f"model.{k}" for k in ckpt["meta"]["model"] if k != "target"]
+    keys = ("dataset.name", "dataset", "data_digest", *parts)  # another dataset is named as such first
+    diff = list(dict.fromkeys(d for k in keys for d in differences(value_at(saved, k), value_at(ours, k), k + ".")))
+    if not diff:
+        return
+    if diff[0] == "data_digest":
+        raise ConfigError(f"{where} was trained on other data files than this run reads; train stage 1 on them")
+    then, now = (json.dumps(value_at(tree, diff[0])) for tree in (saved, ours))
+    more = f" (and {', '.join(diff[1:4])}{'...' if len(diff) > 4 else ''})" if len(diff) > 1 else ""
+    raise ConfigError(
+        f"{where} was trained with {diff[0]}={then}{more}, this run has {now}: set {diff[0]}={then} (the run "
+        "reports the config's data and experts, so they must be the checkpoint's), or train stage 1 for this setting"
+    )
 
 
 def separation(results: dict, phase: str = "stage1") -> dict:

@@ -17,7 +17,7 @@ from denetdm.reporting.runs import collect
 from denetdm.reporting.tables import Table, add_published, build_table
 from sweep import main as sweep_main
 
-from conftest import ROOT
+from conftest import ROOT, compose_cfg
 
 SEEDS = ROOT / "tests" / "fixtures" / "sweeps" / "seeds"
 
@@ -201,6 +201,23 @@ def test_every_published_row_names_its_source():
     rows = {row.split(" (")[0] for metrics in published["results"].values() for r in metrics.values() for row in r}
     assert rows and rows <= set(published["row_sources"]), rows - set(published["row_sources"])
     assert "not DFA's own paper's numbers" in published["row_sources"]["DFA"]
+
+
+@pytest.mark.parametrize("dataset", ["cmnist", "ccifar10", "bffhq", "bar", "celeba"])
+def test_the_papers_numbers_go_only_beside_rows_at_its_architectures(dataset):
+    at = yaml.safe_load((ROOT / "denetdm" / "reporting" / "published.yaml").read_text())["measured_at"][dataset]
+    preset = f"experiment=paper_{dataset}" if dataset in ("cmnist", "ccifar10", "bffhq") else f"dataset={dataset}"
+    for method, row in (("denetdm", "DeNetDM"), ("erm", "others"), ("lff", "others")):
+        config = compose_cfg([preset, f"method={method}"])
+        depths = [config.model[part].depth for part in config.method.row_depths]
+        assert depths == at[row], (method, depths)
+    if dataset != "cmnist":
+        return
+    table = Table("test/acc_unbiased", ["val"], names={"DeNetDM": "denetdm"})
+    table.rows = [("DeNetDM", (3, 5)), ("DeNetDM", (6, 8))]
+    table.cols = [("val", "cmnist", "4", 1.0, "")]
+    add_published(table)
+    assert table.published == {(table.rows[0], table.cols[0]): "85.22 ± 0.76"}  # not beside (6, 8)
 
 
 def test_the_depth_pairs_preset_is_the_papers_grid_and_gets_its_numbers_beside():

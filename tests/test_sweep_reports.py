@@ -77,6 +77,7 @@ def _fake_run(path: str, seed: int, lr: float, val: float, test: float) -> Run:
         "seed": seed,
         "dataset": {"name": "toy", "conflict_pct": 1, "seed": seed},
         "stage2": {"lr": lr},
+        "trial": {"number": seed, "params": {"stage2.lr": lr}},  # an Optuna sweep's trial: lr is searched
     }
     results = {"config": config, "selection": "val", "stages": ["stage1", "stage2"], "depths": [3, 5]}
     results |= {"method": "denetdm", "method_label": "DeNetDM"}
@@ -96,6 +97,21 @@ def test_a_cell_with_several_settings_shows_the_one_best_on_validation():
     assert cell.values == pytest.approx([50.0, 60.0]) and cell.settings == 2
     assert "never the best test/acc_unbiased" in to_markdown(table)
     assert "(n=2, best of 2 settings)" in to_markdown(table)  # in the cell itself, not only in a note
+
+
+def test_a_cell_is_a_setting_a_debug_run_gets_a_row_of_its_own():
+    full = [_fake_run(path, seed, 0.1, 0.9, 0.5) for path, seed in (("a", 0), ("b", 1))]
+    debug = _fake_run("c", 0, 0.1, 0.95, 0.1)  # better on validation: it must still not stand for the full runs
+    debug.results["config"]["dataset"] |= {"subset": 1000}
+    debug.results["config"]["stage2"] |= {"epochs": 1}
+    for run in full:
+        run.results["config"]["stage2"] |= {"epochs": 100}
+    table = build_table(Collection(runs=[*full, debug]))
+    assert sorted(c.values for c in table.cells.values()) == [[10.0], [50.0, 50.0]]
+    assert all(c.settings == 1 for c in table.cells.values())
+    text = to_markdown(table)
+    assert "| DeNetDM [dataset.subset=1000, stage2.epochs=1] | 10.00 (n=1) |" in text
+    assert "| DeNetDM [dataset.subset=null, stage2.epochs=100] | 50.00 ± 0.00 (n=2) |" in text
 
 
 def test_a_cell_counts_its_runs_whose_deep_expert_collapsed():

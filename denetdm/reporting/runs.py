@@ -10,7 +10,7 @@ from denetdm.errors import DataError
 from denetdm.files.jsonlines import JsonLines
 from denetdm.reporting import store
 from denetdm.reporting.summary import objective
-from denetdm.training.fingerprint import fingerprint, setting
+from denetdm.training.fingerprint import drop, fingerprint, setting
 
 BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
@@ -73,6 +73,20 @@ class Run:
     def setting(self) -> str:
         """The fingerprint without the seed: runs with equal settings are repeats over seeds."""
         return json.dumps(setting(self.config, self.results.get("stages") or []), sort_keys=True)
+
+    @property
+    def fixed(self) -> dict:
+        """The setting less the hyperparameters an Optuna sweep sampled for the run (its trial's params), which a
+        table cell chooses among by the objective, and less the depths its row names."""
+        trial = self.config.get("trial") or {}
+        out = setting(self.config, self.results.get("stages") or [])
+        searched = (trial.get("params") or {}) if trial.get("number") is not None else {}
+        for key in [
+            *searched,
+            *(f"model.{p}.depth" for p in (self.config.get("method") or {}).get("row_depths") or []),
+        ]:
+            drop(out, key)
+        return out
 
     @property
     def trial(self) -> int | None:

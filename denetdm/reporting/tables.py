@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from denetdm.reporting.runs import BIAS_LABEL_MARK, Collection, Run, finite
+from denetdm.training.fingerprint import differences, value_at
 from denetdm.training.selection import PROTOCOLS, SYNONYMS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -58,6 +59,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     published: dict[tuple, str] | None = None
     names: dict[str, str] = field(default_factory=dict)  # row label -> method name (conf/method/<name>.yaml)
+    varying: set[str] = field(default_factory=set)  # keys that split a method's runs into rows (split_settings)
 
     def row_label(self, row: tuple[str, tuple[int, ...]]) -> str:
         """The method's label, with its depths where the table holds several for it; an equal-depth pair (the
@@ -138,6 +140,33 @@ def _group(coll: Collection, table: Table) -> tuple[dict[tuple, list[Run]], Coun
     return groups, left
 
 
+def split_settings(groups: dict[tuple, list[Run]], table: Table) -> dict[tuple, list[Run]]:
+    """A cell is a setting: where a method's runs in one column differ in values no sweep searched (a debug run
+    beside a full one, other epochs), each setting becomes a row of its own, labelled with those values."""
+    rows: dict[tuple, list[tuple]] = {}
+    for (row, col), runs in groups.items():
+        rows.setdefault(row, []).append((col, runs))
+    out: dict[tuple, list[Run]] = {}
+    for (label, depths), cells in rows.items():
+        keys = sorted({k for _, runs in cells for k in _varying([r.fixed for r in runs])})
+        table.varying.update(keys)
+        for col, runs in cells:
+            for run in runs:
+                named = label + _values_text(run.fixed, keys)
+                out.setdefault(((named, depths), col), []).append(run)
+                table.names[named] = run.method_name
+    return out
+
+
+def _varying(settings: list[dict]) -> set[str]:
+    return {k for other in settings[1:] for k in differences(settings[0], other)}
+
+
+def _values_text(fixed: dict, keys: list[str]) -> str:
+    shown = [f"{k}={json.dumps(value_at(fixed, k))}" for k in keys[:4]]
+    return f" [{', '.join(shown)}{f', +{len(keys) - 4} more' if len(keys) > 4 else ''}]" if keys else ""
+
+
 def value(table: Table, run: Run) -> float | None:
     """The run's value of the table's metric: at its selected epoch (results.json), or at the last epoch."""
     return run.at_last_epoch(table.metric) if table.last_epoch else run.results.get(table.metric)
@@ -157,7 +186,7 @@ def build_table(
     selections = [SYNONYMS.get(s, s) for s in ([selection] if isinstance(selection, str) else selection)]
     table = Table(metric, selections, last_epoch)
     groups, left = _group(coll, table)
-    for (row, col), runs in groups.items():
+    for (row, col), runs in split_settings(groups, table).items():
         chosen, n_settings = _choose(runs)
         chosen = sorted(chosen, key=lambda r: str(r.results.get("seed")))  # values in seed order, wherever read
         scale = 100 if is_fraction(metric) else 1
@@ -183,6 +212,11 @@ def _notes(table: Table, left: Counter, coll: Collection) -> None:
     )
     if any(BIAS_LABEL_MARK in label for label, _ in table.rows):
         table.notes.append(f"{BIAS_LABEL_MARK.strip()}: the method trains with bias labels")
+    if table.varying:
+        table.notes.append(
+            f"[key=value]: runs of one method that differ in {', '.join(sorted(table.varying))} (values no sweep "
+            "searched, such as a debug run's subset and epochs): each setting is a row of its own"
+        )
     searched = sum(c.settings > 1 for c in table.cells.values())
     if searched:
         table.notes.append(
@@ -216,7 +250,9 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
         for col in table.cols:
             _, dataset, severity, ratio, _ = col
             rows = pub["results"].get(dataset, {}).get(table.metric, {})
-            values = rows.get(with_depths) or rows.get(paper_row) or {}
+            at = pub["measured_at"].get(dataset, {})
+            measured = list(row[1]) == at.get(paper_row, at.get("others"))  # the paper's architecture
+            values = rows.get(with_depths) or (rows.get(paper_row) if measured else None) or {}
             value = values.get(ratio) if severity == str(pub["severity"]) else None  # 1.0 finds the key 1
             if value is not None:
                 table.published[row, col] = (

@@ -37,7 +37,8 @@ NOT_NUMERIC = (
 LATER_STAGE_KEYS = ("target", "model.target", "stage.previous_ckpt", "stage.ckpt")
 
 
-def _drop(tree: dict, dotted: str) -> None:
+def drop(tree: dict, dotted: str) -> None:
+    """Remove a dotted key from a config tree in place (nothing where it is absent)."""
     *parents, leaf = dotted.split(".")
     for key in parents:
         tree = tree.get(key)
@@ -57,7 +58,7 @@ def fingerprint(config: Mapping, stage: str) -> dict:
     phase does not read the phases after it."""
     fp = copy.deepcopy(dict(config))
     for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()) + _later_phases(config, stage):
-        _drop(fp, key)
+        drop(fp, key)
     return fp
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from denetdm.cli import check_group_choices, check_launcher, check_overrides, quote_numeric_choices
 from denetdm.errors import DenetdmError
-from denetdm.sweeps.jobs import job_value, record_swept_values, trial_pruning
+from denetdm.sweeps.jobs import job_value, note_outcome, record_swept_values, trial_pruning
 from denetdm.training.pipeline import train
 
 
@@ -29,9 +29,11 @@ def main(cfg: DictConfig) -> float:
     try:
         slot = int(hc.job.num) if sweeping else None  # several GPUs: one per parallel job, round robin
         outcome = train(cfg, run_dir, trial_pruning(cfg, hc) if sweeping else None, slot)
+        note_outcome(run_dir, outcome)
         if not sweeping:
             print(f"files in {run_dir}; compare with other runs: python sweep.py table {run_dir} <other run dirs>")
     except DenetdmError as e:
+        note_outcome(run_dir, e)
         if not sweeping:
             sys.exit(f"error: {e}")
         outcome = e

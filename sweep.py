@@ -36,9 +36,13 @@ def cmd_table(args: argparse.Namespace) -> None:
         add_published(table)
     if not table.cells:
         found = sorted({r.selection for r in coll.runs} - {None})
+        unfinished = [f"{coll.rel(path)}: {why}" for path, why in coll.incomplete[:3]]
+        more = f" (+{len(coll.incomplete) - 3} more)" if len(coll.incomplete) > 3 else ""
         sys.exit(
             f"error: no finished run with {args.metric} and selection={args.selection} below "
-            f"{', '.join(args.dirs)}" + (f"; the runs there have selection={','.join(found)}" if found else "")
+            f"{', '.join(args.dirs)}"
+            + (f"; the runs there have selection={','.join(found)}" if found else "")
+            + (f"; not finished: {'; '.join(unfinished)}{more}" if unfinished else "")
         )
     text = FORMATS[args.format](table)
     print(text, end="")

@@ -160,6 +160,24 @@ def test_bad_input_gives_one_clear_error(tmp_path, overrides, words):
     _one_clear_line(run_cli([*TINY, *overrides], tmp_path / "bad"), *words)
 
 
+def test_a_failed_run_records_its_error_and_tables_list_it(tmp_path, capsys):
+    from sweep import main as sweep_main
+
+    run_dir = tmp_path / "runs" / "bad"
+    proc = run_cli([*TINY, "model.deep.depth=0"], run_dir)
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and json.loads((run_dir / "failed.json").read_text())["error"] == error[7:]
+    (tmp_path / "runs" / "damaged").mkdir()
+    (tmp_path / "runs" / "damaged" / "results.json").write_text('{"cut off')
+    with pytest.raises(SystemExit) as stop:
+        sweep_main(["table", str(tmp_path / "runs")])
+    assert f"runs/bad: failed: {error[7:]}" in str(stop.value) and "runs/damaged: damaged: results.json" in str(
+        stop.value
+    )
+    assert run_cli([*TINY, "experts.epochs=1", "target.epochs=1"], run_dir).returncode == 0
+    assert not (run_dir / "failed.json").exists()  # finished: no longer failed
+
+
 def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
     proc = run_cli(args, tmp_path / "w", env={"WANDB_MODE": "offline"})

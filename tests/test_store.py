@@ -103,6 +103,20 @@ def test_a_doc_block_is_regenerated_from_the_store(tmp_path, capsys, monkeypatch
     assert report(doc, check=True) is False and "| 1 | 50.00 |" in regenerate(text)
 
 
+def test_a_doc_without_blocks_or_with_an_unclosed_one_is_one_line(tmp_path):
+    doc = tmp_path / "doc.md"
+    for text, words in [
+        ("Just prose.\n", "no generated blocks"),
+        ("<!-- table: store -->\n| a |\n", "no `<!-- end -->`"),
+    ]:
+        doc.write_text(text)
+        with pytest.raises(DataError, match=words):
+            report(doc, check=True)
+    doc.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="cannot be read as text"):
+        report(doc, check=True)
+
+
 def test_table_and_curves_blocks_read_only_the_runs_where_says(tmp_path, capsys, monkeypatch):
     to = _export(tmp_path, capsys)
     monkeypatch.chdir(tmp_path)

@@ -125,6 +125,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert all("mlp depth" in t["error"] for t in failed)
     for t in failed:  # each failed trial's error is in its own log
         assert "trial failed: mlp depth" in (sweep / str(t["job"]) / "run.log").read_text()
+        assert "mlp depth" in json.loads((sweep / str(t["job"]) / "failed.json").read_text())["error"]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["n_failed"] == len(failed) and best["n_complete"] == 6
     # a repeat of a finished trial is answered from the study, not trained again

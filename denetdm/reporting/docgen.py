@@ -223,7 +223,17 @@ def report(path: Path, check: bool = False) -> bool:
     """Regenerate `path` in place (or with `check`, only compare); whether it was up to date."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; give the markdown file whose blocks to regenerate")
-    old = path.read_text()
+    try:
+        old = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} cannot be read as text ({e}); give a markdown file") from None
+    opened = len(re.findall(r"^<!-- (?:table|runs|curves|detector|mechanism): ", old, re.M))
+    if opened != len(BLOCK.findall(old)):
+        raise DataError(f"{path}: a generated block has no `<!-- end -->` line; close each block with one")
+    if not opened:
+        raise DataError(
+            f"{path} has no generated blocks (`<!-- table: results/<store> -->` ... `<!-- end -->`): nothing to make"
+        )
     new = regenerate(old)
     if not check and new != old:
         path.write_text(new)

@@ -132,11 +132,11 @@ def _why_incomplete(job: Path) -> str:
             return f"pruned after epoch {note['epoch']} of {note['phase']} ({note['key']} = {note['value']:.4f})"
         except (ValueError, KeyError):
             return "pruned"
-    log = next(iter(sorted(job.glob("*.log"))), None)
-    if log is not None:
-        for line in reversed(log.read_text(errors="replace").splitlines()):
-            if "trial failed:" in line:
-                return "failed: " + line.split("trial failed:", 1)[1].strip()
+    if (job / "failed.json").exists():  # the error that stopped it (run.py)
+        try:
+            return "failed: " + str(json.loads((job / "failed.json").read_text())["error"])
+        except (ValueError, KeyError, TypeError):
+            return "failed (its failed.json is damaged)"
     if (job / "metrics.jsonl").exists():
         return "stopped during training (metrics.jsonl but no results.json; run it again to resume)"
     return "no results.json"
@@ -157,9 +157,13 @@ def collect(dirs: list[str | Path]) -> Collection:
                 out.incomplete.append((job, _why_incomplete(job)))
                 continue
             try:
-                out.runs.append(Run(job, json.loads(res.read_text())))
+                results = json.loads(res.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
-                out.incomplete.append((job, "results.json is damaged; run it again"))
+                results = None
+            if isinstance(results, dict):
+                out.runs.append(Run(job, results))
+            else:
+                out.incomplete.append((job, "damaged: results.json is not a results file; run it again to rewrite it"))
         out.runs += [Run(path, store.read(path)) for path in sorted(root.rglob(f"*{store.SUFFIX}"))]
     out.runs.sort(key=lambda r: _natural(r.path))
     out.incomplete.sort(key=lambda j: _natural(j[0]))

@@ -33,6 +33,25 @@ def record_swept_values(cfg, hc) -> None:
             cfg.trial.study = default_study(search, cfg.dataset.name, cfg.experiment_name, hc.sweep.dir)
 
 
+def note_outcome(run_dir, outcome) -> None:
+    """`failed.json` in a run directory that an error stopped (its one line, which sweep.py table lists), removed
+    once the run finishes; a pruned run has pruned.json, and a directory another process holds is left alone."""
+    from pathlib import Path
+
+    from denetdm.errors import BusyError, DenetdmError
+    from denetdm.files.jsonlines import write_json
+    from denetdm.sweeps.pruning import TrialPruned
+
+    path = Path(run_dir) / "failed.json"
+    try:
+        if isinstance(outcome, dict):
+            path.unlink(missing_ok=True)
+        elif isinstance(outcome, DenetdmError) and not isinstance(outcome, BusyError | TrialPruned):
+            write_json(path, {"error": str(outcome)})
+    except OSError:
+        pass  # a full disk: the error line itself still reaches the terminal and the log
+
+
 def trial_pruning(cfg, hc) -> dict | None:
     """What a trial of a denetdm_optuna sweep with a pruner reports each epoch to: its trial in the study's
     storage (None outside such sweeps). `hc`: the job's Hydra config."""

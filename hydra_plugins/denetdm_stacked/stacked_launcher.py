@@ -125,7 +125,7 @@ def _train(members: list, vectorize: bool | None, records: bool) -> list:
     """The members' job values (run.py's error policy: an error for each stopped member where the sweeper
     records failures, else NaN)."""
     from denetdm.errors import DenetdmError
-    from denetdm.sweeps.jobs import job_value
+    from denetdm.sweeps.jobs import job_value, note_outcome
     from denetdm.training.pipeline import train_runs
 
     cfgs, dirs, prunings = (list(x) for x in zip(*members, strict=True))
@@ -133,6 +133,8 @@ def _train(members: list, vectorize: bool | None, records: bool) -> list:
         outcomes = train_runs(cfgs, dirs, prunings, vectorize=vectorize)
     except DenetdmError as e:  # before or outside the members' phases: the whole stack
         outcomes = [e] * len(members)
+    for run_dir, outcome in zip(dirs, outcomes, strict=True):
+        note_outcome(run_dir, outcome)
     return [job_value(o, records) for o in outcomes]
 
 

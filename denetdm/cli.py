@@ -59,6 +59,11 @@ def missing_plugin(launcher: str) -> str | None:
     return None if found else requirement
 
 
+# Config nodes that were renamed: a command line with the old name is told the new one (commit 514f448: the
+# schedules are named by what they train, so baselines no longer borrow DeNetDM's stage2 node)
+RENAMED = {"stage1": "experts", "stage2": "target"}
+
+
 def _did_you_mean(word: str, known: list[str]) -> str:
     """`: did you mean 'x'?` for the closest known word, or nothing."""
     import difflib
@@ -140,6 +145,10 @@ def _compose_problem(overrides: list[str], conf: Path, sweep_types: set | None =
         text = str(e)
         if "Could not override" in text or "not in struct" in text:
             key = (re.search(r"'([^']+)'", text) or [None, text])[1]
+            head, dot, rest = key.lstrip("+~").partition(".")
+            if head in RENAMED:
+                now = f"{RENAMED[head]}{dot}{rest}"
+                return f"error: the config has no key {key!r}: {head} is now called {RENAMED[head]} (use {now})"
             if hint := _did_you_mean(key, _known_keys(conf)):
                 return f"error: the config has no key {key!r}{hint} (python run.py --cfg job lists every key)"
             return (

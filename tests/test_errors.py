@@ -40,6 +40,9 @@ def _error(overrides: list[str], tmp_path, kind: type[DenetdmError] = DenetdmErr
         ("target.epochs=0", ["target.epochs"]),
         ("experts.batch_size=-4", ["experts.batch_size"]),
         ("experts.select=shallow", ["experts.select"]),
+        ("experts.select=nope/acc", ["experts.select=nope/acc", "no head 'nope'", "shallow, deep, poe"]),
+        ("target.select=nope/acc", ["target.select=nope/acc", "its heads: target"]),
+        ("target.select=target/nope", ["target.select", "no metric 'nope'", "acc_unbiased"]),
         ("experts.lr=-1", ["experts.lr"]),
         ("target.lr=abc", ["target.lr", "abc"]),
         ("target.weight_decay=-0.1", ["target.weight_decay"]),
@@ -138,7 +141,9 @@ def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
     "args,start",
     [
         (["experts.lr=[1,"], "error: cannot read the override 'experts.lr=[1,'"),
-        (["stage1.nokey=3"], "error: the config has no key 'stage1.nokey'"),
+        (["stage1.nokey=3"], "error: the config has no key 'stage1.nokey': stage1 is now called experts"),
+        (["stage2.lr=0.1"], "error: the config has no key 'stage2.lr': stage2 is now called target (use target.lr)"),
+        (["datum.x=1"], "error: the config has no key 'datum.x'"),
         (["datset=cmnist"], "error: the config has no key 'datset': did you mean 'dataset'?"),  # not +datset=
         (
             ["dataset.conflict_pc=2"],

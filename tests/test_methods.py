@@ -338,3 +338,16 @@ def test_a_collapsed_deep_expert_is_a_label_free_verdict_in_the_results(tmp_path
     train(compose_cfg(TINY), tmp_path / "warned")
     assert read_results(tmp_path / "warned")["warnings"] == ["stage1: x"]
     assert "stage1: x" in caplog.text
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_phase_predicts_exactly_the_heads_it_declares(method):
+    # `heads` is what `<schedule>.select` is checked against before training: it must be what `predict` gives
+    from denetdm.training import phases as ph
+    from denetdm.training.plan import plan
+
+    p = plan(compose_cfg([*TINY, f"method={method}", "target.epochs=3"]), "/nonexistent")
+    previous, ctx = None, _ctx()
+    for name, node in p.phases.items():
+        previous = ph.build(name, node, ctx, previous)
+        assert tuple(previous.eval().predict(ctx.train.x[:2])) == ph.phase_class(name, node).heads, name

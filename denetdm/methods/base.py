@@ -62,6 +62,7 @@ class Method(nn.Module):
     amp: bool = False  # bf16 autocast on CUDA
     capturable: bool = True
     stack_apart: tuple[str, ...] = ()
+    heads: tuple[str, ...] = ("target",)  # the keys of `predict`, which `<schedule>.select` may name
 
     @classmethod
     def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class DeNetDMStage1(Method):
     """Stage 1: deep and shallow experts trained jointly as a product of experts with plain cross-entropy."""
 
+    heads = ("shallow", "deep", "poe")
+
     def __init__(
         self, model: TwoExpertModel, optimizer: OptimizerFactory | None, lr: float = 1e-3, weight_decay: float = 0.0
     ) -> None:

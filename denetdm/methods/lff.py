@@ -38,6 +38,8 @@ def class_max(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
 class LfF(Method):
     """Biased (`biased` head) and debiased (`target` head, the result) networks trained together."""
 
+    heads = ("target", "biased")
+
     def __init__(
         self,
         biased: Classifier,

@@ -202,7 +202,8 @@ class Recorder:
         stage, method, state = fit.stage, fit.method, fit.state
         key = self.selection_key(stage, fit.schedule)
         if key is not None and key not in metrics:
-            raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {stage}.select")
+            source = fit.schedule.source
+            raise ConfigError(f"{stage}: selection needs {key}, which no evaluation gave; check {source}.select")
         score = epoch if key is None else metrics[key]
         better = score > state["best_score"]
         if better:  # a copy: the next epochs change the method's tensors in place

@@ -11,6 +11,7 @@ from hydra.utils import get_class
 from denetdm.checks import positive_int
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
+from denetdm.training.metrics import METRICS
 from denetdm.training.selection import Protocol
 
 PHASE_KEYS = ("_target_", "schedule")  # a phase node names its class and its schedule node, nothing else
@@ -46,6 +47,8 @@ class Schedule:
             raise ConfigError(
                 f"{stage}.select must be <head>/<metric> (e.g. shallow/acc_conflicting), got {self.select!r}"
             )
+        if (metric := self.select.split("/")[1]) not in METRICS:
+            raise ConfigError(f"{stage}.select={self.select}: no metric {metric!r}; one of: {', '.join(METRICS)}")
         return self
 
 
@@ -119,7 +122,12 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
     values = {k: cfg[source].get(k) for k in SCHEDULE_KEYS}
     lr, decay = cfg[source].get("lr"), cfg[source].get("weight_decay")
     base = Schedule(**values, seed=seed, lr=lr, weight_decay=decay, source=source).check()
-    return phase_class(name, node).schedule(base, **hparams(node))
+    cls = phase_class(name, node)
+    if (head := base.select.split("/")[0]) not in cls.heads:
+        raise ConfigError(
+            f"{source}.select={base.select}: {name} has no head {head!r}; its heads: {', '.join(cls.heads)}"
+        )
+    return cls.schedule(base, **hparams(node))
 
 
 def check(method: Mapping, schedules: Mapping[str, Schedule]) -> None:

@@ -69,9 +69,10 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
     if storage:
         import optuna
 
-        from denetdm.sweeps.pruning import open_storage
+        from denetdm.sweeps.pruning import check_storage, open_storage
         from denetdm.sweeps.sweeper import study_summary
 
+        check_storage(storage, "--storage")
         try:
             summary = study_summary(optuna.load_study(study_name=study, storage=open_storage(storage)))
         except KeyError:

@@ -1,8 +1,10 @@
 """Value checks shared by the config, the datasets and the methods: each failure is one ConfigError naming the key."""
 
 import math
+import os
+from pathlib import Path
 
-from denetdm.errors import ConfigError
+from denetdm.errors import ConfigError, DataError
 
 
 def positive_int(key: str, value: object, allow_none: bool = False) -> int | None:
@@ -46,6 +48,28 @@ def image_size(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 8:
         raise ConfigError(f"dataset.image_size must be an integer >= 8, got {value!r}")
     return value
+
+
+def images_fit(n_images: int, size: int) -> None:
+    """The decoded images (n x 3 x size x size bytes) fit in the memory free now: else one error line, before a
+    multi-terabyte allocation ends in torch's or PIL's traceback."""
+    need = n_images * 3 * size * size
+    if need > (free := available_memory()):
+        raise DataError(
+            f"dataset.image_size={size}: {n_images} decoded images need {need / 1e9:.1f} GB, more than the "
+            f"{free / 1e9:.1f} GB of memory free; lower dataset.image_size"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux: MemAvailable), or the machine's total where that is unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def instantiate_checked(node, **kwargs):

@@ -131,6 +131,9 @@ BAD = {  # case: (overrides, (row, column, value) to write into metadata.csv, th
     "a duplicate file": ([], (3, 1, None), "lists .* twice"),
     "a bias value with no class": ([], (1, 4, "9"), "bias value '9' is aligned with no class"),
     "an image that does not decode": ([], None, "cannot read image .*bird_0003.jpg"),
+    "a class name mistyped in aligned": (["dataset.aligned={0: 0, 1: sqare}"], None, "maps bias value '1' to 'sqare'"),
+    "a bias value mistyped in aligned": (["dataset.aligned={blue: 0}"], None, "names bias value 'blue', which"),
+    "images larger than the memory": (["dataset.image_size=100000"], None, "image_size=100000: 40 decoded images"),
 }
 
 

@@ -53,3 +53,24 @@ def test_a_storage_that_is_not_a_url_is_one_error_line():
 
     with pytest.raises(SystemExit, match="hydra.sweeper.storage must be an Optuna URL, journal"):
         _checked_settings({"storage": 123, "max_failure_rate": 0.5, "n_trials": 2})
+
+
+@pytest.mark.parametrize(
+    "url,words",
+    [
+        ("journal:/nonexistent/dir/study.journal", "the folder /nonexistent/dir does not exist or is not writable"),
+        (
+            "mysql+mysqldb://me:secret@host/db",
+            "needs the database driver 'MySQLdb', which is not installed: pip install mysqlclient",
+        ),
+        ("bogus://x", "is not a storage URL"),
+        ("no url at all", "is not a storage URL"),
+    ],
+)
+def test_a_storage_this_machine_cannot_open_is_one_line_before_the_sweep(url, words):
+    from denetdm.sweeps.pruning import check_storage
+
+    with pytest.raises(ConfigError) as info:
+        check_storage(url)
+    assert words in str(info.value) and "secret" not in str(info.value)
+    check_storage("sqlite:///study.db")  # SQLite's driver comes with Python

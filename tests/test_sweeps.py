@@ -392,3 +392,10 @@ def test_a_sweep_records_collapsed_trials_and_can_fail_them(tmp_path, fail_colla
     else:  # the collapsed trial completes, and here its objective is even the higher one
         assert trained[12]["state"] == "COMPLETE" and trained[12]["value"] > trained[3]["value"]
         assert best["best_params"]["model.deep.depth"] == 12
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
+    args = ["-m", "hparams_search=distill", *TINY, "hydra.sweeper.storage=journal:/nonexistent/dir/study.journal"]
+    proc = run_cli([*args, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.storage=journal:/nonexistent")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from denetdm.checks import image_size as check_image_size
-from denetdm.checks import path_text
+from denetdm.checks import images_fit, path_text
 from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
 from denetdm.errors import ConfigError, DataError
@@ -101,6 +101,7 @@ class BFFHQ(CropFlipImages):
                 files[split].append(f)
         out = {}
         t0 = time.time()
+        images_fit(sum(map(len, files.values())), self.image_size)
         for split, names in files.items():
             if not names:
                 folder = self.TRAIN_FOLDERS if split == "train" else ("valid" if split == "val" else "test")

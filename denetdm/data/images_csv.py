@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from denetdm.checks import image_size as check_image_size
-from denetdm.checks import number, path_text
+from denetdm.checks import images_fit, number, path_text
 from denetdm.data.base import CropFlipImages
 from denetdm.data.sources import ImageTree
 from denetdm.data.tables import TableSpec, join_tables, read_table
@@ -144,6 +144,7 @@ class ImagesCsv(CropFlipImages):
     def build(self) -> dict[str, torch.Tensor]:
         """Decode and resize every image the table names, straight into one uint8 tensor per split."""
         out, t0, size = {}, time.time(), self.image_size
+        images_fit(sum(len(self.index[s][0]) for s in SPLITS), size)
         for split in SPLITS:
             files, y, b = self.index[split]
             x = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
@@ -247,6 +248,13 @@ def _bias_classes(rows: list[dict], col: str, classes: list[str], aligned: dict 
     """{bias value: the class it is aligned with}."""
     values = _ordered({r[col] for r in rows})
     mapping = {v: v for v in values} if aligned is None else aligned
+    for v, c in mapping.items():  # a typo in dataset.aligned is named as such
+        if aligned is not None and v not in values:
+            raise DataError(
+                f"dataset.aligned names bias value {v!r}, which column {col!r} does not hold ({', '.join(values)})"
+            )
+        if aligned is not None and c not in classes:
+            raise DataError(f"dataset.aligned maps bias value {v!r} to {c!r}, which is no class ({', '.join(classes)})")
     for v in values:
         if mapping.get(v) not in classes:
             raise DataError(

@@ -4,6 +4,7 @@ checkpoint when the pruner says so. The run directory then holds `pruned.json` i
 """
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,37 @@ def study_storage(storage: str | None, sweep_dir: str | Path) -> str:
     if storage == "journal":
         return f"journal:{(Path(sweep_dir) / 'study.journal').resolve()}"
     return storage or f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
+
+
+# the pip package of a database driver that SQLAlchemy imports under another name
+DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
+
+
+def check_storage(url: str, key: str = "hydra.sweeper.storage") -> None:
+    """A storage Optuna can open from this machine (a journal file's folder is writable, a database URL parses
+    and its driver is installed), else one ConfigError that says what to do."""
+    where = f"{key}={redact(url)}"
+    if url.startswith("journal:"):
+        folder = Path(url.removeprefix("journal:")).expanduser().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ConfigError(f"{where}: the folder {folder} does not exist or is not writable; give a writable path")
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as e:
+        raise ConfigError(
+            f"{where} is not a storage URL ({e}); give sqlite:///<file>, postgresql://..., journal or journal:<file>"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise ConfigError(
+            f"{where} needs the database driver {e.name!r}, which is not installed: pip install "
+            f"{DRIVERS.get(e.name, e.name)} (or name an installed driver in the URL, e.g. postgresql+psycopg2://)"
+        ) from None
 
 
 def open_storage(url: str | None) -> Any:

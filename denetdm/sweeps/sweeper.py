@@ -41,7 +41,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.jobs import default_study
-from denetdm.sweeps.pruning import TrialPruned, build_pruner, open_storage, redact, study_storage
+from denetdm.sweeps.pruning import TrialPruned, build_pruner, check_storage, open_storage, redact, study_storage
 from denetdm.sweeps.space import configure, search_space
 from denetdm.training.fingerprint import differences, fingerprint, value_at
 
@@ -79,8 +79,8 @@ def create_or_load_study(
         except sqlalchemy.exc.SQLAlchemyError as e:
             said = redact(str(getattr(e, "orig", None) or e)).splitlines()[0]
             sys.exit(
-                f"error: the study storage {redact(storage)} cannot be read ({said}); "
-                "a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
+                f"error: the study storage {redact(storage)} cannot be opened ({said}): check that it exists and "
+                "is writable; a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
             )
     raise AssertionError("unreachable")
 
@@ -169,6 +169,10 @@ class OptunaLoop(Sweeper):
     def _sweep(self, sweep_dir: Path, dists: dict, fixed: dict, direction: str) -> None:
         """The sweep, with its directory locked."""
         self.storage = study_storage(self.storage, sweep_dir)
+        try:
+            check_storage(self.storage)
+        except DenetdmError as e:
+            sys.exit(f"error: {e}")
         study = create_or_load_study(self._name(sweep_dir), self.storage, self.sampler, direction, self.pruner)
         bind_setting(study, sweep_setting(self.config, fixed), set(dists), redact(self.storage))
         self.sweep_key = str(sweep_dir.resolve())

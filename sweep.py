@@ -108,7 +108,8 @@ def cmd_best(args: argparse.Namespace) -> None:
         if run is not None:
             best["best_run"] = coll.rel(run.path)
             best["test/acc_unbiased (reported, not used to choose)"] = run.results.get("test/acc_unbiased")
-    print(f"best value ({objective_key(coll.runs) if coll else 'objective'}): {best['best_value']:.4f}")
+    key = objective_key(coll.runs) if coll else "objective"
+    print(f"best value ({key}): {_shown(key, best['best_value'])}")
     for key in ("study_name", "best_trial", "best_run", "n_complete", "n_failed"):
         if best.get(key) is not None:
             print(f"{key}: {best[key]}")
@@ -117,7 +118,14 @@ def cmd_best(args: argparse.Namespace) -> None:
         print(f"  {key}={value}")
     for key, value in best.items():
         if key.startswith("test/") and value is not None:
-            print(f"{key}: {value:.4f}")
+            print(f"{key}: {_shown(key, value)}")
+
+
+def _shown(key: str, value: float) -> str:
+    """A value as tables show it: accuracies in % (files keep fractions), anything else as recorded."""
+    from denetdm.reporting.tables import is_fraction
+
+    return f"{100 * value:.2f} %" if is_fraction(key) else f"{value:.4f}"
 
 
 def cmd_wandb(args: argparse.Namespace) -> None:

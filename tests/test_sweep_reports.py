@@ -176,7 +176,7 @@ def test_best_reads_optimization_results_and_finds_the_run(capsys):
     out = _sweep(["best", str(SWEEPS / "depth_gap")], capsys)
     trials = [parse_line(line) for line in (SWEEPS / "depth_gap" / "trials.jsonl").read_text().splitlines()]
     top = max(trials, key=lambda t: t["value"])
-    assert f"best value (val/acc_unbiased): {top['value']:.4f}" in out
+    assert f"best value (val/acc_unbiased): {100 * top['value']:.2f} %" in out  # % as in tables
     assert f"best_trial: {top['number']}" in out
     assert f"model.shallow.depth={top['params']['model.shallow.depth']}" in out
     run = next(
@@ -228,13 +228,26 @@ def test_plot_adds_optunas_plots_of_the_sweeps_study(tmp_path, capsys):
     study = optuna.create_study(study_name="depth_gap-synthetic", storage=f"sqlite:///{sweep / 'study.db'}")
     for line in (sweep / "trials.jsonl").read_text().splitlines():
         t = json.loads(line)
-        dists = {k: IntDistribution(2, 6) for k in t["params"]}
+        shallow = t["params"]["model.shallow.depth"]  # the deep range follows the shallow depth, as depth_gap's
+        dists = {"model.shallow.depth": IntDistribution(2, 5), "model.deep.depth": IntDistribution(shallow + 1, 6)}
         study.add_trial(optuna.trial.create_trial(params=t["params"], distributions=dists, value=t["value"]))
     out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "plots")], capsys)
     names = {Path(line).name for line in out.split()}
-    assert {"study_importances.png", "study_parallel_coordinates.png", "study_depth_contour.png"} <= names
-    for name in ("study_importances.png", "study_parallel_coordinates.png", "study_depth_contour.png"):
+    assert {"study_importances.png", "study_parallel_coordinates.png"} <= names
+    for name in ("study_importances.png", "study_parallel_coordinates.png"):
         assert mpimg.imread(tmp_path / "plots" / name)[..., :3].std() > 0.05  # not a blank canvas
+    # what the plots are drawn from: both depths (a dynamic range included), as whole layers, values in %
+    from denetdm.reporting.plots import plotted
+
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    copy = plotted(trials, 100)
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    assert set(optuna.importance.get_param_importances(copy, evaluator=evaluator)) == {
+        "model.shallow.depth",
+        "model.deep.depth",
+    }
+    assert all(type(d).__name__ == "CategoricalDistribution" for d in copy.trials[0].distributions.values())
+    assert [t.value for t in copy.trials] == pytest.approx([100 * t.value for t in trials])
 
 
 def test_labels_follow_the_objective_key_and_plots_come_as_pdf_or_svg(tmp_path, capsys):
@@ -246,11 +259,11 @@ def test_labels_follow_the_objective_key_and_plots_come_as_pdf_or_svg(tmp_path, 
         r = json.loads(path.read_text())
         path.write_text(json.dumps(r | {"objective_key": "val/acc", "objective": r["val/acc"]}))
     best = max(json.loads(p.read_text())["val/acc"] for p in sweep.glob("*/results.json"))
-    assert f"best value (val/acc): {best:.4f}" in _sweep(["best", str(sweep)], capsys)
+    assert f"best value (val/acc): {100 * best:.2f} %" in _sweep(["best", str(sweep)], capsys)
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, to read the labels back
         out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "svg"), "--format", "svg"], capsys)
     history = (tmp_path / "svg" / "history.svg").read_text()
-    assert "objective: val/acc (%)" in history and "unbiased" not in history
+    assert "objective, stage2 target: val/acc (%)" in history and "unbiased" not in history
     _sweep(["plot", str(sweep), "--out", str(tmp_path / "pdf"), "--format", "pdf", "--dpi", "200"], capsys)
     assert {p.suffix for p in (tmp_path / "pdf").iterdir()} == {".pdf"} and len(out.split()) >= 2
     assert all(p.read_bytes().startswith(b"%PDF") for p in (tmp_path / "pdf").iterdir())

@@ -14,6 +14,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from denetdm.reporting.runs import Collection, Run, finite, objective_key, trial_records  # noqa: E402
+from denetdm.reporting.tables import is_fraction  # noqa: E402
 from denetdm.sweeps.search import depth_grid  # noqa: E402
 
 
@@ -65,12 +66,12 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     # the whole search grid (search.shallow / search.deep of the runs' configs): what was not reached shows grey
     shallows = sorted({r.pair[0] for r in runs} | {d for r in runs for d in _grid(r.config, "shallow")})
     deeps = sorted({r.pair[1] for r in runs} | {d for r in runs for d in _grid(r.config, "deep")})
-    key = objective_key(runs)
-    panels = ((key, f"objective: {key} (%)"), ("val/acc_conflicting", "val/acc_conflicting (%)"))
+    key, model = objective_key(runs), final_model(runs)
+    panels = ((key, f"objective, {model}: {key} (%)"), ("val/acc_conflicting", f"{model}: val/acc_conflicting (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.55 * len(shallows) + 2.4))
     for ax, (key, title) in zip(np.atleast_1d(axes), panels):
         if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
-            key, title = "stage1/shallow/" + key, "stage-1 shallow " + title
+            key, title = "stage1/shallow/" + key, f"stage-1 shallow expert: stage1/shallow/{key} (%)"
         grid, counts = _pair_grid(runs, key, shallows, deeps)
         cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: not run
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
@@ -83,6 +84,12 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     legend = "mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth control)"
     fig.suptitle(legend, fontsize=9)
     return _save(fig, path)
+
+
+def final_model(runs: list[Run]) -> str:
+    """The model whose numbers `<split>/<metric>` are (conf/method/: `final`), e.g. `stage2 target`."""
+    finals = {f"{f.get('phase')} {f.get('head')}" for r in runs if (f := (r.config.get("method") or {}).get("final"))}
+    return finals.pop() if len(finals) == 1 else "final model"
 
 
 def _history_points(coll: Collection, sweep_dir: Path) -> list[tuple[str, int, float, str, bool]]:
@@ -118,7 +125,7 @@ def history(coll: Collection, sweep_dir: Path, path: Path) -> Path | None:
         ax.scatter(failed, [lo] * len(failed), marker="x", color="red", label="failed", zorder=3)
     ax.set_xlabel("trial" if groups == ["trials"] else "job")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(f"objective: {objective_key(coll.runs)} (%)")
+    ax.set_ylabel(f"objective, {final_model(coll.runs)}: {objective_key(coll.runs)} (%)")
     ax.set_title("optimisation history")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -249,13 +256,36 @@ def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path, fmt: str = "png",
     return [p for p in made if p is not None]
 
 
-DEPTHS = ("model.shallow.depth", "model.deep.depth")
+def plotted(trials: list, scale: float):
+    """The completed trials in an in-memory study made for Optuna's plots: values scaled (fractions to %), every
+    parameter under one distribution over all trials (a depth whose range follows another's, as depth_gap samples
+    it, would be left out of the importances), integers as categories (whole layers on their axis, not a line)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    names = sorted({n for t in trials for n in t.params})
+    dists = {}
+    for n in names:
+        kinds = [t.distributions[n] for t in trials if n in t.distributions]
+        values = sorted({t.params[n] for t in trials if n in t.params}, key=str)
+        if all(isinstance(d, IntDistribution) for d in kinds):
+            dists[n] = CategoricalDistribution(sorted(values))
+        elif all(isinstance(d, FloatDistribution) for d in kinds):
+            log = all(d.log for d in kinds)
+            dists[n] = FloatDistribution(min(d.low for d in kinds), max(d.high for d in kinds), log=log)
+        else:  # categories: the search's own choices, in its order
+            dists[n] = CategoricalDistribution(list(dict.fromkeys([c for d in kinds for c in d.choices] + values)))
+    study = optuna.create_study(direction="maximize")
+    for t in trials:
+        used = {n: dists[n] for n in t.params}
+        study.add_trial(optuna.trial.create_trial(params=t.params, distributions=used, value=scale * t.value))
+    return study
 
 
 def study_plots(sweep_dir: Path, out_dir: Path, fmt: str, target: str = "objective") -> list[Path]:
     """Optuna's plots of the study a sweep keeps in its directory (study.db or study.journal), once two trials
-    completed: parameter importances, parallel coordinates, and the contour over the depth pair when both depths
-    were searched. A study in another storage (hydra.sweeper.storage) is not read."""
+    completed: parameter importances and parallel coordinates, in % for accuracies (the depth pair's own plot is
+    depth_heatmap: a contour would interpolate between whole layers). A study in another storage is not read."""
     found = [p for p in (sweep_dir / "study.db", sweep_dir / "study.journal") if p.is_file()]
     if not found:
         return []
@@ -268,19 +298,20 @@ def study_plots(sweep_dir: Path, out_dir: Path, fmt: str, target: str = "objecti
     url = f"sqlite:///{found[0].resolve()}" if found[0].suffix == ".db" else f"journal:{found[0].resolve()}"
     storage, made = open_storage(url), []
     names = optuna.get_all_study_names(storage=storage)
+    label = f"{target} (%)" if is_fraction(target) else target
     for name in names:
-        study = optuna.load_study(study_name=name, storage=storage)
-        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        done = optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        )
         if len(done) < 2 or not done[0].params:
             continue
+        study = plotted(done, 100 if is_fraction(target) else 1)
         draws = {  # PED-ANOVA, as optuna-dashboard does: fANOVA, Optuna's default, needs scikit-learn
             "importances": lambda st: ovm.plot_param_importances(
-                st, evaluator=PedAnovaImportanceEvaluator(), target_name=target
+                st, evaluator=PedAnovaImportanceEvaluator(), target_name=label
             ),
-            "parallel_coordinates": lambda st: ovm.plot_parallel_coordinate(st, target_name=target),
+            "parallel_coordinates": lambda st: ovm.plot_parallel_coordinate(st, target_name=label),
         }
-        if set(DEPTHS) <= set(done[0].params):
-            draws["depth_contour"] = lambda st: ovm.plot_contour(st, params=list(DEPTHS), target_name=target)
         prefix = f"{name}_" if len(names) > 1 else ""  # a shared storage may hold several studies
         for what, draw in draws.items():
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental

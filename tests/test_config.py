@@ -215,7 +215,13 @@ def test_wandb_groups_runs_as_a_table_cell_does_and_names_them_from_a_template(t
     assert logger.kwargs["name"] == "denetdm-synthetic-1pct-d3-5-seed7"
     assert {"mine", "study-depth_gap-synthetic", "depths3-5", "conflict1pct"} <= set(logger.kwargs["tags"])
     with pytest.raises(ConfigError, match="logger.name.*not a template"):
-        WandbLogger(str(tmp_path), config(), name="{method}-{ratio}")
+        WandbLogger(str(tmp_path), config(), name="{method}-{nope}")
+    own = config()  # own data: no severity, the data's own ratio
+    own["dataset"] = {k: v for k, v in own["dataset"].items() if k != "severity"} | {"conflict_pct": None}
+    assert run_group(own).startswith("denetdm synthetic natural ratio d3-5 val #")
+    logger = WandbLogger(str(tmp_path), own)
+    assert logger.kwargs["name"] == "denetdm-synthetic-natural-d3-5-seed0"
+    assert "conflictnatural" in logger.kwargs["tags"] and not any(t.startswith("sev") for t in logger.kwargs["tags"])
 
 
 @pytest.mark.parametrize(

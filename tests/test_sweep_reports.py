@@ -75,7 +75,7 @@ def _fake_run(path: str, seed: int, lr: float, val: float, test: float) -> Run:
         "model": {"shallow": {"depth": 3}, "deep": {"depth": 5}},
         "severity": {"level": "4"},
         "seed": seed,
-        "dataset": {"name": "toy", "conflict_pct": 1, "seed": seed},
+        "dataset": {"name": "toy", "severity": 4, "conflict_pct": 1, "seed": seed},
         "stage2": {"lr": lr},
         "trial": {"number": seed, "params": {"stage2.lr": lr}},  # an Optuna sweep's trial: lr is searched
     }
@@ -341,7 +341,7 @@ def _method_run(path: str, method: str, label: str, selection: str, test: float,
         "model": {"target": {"depth": 5}, "shallow": {"depth": 3}, "deep": {"depth": 5}},
         "seed": seed,
         "severity": {"level": 4},
-        "dataset": {"name": "cmnist", "conflict_pct": 1, "seed": seed},
+        "dataset": {"name": "cmnist", "severity": 4, "conflict_pct": 1, "seed": seed},
         "method": {"name": method},
         "selection": selection,
     }

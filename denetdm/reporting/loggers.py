@@ -41,12 +41,13 @@ class NullLogger:
 def run_fields(config: dict) -> dict[str, str]:
     """What names a run: its method, dataset, severity, ratio, the depths of its table row, seed and selection."""
     method, dataset = config["method"], config["dataset"]
-    pct = dataset.get("conflict_pct")
+    pct, severity = dataset.get("conflict_pct"), dataset.get("severity")  # own data: neither is set
     return {
         "method": str(method["name"]),
         "dataset": str(dataset["name"]),
-        "severity": str(config["severity"]["level"]),
+        "severity": "" if severity is None else str(severity),
         "conflict_pct": f"{pct:g}" if isinstance(pct, int | float) else "natural",  # null: the data's own ratio
+        "ratio": f"{pct:g}pct" if isinstance(pct, int | float) else "natural",
         "depths": "-".join(str(config["model"][part]["depth"]) for part in method["row_depths"]),
         "seed": str(config["seed"]),
         "selection": str(config["selection"]),
@@ -61,14 +62,19 @@ def run_group(config: dict) -> str:
     f = run_fields(config)
     stages = (config.get("stage") or {}).get("stages") or list(config["method"]["phases"])
     digest = hashlib.sha256(json.dumps(setting(config, stages), sort_keys=True).encode()).hexdigest()[:6]
-    where = f"{f['dataset']} sev{f['severity']} {f['conflict_pct']}%"
+    where = " ".join([f["dataset"], *[f"sev{f['severity']}"] * bool(f["severity"]), _ratio_text(f)])
     return f"{f['method']} {where} d{f['depths']} {f['selection']} #{digest}"
+
+
+def _ratio_text(fields: dict[str, str]) -> str:
+    return "natural ratio" if fields["conflict_pct"] == "natural" else f"{fields['conflict_pct']}%"
 
 
 def auto_tags(config: dict, study: str | None) -> list[str]:
     """The tags every run gets (filters of the W&B table); logger.tags adds to them."""
     f = run_fields(config)
-    tags = [f["dataset"], f"sev{f['severity']}", f"conflict{f['conflict_pct']}pct", f"depths{f['depths']}"]
+    tags = [f["dataset"], *[f"sev{f['severity']}"] * bool(f["severity"]), f"conflict{f['ratio']}"]
+    tags.append(f"depths{f['depths']}")
     tags += [
         f["method"],
         f"selection-{f['selection']}",
@@ -129,7 +135,7 @@ class WandbLogger(NullLogger):
         group: str | None = None,
         study: str | None = None,
         job_type: str | None = None,
-        name: str = "{method}-{dataset}-{conflict_pct}pct-d{depths}-seed{seed}",
+        name: str = "{method}-{dataset}-{ratio}-d{depths}-seed{seed}",
         tags: list[str] | None = None,
         log_checkpoints: bool = False,
         init_timeout: float = 15.0,

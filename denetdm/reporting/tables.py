@@ -73,7 +73,7 @@ class Table:
     def col_label(self, col: tuple[str, str, str, float | None, str]) -> str:
         """Dataset, severity and ratio; the protocol where the table holds several; the data's digest where
         runs of other source files share the rest."""
-        text = f"{col[1]} sev{col[2]}" + ("" if col[3] is None else f" {col[3]:g}%")
+        text = col[1] + (f" sev{col[2]}" if col[2] else "") + (" natural ratio" if col[3] is None else f" {col[3]:g}%")
         if sum(c[:4] == col[:4] for c in self.cols) > 1:
             text += f" [data {col[4][:8] or 'generated'}]"
         return f"{col[0]}: {text}" if len(self.selections) > 1 else text
@@ -102,7 +102,7 @@ def _column(run: Run) -> tuple[str, str, str, float | None, str]:
     """Protocol, dataset, severity, ratio and the data's digest: runs of other source files never share a cell."""
     cfg = run.config
     dataset, digest = cfg["dataset"], cfg.get("data_digest") or ""
-    level = str(cfg["severity"]["level"])
+    level = "" if dataset.get("severity") is None else str(dataset["severity"])  # own data: no severity
     pct = dataset.get("conflict_pct")  # null: the data's own ratio (CelebA, your own data)
     return run.selection, dataset["name"], level, None if pct is None else float(pct), digest
 
@@ -253,7 +253,7 @@ def add_published(table: Table, path: Path = PUBLISHED) -> None:
             at = pub["measured_at"].get(dataset, {})
             measured = list(row[1]) == at.get(paper_row, at.get("others"))  # the paper's architecture
             values = rows.get(with_depths) or (rows.get(paper_row) if measured else None) or {}
-            value = values.get(ratio) if severity == str(pub["severity"]) else None  # 1.0 finds the key 1
+            value = values.get(ratio) if severity in ("", str(pub["severity"])) else None  # 1.0 finds the key 1
             if value is not None:
                 table.published[row, col] = (
                     f"{value[0]:.2f} ± {value[1]:.2f}" if isinstance(value, list) else f"{value:.2f}"

@@ -171,7 +171,7 @@ def export(rows: list[dict], a: argparse.Namespace) -> None:
     shallow, deep = (int(d) for d in a.depths.split(","))
     config = {
         "reference": "kadarsh22/DeNetDM@790e363 module/model.py, its stage-1 loop (tests/reference/reference_loop.py)",
-        "dataset": {"name": a.dataset, "conflict_pct": a.pct, "seed": a.seed},
+        "dataset": {"name": a.dataset, "severity": 4, "conflict_pct": a.pct, "seed": a.seed},
         "severity": {"level": "4"},
         "model": {"shallow": {"name": "mlp", "depth": shallow}, "deep": {"name": "mlp", "depth": deep}},
         "experts": dict(zip(("batch_size", "lr", "weight_decay"), SETTINGS[a.dataset][1:4])) | {"epochs": a.epochs},

@@ -78,7 +78,8 @@ def test_presets_read_their_layouts_and_give_the_cell_table(preset, as_zip, tmp_
     cfg = compose_cfg([*COMMON, *SMALL, f"dataset={preset}", f"dataset.root={root}"])
     from hydra.utils import instantiate
 
-    data = instantiate(cfg.dataset).load()
+    dataset = instantiate(cfg.dataset)
+    data = dataset.load()
     assert (len(data.train), len(data.val), len(data.test)) == (168, 36, 36)
     assert data.num_classes == data.num_biases == 2
     assert tuple(data.train.x.shape[1:]) == (3, 32, 32)
@@ -88,6 +89,9 @@ def test_presets_read_their_layouts_and_give_the_cell_table(preset, as_zip, tmp_
     assert info["conflict_pct"] == pytest.approx(100 * conflicting / 168, abs=1e-3)
     assert 0 < conflicting < 40  # the drawn ratio: 10 % (CelebA) or 5 % (Waterbirds), not its complement
     assert "train (class x bias" in caplog.text
+    # the preview sheet's labels: the table's values with their columns' names, not indices
+    names = {"celeba": (["Blond_Hair=-1", "Blond_Hair=1"], ["Male=1", "Male=-1"])}
+    assert dataset.label_names() == names.get(preset, (["y=0", "y=1"], ["place=0", "place=1"]))
 
 
 @pytest.mark.slow

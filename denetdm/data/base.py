@@ -74,6 +74,10 @@ class BiasedDataset:
         """What results.json records about the data."""
         return {}
 
+    def label_names(self) -> tuple[list[str] | None, list[str] | None]:
+        """Readable names of the classes and of the bias values, where the data has them (the preview sheet)."""
+        return None, None
+
     def augmentation(self) -> Augment | None:
         """The training-batch augmentation, if any."""
         return None

@@ -70,6 +70,10 @@ class BFFHQ(CropFlipImages):
         self.root, self.image_size = path_text("dataset.root", root, allow_none=True), image_size
         self.conflict_pct = conflict_pct
 
+    def label_names(self) -> tuple[list[str], None]:
+        """The target: age (young 0, old 1)."""
+        return ["young", "old"], None
+
     def _tree(self) -> ImageTree:
         if not self.root:
             raise DataError(f"dataset={self.name} needs dataset.root=<its folder or .zip> (layouts: docs/data.md)")

@@ -57,6 +57,10 @@ def corrupt_all(
     return np.concatenate(results) if results else images[:0]
 
 
+# CIFAR-10's classes in label order (torchvision's CIFAR10.classes)
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 class CorruptedCIFAR10(CropFlipImages, LffDataset):
     """Corrupted CIFAR-10: class = target, corruption type = bias (Type0 or Type1)."""
 
@@ -71,6 +75,10 @@ class CorruptedCIFAR10(CropFlipImages, LffDataset):
         self.download = flag("dataset.download", download)
         self.level, self.kind = min(self.severity + 1, 5), corruption_type
         self.num_biases = len(TYPES[corruption_type])
+
+    def label_names(self) -> tuple[list[str], list[str]]:
+        """CIFAR-10's classes and the corruptions of this type."""
+        return list(CLASSES), [fn.__name__ for fn in TYPES[self.kind]]
 
     def _source(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if self.source:

@@ -160,6 +160,11 @@ class ImagesCsv(CropFlipImages):
         )
         return out
 
+    def label_names(self) -> tuple[list[str], list[str]]:
+        """The table's class values and the bias values aligned with each class, with their columns' names."""
+        target, bias = self.columns["target"], self.columns["bias"]
+        return [f"{target}={c}" for c in self.index["classes"]], [f"{bias}={v}" for v in self.index["biases"]]
+
     def info(self, splits: dict) -> dict:
         """Image size, classes, the measured share of conflicting training samples and the (class, bias) cells."""
         classes = self.index["classes"]
@@ -186,7 +191,7 @@ def label_rows(rows: list[dict], columns: dict, splits: dict, aligned: dict | No
     bias_class = _bias_classes(rows, columns["bias"], classes, aligned)
     _check_training_values(by_split["train"], columns, classes, bias_class)
     index = {c: i for i, c in enumerate(classes)}
-    out: dict = {"classes": classes}
+    out: dict = {"classes": classes, "biases": ["/".join(v for v, c in bias_class.items() if c == k) for k in classes]}
     for split, members in by_split.items():
         y = [index[r[columns["target"]]] for r in members]
         b = [index[bias_class[r[columns["bias"]]]] for r in members]

@@ -19,34 +19,26 @@ from denetdm.cli import CONF, check_group_choices, quote_numeric_choices
 from denetdm.errors import DenetdmError
 
 
-def bias_names(data_name: str, cfg_dataset) -> list[str] | None:
-    """Readable names of the bias values where the dataset has them."""
-    if data_name == "ccifar10":
-        from denetdm.data.corruptions import TYPES
-
-        return [fn.__name__ for fn in TYPES[int(cfg_dataset.corruption_type)]]
-    if data_name == "bffhq":
-        return ["bias 0", "bias 1"]
-    return None
-
-
-def contact_sheet(data, names: list[str] | None = None, cell: int = 64) -> Image.Image:
-    """The sheet as a PIL image."""
+def contact_sheet(
+    data, biases: list[str] | None = None, classes: list[str] | None = None, cell: int = 64
+) -> Image.Image:
+    """The sheet as a PIL image: rows named by `classes`, columns by `biases` (their indices where None)."""
     c, k = data.num_classes, data.num_biases
-    pad, left, top = 2, 28, 16 if names is None else 40
+    classes = classes or [str(i) for i in range(c)]
+    pad, left, top = 2, 8 + 6 * max(map(len, classes)), 16 if biases is None else 40
     sheet = Image.new("RGB", (left + k * (cell + pad), top + c * (cell + pad)), "white")
     draw, font = ImageDraw.Draw(sheet), ImageFont.load_default()
     for j in range(k):
-        label = names[j] if names else str(j)
+        label = biases[j] if biases else str(j)
         x = left + j * (cell + pad)
-        if names:  # long names: write them rotated above the column
+        if biases:  # long names: write them rotated above the column
             txt = Image.new("L", (top, 12), 255)
             ImageDraw.Draw(txt).text((0, 0), label[:8], fill=0, font=font)
             sheet.paste(txt.rotate(90, expand=True).convert("RGB"), (x + cell // 2 - 6, 0))
         else:
             draw.text((x + cell // 2 - 3, 2), label, fill="black", font=font)
     for i in range(c):
-        draw.text((4, top + i * (cell + pad) + cell // 2 - 5), str(i), fill="black", font=font)
+        draw.text((4, top + i * (cell + pad) + cell // 2 - 5), classes[i], fill="black", font=font)
         for j in range(k):
             for split in (data.train, data.test):
                 idx = ((split.y == i) & (split.b == j)).nonzero().flatten()
@@ -72,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="config", overrides=quote_numeric_choices(args.overrides))
         torch.set_num_threads(int(cfg.threads or 2))
-        data = instantiate_checked(cfg.dataset).load()
-        sheet = contact_sheet(data, bias_names(data.name, cfg.dataset))
+        dataset = instantiate_checked(cfg.dataset)
+        data = dataset.load()
+        classes, biases = dataset.label_names()
+        sheet = contact_sheet(data, biases, classes)
     except DenetdmError as e:
         sys.exit(f"error: {e}")
     out = Path(args.out or f"preview_{data.name}.png")

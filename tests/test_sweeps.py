@@ -71,6 +71,9 @@ def test_seeds_sweep_runs_each_combination(tmp_path):
     assert combos == {(0, 1), (0, 5), (1, 1), (1, 5)}
     studies = {json.loads((j / "results.json").read_text())["config"]["trial"]["study"] for j in _jobs(sweep)}
     assert studies == {"seeds-synthetic-sweep"}  # named after this sweep: a W&B filter shows it alone
+    assert proc.stdout.strip().splitlines()[-1] == (
+        f"sweep done: runs in {sweep}; table: python sweep.py table {sweep}; plots: python sweep.py plot {sweep}"
+    )
 
 
 def test_a_study_holds_one_setting_and_one_sweep(tmp_path):

@@ -185,7 +185,7 @@ class Recorder:
         self.writer.call(self._append, fit.stage, record, background=background)
         self.logger.log(fit.stage, epoch, record)
         self._select_and_save(fit, epoch, metrics, background)
-        self._report(fit.stage, epoch, fit.schedule, record)
+        self._report(fit.stage, epoch, fit.schedule, record, fit.state["elapsed_s"])
         if self.on_epoch is not None:
             self.on_epoch(fit.stage, epoch, record)
 
@@ -228,11 +228,28 @@ class Recorder:
         fit.method.load_state_dict(best["method"])
         return StageResult(fit.state["best_epoch"], fit.state["best_metrics"], fit.state["elapsed_s"])
 
-    def _report(self, stage: str, epoch: int, schedule: Schedule, record: dict) -> None:
+    def _report(self, stage: str, epoch: int, schedule: Schedule, record: dict, elapsed_s: float) -> None:
+        """One log line per epoch: the loss, the selection metric in % (as tables show it), the time left."""
         head, metric = schedule.select.split("/")
-        keys = (f"{stage}/train/loss", *(metric_key(stage, head, s, metric) for s in ("val", "test")))
-        text = " ".join(f"{k} {record[k]:.4f}" for k in keys if k in record)
-        log.info("%s epoch %d/%d %s (%.1f s)", stage, epoch, schedule.epochs, text, record[f"{stage}/time/epoch_s"])
+        loss = f"{stage}/train/loss"
+        text = " ".join(
+            [f"{loss} {record[loss]:.4f}"] * (loss in record)
+            + [
+                f"{k} {100 * record[k]:.2f} %"
+                for s in ("val", "test")
+                if (k := metric_key(stage, head, s, metric)) in record
+            ]
+        )
+        left = elapsed_s / epoch * (schedule.epochs - epoch)  # this stage's mean epoch so far, resumed ones included
+        log.info(
+            "%s epoch %d/%d %s (%.1f s; %s)",
+            stage,
+            epoch,
+            schedule.epochs,
+            text,
+            record[f"{stage}/time/epoch_s"],
+            f"{stage} {duration(left)} left" if left else f"{stage} done",
+        )
 
 
 class Trainer:
@@ -360,6 +377,14 @@ class Trainer:
             return train
         hint = f"lower {fit.schedule.source}.lr or check the data"
         raise TrainingError(f"{stage} epoch {epoch}: {why}; {hint}. {self.recorder.saved_so_far(stage)}")
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: 45 s, 12 min, 3 h 20 min."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def load_last(stage: str, last: Path, previous: Path) -> dict | None:

@@ -209,6 +209,19 @@ def test_wandb_offline_run_logs_metrics_config_and_summary(tmp_path):
     assert math.isclose(json.loads(logged["summary"]["test/acc_unbiased"]), results["test/acc_unbiased"])
 
 
+def test_an_offline_wandb_run_reads_back_with_the_reader_the_docs_name(tmp_path):
+    # docs/sweeps.md: `wandb leet inspect --summary --json <offline run>` (W&B 0.31's own reader)
+    args = [*[a for a in TINY if not a.startswith("logger")], "logger=wandb"]
+    proc = run_cli(args, tmp_path / "w", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sum("wandb:" in line for line in (proc.stdout + proc.stderr).splitlines()) <= 3  # quiet unless asked
+    (run,) = (tmp_path / "w" / "wandb").glob("offline-run-*")
+    wandb = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(run)], capture_output=True, text=True)
+    summary = json.loads(out.stdout)["summary"]
+    assert summary["test/acc_unbiased"] == pytest.approx(read_results(tmp_path / "w")["test/acc_unbiased"])
+
+
 def test_provenance_names_the_cpu_kernels_torch_ran_with():
     # they round differently (AVX2 against AVX-512): a record says which made it, ATEN_CPU_CAPABILITY picks them
     code = "import torch; from denetdm.training import provenance; print(provenance.machine(torch.device('cpu')))"

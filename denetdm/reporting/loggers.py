@@ -139,6 +139,7 @@ class WandbLogger(NullLogger):
         tags: list[str] | None = None,
         log_checkpoints: bool = False,
         init_timeout: float = 15.0,
+        verbose: bool = False,
     ) -> None:
         self.kwargs = dict(
             project=project,
@@ -153,6 +154,9 @@ class WandbLogger(NullLogger):
         )
         self.run = None
         self.log_checkpoints, self.init_timeout = _checked_options(log_checkpoints, init_timeout)
+        if not isinstance(verbose, bool):
+            raise ConfigError(f"logger.verbose must be true or false, got {verbose!r}")
+        self.verbose = verbose  # W&B's own lines: three where the run is saved, or all of them
         # one W&B run per run directory: its id (and the last step logged) are kept there, so a resumed run
         # continues the same W&B run, its steps going on from where they stopped
         self.state_path = Path(run_dir) / "wandb_run.json"
@@ -179,6 +183,7 @@ class WandbLogger(NullLogger):
                 # create_new: the members of a stack (launcher=stacked) each hold a run in one process
                 settings=wandb.Settings(
                     console="off",
+                    quiet=not self.verbose,
                     save_code=False,
                     init_timeout=self.init_timeout,
                     reinit="create_new",

@@ -1,7 +1,7 @@
 """The Python entry points: a finished run's config, records, results and models; a sweep's runs as rows.
 
 import denetdm
-run = denetdm.load_run("outputs/2026-12-01/10-00-00")
+run = denetdm.load_run("outputs/cmnist/2026-12-01_10-00-00")
 run.results["test/acc_unbiased"], run.epochs[-1], run.config["seed"]
 model = run.model()                    # the final phase's selected model, in eval mode, on the CPU
 logits = model.predict(run.data().test.x[:8])["target"]
@@ -23,6 +23,17 @@ class LoadedRun:
     results: dict
     epochs: list[dict] = field(repr=False)
     _data: object = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        r = self.results
+        depths = ", ".join(map(str, r.get("depths") or []))
+        objective = r.get("objective")
+        shown = f"{100 * objective:.2f} %" if isinstance(objective, float) else objective
+        return (
+            f"LoadedRun({str(self.path)!r}: {r.get('method_label')} ({depths}) on {r.get('dataset', {}).get('name')}, "
+            f"seed {r.get('seed')}, selection={r.get('selection')}, {r.get('objective_key')} {shown}, "
+            f"{len(self.epochs)} epoch records)"
+        )
 
     @property
     def config(self) -> dict:

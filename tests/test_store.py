@@ -273,6 +273,9 @@ def test_the_python_api_loads_a_run_and_its_model_and_a_sweep_as_rows(tmp_path):
     assert (tmp_path / "fig.png").stat().st_size > 10_000
     run = denetdm.load_run(tmp_path / "run")
     assert run.results["test/acc_unbiased"] == results["test/acc_unbiased"] and run.epochs
+    shown = repr(run)  # a line, not the whole results dict
+    assert len(shown) < 300 and "DeNetDM (3, 5) on synthetic, seed 0" in shown
+    assert f"val/acc_unbiased {100 * results['objective']:.2f} %" in shown
     assert set(run.model("stage1").predict(run.data().test.x[:4])) == {"shallow", "deep", "poe"}
     rows = denetdm.load_sweep(SEEDS)
     assert len(rows) == 4 and {"method", "seed", "params", "objective", "test/acc_unbiased"} <= set(rows[0])

@@ -239,3 +239,17 @@ def test_a_shallow_expert_that_is_not_shallower_is_a_warning(overrides, warned, 
 
     plan(compose_cfg(["dataset=synthetic", *overrides]), tmp_path)
     assert ("is not below model.deep.depth" in caplog.text) == warned
+
+
+def test_every_run_folder_has_one_layout():
+    # outputs/[<kind>/]<dataset>/<date>_<time>: the presets, and the paths the docs show
+    import re
+
+    import yaml
+
+    names = ("config", "debug/default", "collapse", "depth")
+    dirs = [yaml.safe_load((CONF / f"{name}.yaml").read_text())["hydra"]["run"]["dir"] for name in names]
+    assert all(d.endswith("${dataset.name}/${now:%Y-%m-%d_%H-%M-%S}") for d in dirs), dirs
+    docs = (ROOT / "docs" / "python.md").read_text() + (ROOT / "README.md").read_text()
+    shown = re.findall(r"outputs/[\w/<>-]*\d{4}-\d\d-\d\d[\w/:-]*", docs)
+    assert shown and all(re.fullmatch(r"outputs/\w+/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", s) for s in shown), shown

@@ -57,7 +57,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.dir) / "plots"
     if args.dpi < 10:
         sys.exit(f"error: --dpi must be at least 10, got {args.dpi}")
-    made = plot_all(collect([args.dir]), Path(args.dir), out, args.format, args.dpi)
+    try:
+        made = plot_all(collect([args.dir]), Path(args.dir), out, args.format, args.dpi)
+    except OSError as e:
+        sys.exit(f"error: cannot write the plots into {out} ({e.strerror or e}); give a writable --out folder")
     if not made:
         sys.exit(f"error: nothing to plot: no finished runs below {args.dir}")
     for path in made:
@@ -84,9 +87,11 @@ def best_summary(sweep_dir: Path | None, coll: Collection | None, storage: str |
     if path.exists():
         try:
             out = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            raise DenetdmError(f"{path} is damaged; give the study instead: --storage URL --study-name NAME") from None
-        if "best_value" not in out:
+        except (yaml.YAMLError, UnicodeDecodeError):
+            out = None
+        if not isinstance(out, dict) or not isinstance(out.get("best_params", {}), dict):
+            raise DenetdmError(f"{path} is damaged; give the study instead: --storage URL --study-name NAME")
+        if not finite(out.get("best_value")):
             raise DenetdmError(f"{path} records no completed trial (n_failed={out.get('n_failed')})")
         return out
     runs = [r for r in coll.runs if finite(r.objective)]

@@ -6,6 +6,7 @@ Schedules are capped at one epoch, so a large but valid epoch count does not mak
 """
 
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -77,11 +78,27 @@ KEYS = [
     "probe.split",
     "probe.steps",
     "max_loss",  # (data_root and cache_dir: in the environment test below, on paths of the test's own)
+    "debug",
+    "remedy",
+    "logger",
+    "hparams_search",
+    "experiment",
+    "model.deep.init",
+    "model.deep.norm",
+    "model.deep.input_scale",
+    "model.target.name",
+    "dataset.base",
+    "dataset.root",
     # a baseline's hyperparameters, fuzzed with that method chosen (`<method>:<key>`)
     *(f"jtt:method.{k}" for k in ("arch", "id_epochs", "upweight", "error_set", "weighting")),
     *(f"groupdro:method.{k}" for k in ("eta", "adjustment", "sampler")),
     *(f"lff:method.{k}" for k in ("q", "alpha")),
+    # the W&B logger's keys (docs/sweeps.md), with it chosen (`logger=wandb:<key>`; WANDB_MODE=disabled in tests)
+    *(f"logger=wandb:logger.{k}" for k in ("tags", "name", "group", "job_type", "log_checkpoints", "verbose")),
+    "logger=wandb:logger.init_timeout",
 ]
+# documented keys not fuzzed here, and why
+NOT_FUZZED = {"launcher": "needs -m and a plugin: check_launcher's one line is tested in tests/test_sweeps.py"}
 
 WORDS = ["cpu", "cuda", "auto", "val", "test", "oracle", "acc", "eval", "train", "mlp", "shallow/acc", "true", "none"]
 VALUES = st.one_of(
@@ -146,9 +163,33 @@ def runs_or_one_error_line(args: list[str], run_dir) -> None:
 
 
 def with_method(key: str) -> list[str]:
-    """`<method>:<key>` chooses the method whose hyperparameter the key is."""
+    """`<method>:<key>` chooses the method whose hyperparameter the key is (`<group>=<choice>:<key>`: that choice)."""
     method, _, key = key.rpartition(":")
-    return [f"method={method}"] * bool(method) + [key]
+    return ([method if "=" in method else f"method={method}"] if method else []) + [key]
+
+
+def test_the_fuzz_covers_every_documented_key():
+    import re
+
+    from conftest import ROOT
+
+    rows = (ROOT / "docs" / "configuration.md").read_text().split("\n| ")[1:]
+    documented = {k for row in rows for k in re.findall(r"`([a-z_]+(?:\.[a-z_]+)*)`", row.split(" | ")[0])}
+    documented = {k for k in documented if compose_has(k)}
+    fuzzed = {k.rpartition(":")[2] for k in KEYS} | {f"dataset.{k}" for keys in IMAGE_KEYS.values() for k in keys}
+    assert documented - fuzzed - set(NOT_FUZZED) == set()
+
+
+def compose_has(key: str) -> bool:
+    """Whether `key` is a config key or group of the composed default config (or of a method's)."""
+    from omegaconf import OmegaConf
+
+    return (CONF / key).is_dir() or any(OmegaConf.select(c, key, default="absent") != "absent" for c in _configs())
+
+
+@functools.cache
+def _configs() -> list:
+    return [compose_cfg([f"method={m}", "dataset=images_csv"]) for m in ("denetdm", "jtt", "groupdro", "lff")]
 
 
 def one_value(key: str, value: object, tmp_path_factory) -> None:
@@ -301,3 +342,108 @@ def test_any_value_for_an_image_dataset_runs_or_is_one_error_line(case, value, a
 @given(case=IMAGE_CASES, value=VALUES)
 def test_any_value_for_an_image_dataset_drawn_anew_runs_or_is_one_error_line(case, value, archives, tmp_path_factory):
     one_image_value(*case, value, archives, tmp_path_factory)
+
+
+# --- sweep.py: every command on damaged, missing and unwritable inputs -----------------------------------------------
+
+# what a user's files can look like after a crash, an edit or a copy gone wrong
+DAMAGES = {
+    "results.json": ["", "{", "[]", '"text"', '{"config": 5}', '{"method": "x"}', "\x00\xff"],
+    "metrics.jsonl": ["", "{", '{"stage": 5}\n', "not json\n", '{"epoch": "x", "stage": "stage1"}\n'],
+    "trials.jsonl": ["", "{", '{"number": "x"}\n', "[]\n", '{"number": 1, "params": 5, "state": 7}\n'],
+    "optimization_results.yaml": ["", ":", "best_value: x", "- 1", "best_params: 5\nbest_value: 0.5"],
+    "failed.json": ["", "{", "[]", '{"error": 5}'],
+    "record": ["", "{", '{"format": 99}', "[]"],
+}
+# each command's options, given a value a user could type: a word, a number, a path that cannot be written
+OPTIONS = {
+    "table": ["--metric", "--selection", "--where", "--format", "--last-epoch", "--published"],
+    "plot": ["--out", "--format", "--dpi"],
+    "best": ["--storage", "--study-name"],
+    "wandb": ["--project", "--mode"],
+    "export": [],
+    "report": ["--check"],
+}
+OPTION_VALUES = st.one_of(
+    st.sampled_from(["val/acc", "stage1/separation", "nope", "oracle,val", "last", "seed=0", "x=", "=", "md", "csv"]),
+    st.sampled_from(["-1", "0", "5", "1e9", "/proc/x/y", "/dev/null", "sqlite:///", "journal:/proc/x", "offline"]),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=8),
+)
+
+
+def sweep_py_ends_well(argv: list[str]) -> None:
+    """What `python sweep.py ARGV` does: output, or one `error:` line (SystemExit); never a traceback."""
+    from sweep import main as sweep_main
+
+    try:
+        sweep_main(argv)
+    except SystemExit as e:
+        if e.code not in (None, 0, 2):  # 2: argparse's own usage error, one line after its usage text
+            assert isinstance(e.code, str) and e.code.startswith("error: ") and "\n" not in e.code, e.code
+
+
+def damaged_copy(tmp: Path, file: str, text: str) -> Path:
+    """The committed fixture sweeps, with one file of each run (or one store record) replaced by `text`."""
+    import shutil
+
+    from conftest import ROOT
+
+    root = tmp / "sweeps"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "sweeps", root)
+    sweep_py_ends_well(["export", str(root / "seeds"), "--to", str(tmp / "store")])
+    if file == "record":
+        targets = sorted((tmp / "store").glob("*.record.json"))[:1]
+    else:
+        targets = sorted(root.rglob(file))[:2] or [root / "seeds" / "0" / file]
+    for t in targets:
+        t.write_bytes(text.encode("utf-8", "surrogateescape"))
+    return root
+
+
+COMMANDS = ["table", "plot", "best", "wandb", "export", "report"]
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=60)
+@given(
+    command=st.sampled_from(COMMANDS),
+    damage=st.sampled_from([(f, t) for f, texts in DAMAGES.items() for t in texts]),
+    options=st.lists(st.tuples(st.integers(0, 5), OPTION_VALUES), max_size=2),
+)
+@example(command="best", damage=("optimization_results.yaml", "- 1"), options=[])  # found by this test
+@example(command="table", damage=("results.json", '{"config": 5}'), options=[])  # found by this test
+@example(command="export", damage=("metrics.jsonl", '{"epoch": "x", "stage": "stage1"}\n'), options=[])  # ditto
+@example(command="plot", damage=("trials.jsonl", '{"number": 1, "params": 5, "state": 7}\n'), options=[])  # ditto
+@example(command="best", damage=("failed.json", ""), options=[(0, "journal:/proc/x")])  # found by this test
+@example(command="wandb", damage=("failed.json", ""), options=[(0, "test/acc")])  # W&B refuses the project name
+@example(command="plot", damage=("failed.json", ""), options=[(0, "/proc/x/y")])  # found by this test
+def test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line(
+    command, damage, options, tmp_path_factory, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tmp = tmp_path_factory.mktemp("sweeppy")
+    root = damaged_copy(tmp, *damage)
+    args = {"export": [str(root), "--to", str(tmp / "out")], "report": [str(tmp / "doc.md")]}.get(command)
+    if command == "report":
+        (tmp / "doc.md").write_text(f"<!-- table: {tmp / 'store'} -->\n<!-- end -->\n")
+    args = args or [str(root / "depth_gap" if command == "best" else root)]
+    for k, value in options:  # an option of this command, where it has one, with a value typed after it
+        if OPTIONS[command]:
+            flag = OPTIONS[command][k % len(OPTIONS[command])]
+            args += [flag] if flag in ("--last-epoch", "--published", "--check") else [flag, value]
+    sweep_py_ends_well([command, *args])
+
+
+@pytest.mark.slow
+@settings(FRESH, max_examples=15)
+@given(
+    command=st.sampled_from(COMMANDS),
+    damage=st.sampled_from([(f, t) for f, texts in DAMAGES.items() for t in texts]),
+    options=st.lists(st.tuples(st.integers(0, 5), OPTION_VALUES), max_size=2),
+)
+def test_every_sweep_py_command_drawn_anew_ends_in_output_or_one_error_line(
+    command, damage, options, tmp_path_factory, monkeypatch
+):
+    test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line.hypothesis.inner_test(
+        command, damage, options, tmp_path_factory, monkeypatch
+    )

@@ -141,6 +141,9 @@ class WandbLogger(NullLogger):
         init_timeout: float = 15.0,
         verbose: bool = False,
     ) -> None:
+        for key, value in (("project", project), ("entity", entity), ("group", group), ("job_type", job_type)):
+            if value is not None and not (isinstance(value, str) and value):
+                raise ConfigError(f"logger.{key} must be a word (or null), got {value!r}")
         self.kwargs = dict(
             project=project,
             entity=entity,
@@ -194,7 +197,8 @@ class WandbLogger(NullLogger):
             for k, v in self.best.items():  # a resumed run's summary starts from the best values so far
                 self.run.summary[f"best/{k}"] = v
         except Exception as e:  # W&B is second: a broken W&B set-up must not stop the experiment
-            log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, e)
+            said = (str(e).strip().splitlines() or [""])[0]
+            log.warning("W&B logging is off for this run (%s: %s); files are written as usual", type(e).__name__, said)
             self.run = None
             return self
         self.stages: set[str] = set()  # phases whose metrics are plotted against their own epoch
@@ -268,17 +272,21 @@ def log_sweep_summary(
     import wandb
 
     config = {"sweep_dir": str(Path(sweep_dir).resolve()), **{f"best/{k}": v for k, v in best.items()}}
-    settings = wandb.Settings(console="off", save_code=False)
-    run = wandb.init(
-        project=project,
-        group=group,
-        job_type="sweep-summary",
-        name=f"{group}-summary",
-        dir=str(sweep_dir),
-        mode=mode,
-        config=config,
-        settings=settings,
-    )
+    settings = wandb.Settings(console="off", save_code=False, quiet=True)
+    try:
+        run = wandb.init(
+            project=project,
+            group=group,
+            job_type="sweep-summary",
+            name=f"{group}-summary",
+            dir=str(sweep_dir),
+            mode=mode,
+            config=config,
+            settings=settings,
+        )
+    except Exception as e:  # W&B's own errors (a project name it refuses, no API key online): one line
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"W&B did not start the summary run ({said}); the sweep's files are unchanged") from None
     try:
         columns, rows = table
         run.log({"trials": wandb.Table(columns=columns, data=rows), **{p.stem: wandb.Image(str(p)) for p in plots}})

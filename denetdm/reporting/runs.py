@@ -106,7 +106,7 @@ class Run:
         """The per-epoch records of metrics.jsonl (empty when the file is gone); a store record's curves."""
         if self.path.name.endswith(store.SUFFIX):
             return store.epochs_of(self.results)
-        return JsonLines(self.path / "metrics.jsonl").read()
+        return [e for e in JsonLines(self.path / "metrics.jsonl").read() if is_epoch(e)]  # a damaged line: skipped
 
 
 @dataclass
@@ -160,7 +160,7 @@ def collect(dirs: list[str | Path]) -> Collection:
                 results = json.loads(res.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 results = None
-            if isinstance(results, dict):
+            if is_results(results):
                 out.runs.append(Run(job, results))
             else:
                 out.incomplete.append((job, "damaged: results.json is not a results file; run it again to rewrite it"))
@@ -168,6 +168,19 @@ def collect(dirs: list[str | Path]) -> Collection:
     out.runs.sort(key=lambda r: _natural(r.path))
     out.incomplete.sort(key=lambda j: _natural(j[0]))
     return out
+
+
+def is_results(obj: Any) -> bool:
+    """Whether a parsed results.json has what every reader takes for granted (a hand-edited or cut file may not)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
+        return False
+    depths = obj.get("depths")
+    return isinstance(depths, list) and all(isinstance(d, int) for d in depths) and "method_label" in obj
+
+
+def is_epoch(record: Any) -> bool:
+    """Whether a metrics.jsonl line is an epoch's record (a stage name and an epoch number)."""
+    return isinstance(record, dict) and isinstance(record.get("stage"), str) and type(record.get("epoch")) is int
 
 
 def _natural(path: Path) -> list[Any]:
@@ -181,9 +194,16 @@ def trial_records(sweep_dir: Path) -> list[dict]:
     rows: dict[tuple, dict] = {}
     for path in sorted(Path(sweep_dir).rglob("trials.jsonl")):
         for row in JsonLines(path).read():  # skips a line cut by a crash
-            if isinstance(row, dict) and isinstance(row.get("number"), int):
+            if is_trial(row):
                 rows.setdefault((row.get("study"), row["number"]), row)
     return sorted(rows.values(), key=lambda r: (str(r.get("study")), r["number"]))
+
+
+def is_trial(row: Any) -> bool:
+    """Whether a trials.jsonl line is a trial (number, state, params and value as the sweeper writes them)."""
+    if not isinstance(row, dict) or type(row.get("number")) is not int or not isinstance(row.get("state"), str):
+        return False
+    return isinstance(row.get("params"), dict) and (row.get("value") is None or finite(row.get("value")))
 
 
 def objective_key(runs: list[Run]) -> str:

@@ -100,7 +100,12 @@ def open_storage(url: str | None) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    try:
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    except OSError as e:
+        raise ConfigError(
+            f"the study journal {url.removeprefix('journal:')} cannot be opened ({e.strerror or e})"
+        ) from None
 
 
 class Reporter:

@@ -61,11 +61,15 @@ def create_or_load_study(
     study_name: str | None, storage: str | None, sampler: Any, direction: str, pruner: Any = None
 ) -> optuna.Study:
     """optuna.create_study(load_if_exists=True) that survives two workers creating the same study at once."""
+    try:
+        opened = open_storage(storage)
+    except DenetdmError as e:
+        sys.exit(f"error: {e}")
     for attempt in range(5):
         try:
             return optuna.create_study(
                 study_name=study_name,
-                storage=open_storage(storage),
+                storage=opened,
                 sampler=sampler,
                 direction=direction,
                 load_if_exists=True,

@@ -185,3 +185,20 @@ def test_background_writes_run_in_the_order_queued_and_a_record_write_error_name
     recorder.writer.call(recorder._append, "stage1", {"stage": "stage1", "epoch": 1}, background=True)
     with pytest.raises(WriteError, match="could not write .*metrics.jsonl"):
         recorder.writer.flush()
+
+
+def test_each_epochs_line_gives_accuracies_in_percent_and_the_time_left(tmp_path, caplog):
+    import logging
+    import re
+
+    from denetdm.training.engine import duration
+    from denetdm.training.pipeline import train
+
+    from conftest import TINY, compose_cfg
+
+    caplog.set_level(logging.INFO)
+    train(compose_cfg([*TINY, "experts.epochs=3", "target.epochs=1"]), tmp_path / "r")
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert re.search(r"^stage1 epoch 1/3 .*shallow/val/acc_conflicting \d+\.\d\d % .*; stage1 \d+ s left\)$", lines[0])
+    assert lines[2].endswith("; stage1 done)") and lines[3].endswith("; stage2 done)")
+    assert [duration(s) for s in (12, 600, 12_000)] == ["12 s", "10 min", "3 h 20 min"]

@@ -132,6 +132,21 @@ def test_resume_with_another_config_is_refused_and_names_the_key(tmp_path):
     train(compose_cfg([*TINY, "stage=stage1", "experts.epochs=1", "threads=1"]), run_dir)
 
 
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("logger.tags=5", "logger.tags must be a list of words"),  # was a TypeError traceback
+        (f"logger.tags=[{'x' * 65}]", "logger.tags must be a list of words of 1-64 characters"),
+        ("logger.job_type=[a]", "logger.job_type must be a word"),
+    ],
+)
+def test_a_bad_wandb_logger_value_is_one_line_before_training(override, words, tmp_path):
+    cfg = compose_cfg([*TINY, "logger=wandb", override])
+    with pytest.raises(ConfigError, match=words):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
     # torch's Adam accepts lr=nan and trains into a non-finite loss: refuse it up front
     assert "experts.lr" in _error(["experts.lr=nan"], tmp_path, ConfigError)

@@ -264,6 +264,8 @@ def test_labels_follow_the_objective_key_and_plots_come_as_pdf_or_svg(tmp_path, 
         out = _sweep(["plot", str(sweep), "--out", str(tmp_path / "svg"), "--format", "svg"], capsys)
     history = (tmp_path / "svg" / "history.svg").read_text()
     assert "objective, stage2 target: val/acc (%)" in history and "unbiased" not in history
+    heatmap = (tmp_path / "svg" / "depth_heatmap.svg").read_text()  # each panel names the model it shows
+    assert "objective, stage2 target: val/acc (%)" in heatmap and "stage2 target: val/acc_conflicting (%)" in heatmap
     _sweep(["plot", str(sweep), "--out", str(tmp_path / "pdf"), "--format", "pdf", "--dpi", "200"], capsys)
     assert {p.suffix for p in (tmp_path / "pdf").iterdir()} == {".pdf"} and len(out.split()) >= 2
     assert all(p.read_bytes().startswith(b"%PDF") for p in (tmp_path / "pdf").iterdir())

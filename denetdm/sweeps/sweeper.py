@@ -95,11 +95,11 @@ def sweep_setting(config: DictConfig, fixed: dict) -> dict:
     plain = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
     parser = OverridesParser.create()
     for key, value in fixed.items():
-        if value is not None:  # a deletion (~key) has no value to compare
+        if value is not None and "/" not in key:  # a deletion (~key) has no value; group choices are composed
             tree, *path = [plain, *key.lstrip("+").split(".")]
             for part in path[:-1]:
                 tree = tree.setdefault(part, {}) if isinstance(tree, dict) else {}
-            if isinstance(tree, dict):
+            if isinstance(tree, dict) and not isinstance(tree.get(path[-1]), dict):  # a group's choice: composed
                 tree[path[-1]] = parser.parse_override(f"{key}={value}").value()
     return fingerprint(plain, ((plain.get("stage") or {}).get("stages") or ["stage2"])[-1])
 
@@ -139,7 +139,11 @@ class OptunaLoop(Sweeper):
 
     def __init__(self, **kwargs: Any) -> None:
         self.pruner = _checked_settings(kwargs)
-        self.sampler, self.direction, self.storage = kwargs["sampler"], kwargs["direction"], kwargs["storage"]
+        self.sampler, self.direction, self.storage = (
+            build_sampler(kwargs["sampler"]),
+            kwargs["direction"],
+            kwargs["storage"],
+        )
         self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
         self.fail_collapsed = kwargs.get("fail_collapsed", False)
@@ -148,7 +152,11 @@ class OptunaLoop(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the config and build the launcher."""
         self.config = config
-        self.extend = functools.partial(get_method(self.extender), config) if self.extender else None
+        try:
+            self.extend = functools.partial(get_method(self.extender), config) if self.extender else None
+        except Exception as e:
+            said = " ".join(str(e).split())
+            sys.exit(f"error: hydra.sweeper.custom_search_space={self.extender} is not a function to import ({said})")
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -290,6 +298,19 @@ class OptunaLoop(Sweeper):
                 f"of n_trials={self.n_trials} allows ({limit}); the errors are in {sweep_dir / 'trials.jsonl'} "
                 "and in each failed job's run.log"
             )
+
+
+def build_sampler(node: Any) -> Any:
+    """The Optuna sampler of `hydra.sweeper.sampler` (a grid's as a partial, built once the grid is known)."""
+    if not isinstance(node, DictConfig | dict):
+        return node
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except Exception as e:  # Hydra's message names the class on one line and the cause on the next
+        said = " ".join(str(e).split())
+        sys.exit(f"error: hydra.sweeper.sampler cannot be built ({said}); check its values")
 
 
 def reseed(sampler: Any, seed: int | None, index: int) -> None:

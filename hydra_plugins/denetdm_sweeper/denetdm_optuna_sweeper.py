@@ -114,6 +114,9 @@ class DenetdmOptunaSweeperConf:
     """hydra-optuna-sweeper's fields (less the deprecated `search_space`), with denetdm's defaults and keys."""
 
     _target_: str = "hydra_plugins.denetdm_sweeper.denetdm_optuna_sweeper.DenetdmOptunaSweeper"
+    # the sampler and pruner nodes reach the loop as config, which builds them itself: a bad value (a negative
+    # sampler seed) is then one error line, not Hydra's instantiation error
+    _recursive_: bool = False
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING
     direction: Any = Direction.minimize  # one objective: denetdm sweeps maximise the run's objective

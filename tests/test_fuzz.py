@@ -447,3 +447,41 @@ def test_every_sweep_py_command_drawn_anew_ends_in_output_or_one_error_line(
     test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line.hypothesis.inner_test(
         command, damage, options, tmp_path_factory, monkeypatch
     )
+
+
+# --- the Optuna sweeper's keys, on the real command line ------------------------------------------------------------
+
+SWEEPER_KEYS = [
+    *("n_trials", "max_failure_rate", "direction", "study_name", "n_jobs", "fail_collapsed", "pruner"),
+    *("sampler.seed", "storage", "custom_search_space"),
+]
+
+
+def one_sweeper_value(key: str, value: object, tmp: Path) -> None:
+    """`run.py -m hparams_search=distill hydra.sweeper.<key>=<value>` (one trial of one epoch each): a sweep, or
+    one error line."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if key == "n_trials" and isinstance(value, int) and not isinstance(value, bool) and value > 2:
+        value = 2  # a valid but huge sweep would run for days
+    args = ["-m", "hparams_search=distill", *BASE, f"hydra.sweep.dir={tmp / 'sweep'}"]
+    args += [] if key == "n_trials" else ["hydra.sweeper.n_trials=1"]
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, f"hydra.sweeper.{key}={render(value)}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    if proc.returncode:
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: "), proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=12)
+@given(key=st.sampled_from(SWEEPER_KEYS), value=VALUES)
+@example(key="sampler.seed", value=-1)  # found by this test: Hydra's instantiation error
+@example(key="custom_search_space", value="x")  # found by this test: Hydra's import error
+@example(key="storage", value="journal:/proc/x/study.journal")  # found by this test: a FileNotFoundError
+def test_any_value_for_a_sweeper_key_sweeps_or_is_one_error_line(key, value, tmp_path_factory):
+    one_sweeper_value(key, value, tmp_path_factory.mktemp("sweeper"))

@@ -199,7 +199,8 @@ def test_a_trial_killed_before_its_values_were_drawn_is_failed_and_not_retried(t
     sweep = tmp_path / "s"
     sweep.mkdir()
     storage = f"sqlite:///{(sweep / 'study.db').resolve()}"
-    study = optuna.create_study(study_name="depth_gap-synthetic", storage=storage, direction="maximize")
+    # the sweep's own study (named after its directory), as a killed run of this sweep left it
+    study = optuna.create_study(study_name="depth_gap-synthetic-s", storage=storage, direction="maximize")
     lost = study.ask()  # asked, then killed before its depths were sampled: RUNNING without params
     lost.set_user_attr("sweep_dir", str(sweep.resolve()))
     proc = run_cli(

@@ -241,7 +241,8 @@ def test_plot_adds_optunas_plots_of_the_sweeps_study(tmp_path, capsys):
 
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     copy = plotted(trials, 100)
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # Optuna marks PED-ANOVA experimental
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     assert set(optuna.importance.get_param_importances(copy, evaluator=evaluator)) == {
         "model.shallow.depth",
         "model.deep.depth",

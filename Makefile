@@ -1,11 +1,11 @@
-# make install | install-launchers | run | test | test-fast | lint | bench | gpu-check | gpu-pack | gpu-reproduce     (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench | equiv | gpu-check | gpu-pack | gpu-reproduce     (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test test-fast lint format bench gpu-check gpu-pack gpu-reproduce clean
+.PHONY: install install-launchers run test test-fast lint format bench equiv gpu-check gpu-pack gpu-reproduce clean
 
 install: $(STAMP)
 
@@ -52,6 +52,12 @@ format: install
 
 bench: install
 	PYTHONPATH=. $(PY) tests/bench.py $(ARGS)
+
+# A refactor changes no number: every method, a resumed run, a stack (and Colored MNIST where $DENETDM_DATA has it)
+# made here and at BASE, compared file by file (tests/equiv.py). make equiv BASE=<commit>
+BASE ?= HEAD
+equiv: install
+	$(PY) tests/equiv.py $(BASE)
 
 # The GPU measurements of issue 13 in one go, for a session that is lent a GPU (about 10 minutes on an H200):
 # the CUDA tests, the bench's CUDA rows, one Colored MNIST paper run with captured steps, 16 stacked seeds.

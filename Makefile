@@ -73,7 +73,7 @@ gpu-check: install
 # The paper cells still unmeasured, on a lent GPU (docs/results.md, "On a GPU"). Here: `make gpu-pack` puts what the
 # device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB).
 # There: carry .gpu and run `make gpu-reproduce PY=python3 GPU_OUT=$$OUT`: it unpacks them and runs the steps of
-# denetdm/sweeps/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
+# tests/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
 # the records come back in $$OUT/records.tar.gz.
 GPU_PACK := .gpu
 WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
@@ -91,7 +91,7 @@ gpu-reproduce:
 	$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_PACK)/wheels/*.whl
 	mkdir -p data $(GPU_OUT) && tar -C data -xJf $(GPU_PACK)/cifar10.tar.xz && tar -C data -xJf $(GPU_PACK)/mnist.tar.xz
 	rm -rf $(FROST) && cp -r $(GPU_PACK)/frost $(FROST)
-	PYTHONPATH=/tmp/site DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) -m denetdm.sweeps.reproduce --out /tmp/reproduce \
+	PYTHONPATH=/tmp/site:$(CURDIR) DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) tests/reproduce.py --out /tmp/reproduce \
 		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
 
 clean:

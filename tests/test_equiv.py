@@ -2,9 +2,8 @@
 
 import json
 
-import torch
-
 import equiv
+import torch
 
 
 def _run(folder, test_acc: float, weight: float, seconds: float) -> None:

@@ -1,13 +1,12 @@
-"""`make gpu-reproduce` (denetdm/sweeps/reproduce.py): its steps run at a tiny size and come back as store records."""
+"""`make gpu-reproduce` (tests/reproduce.py): its steps run at a tiny size and come back as store records."""
 
 import json
 import tarfile
 from collections import Counter
 
 import pytest
+import reproduce
 from test_image_datasets import cifar_tree  # noqa: F401 (a fixture)
-
-from denetdm.sweeps import reproduce
 
 
 def test_unknown_step_is_one_clear_error(tmp_path):

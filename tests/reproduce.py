@@ -6,7 +6,7 @@ Each step is one `run.py -m ... launcher=stacked` sweep; after it, its finished 
 stacks exported. `--tiny` runs the same steps at a tiny size, so that the script is tested on a CPU before a GPU
 session spends its minutes on it.
 
-    python -m denetdm.sweeps.reproduce --out OUT [--budget 540] [--steps a,b] [--cifar-source PATH] [--pack F] [--tiny]
+    python tests/reproduce.py --out OUT [--budget 540] [--steps a,b] [--cifar-source PATH] [--pack F] [--tiny]
 """
 
 import argparse
@@ -20,7 +20,7 @@ from pathlib import Path
 from denetdm.errors import ConfigError
 from denetdm.models.resnet_imagenet import check_pretrained_available
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 C10 = ["experiment=paper_ccifar10", "seed=0,1,2"]
 # (name, overrides, store): the Corrupted CIFAR-10 1 % cell (issue 20), then the stack's cost: one Colored MNIST
 # paper run and 16 seeds stacked (the ratio of the two steps' printed times). Every Colored MNIST cell of issue 19

@@ -403,23 +403,8 @@ def damaged_copy(tmp: Path, file: str, text: str) -> Path:
 COMMANDS = ["table", "plot", "best", "wandb", "export", "report"]
 
 
-@pytest.mark.slow
-@settings(FIXED, max_examples=60)
-@given(
-    command=st.sampled_from(COMMANDS),
-    damage=st.sampled_from([(f, t) for f, texts in DAMAGES.items() for t in texts]),
-    options=st.lists(st.tuples(st.integers(0, 5), OPTION_VALUES), max_size=2),
-)
-@example(command="best", damage=("optimization_results.yaml", "- 1"), options=[])  # found by this test
-@example(command="table", damage=("results.json", '{"config": 5}'), options=[])  # found by this test
-@example(command="export", damage=("metrics.jsonl", '{"epoch": "x", "stage": "stage1"}\n'), options=[])  # ditto
-@example(command="plot", damage=("trials.jsonl", '{"number": 1, "params": 5, "state": 7}\n'), options=[])  # ditto
-@example(command="best", damage=("failed.json", ""), options=[(0, "journal:/proc/x")])  # found by this test
-@example(command="wandb", damage=("failed.json", ""), options=[(0, "test/acc")])  # W&B refuses the project name
-@example(command="plot", damage=("failed.json", ""), options=[(0, "/proc/x/y")])  # found by this test
-def test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line(
-    command, damage, options, tmp_path_factory, monkeypatch
-):
+def one_sweep_py(command: str, damage: tuple[str, str], options: list, tmp_path_factory, monkeypatch) -> None:
+    """`sweep.py <command>` on a damaged copy of the fixture sweeps, with some of its options."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     tmp = tmp_path_factory.mktemp("sweeppy")
     root = damaged_copy(tmp, *damage)
@@ -434,19 +419,36 @@ def test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_li
     sweep_py_ends_well([command, *args])
 
 
-@pytest.mark.slow
-@settings(FRESH, max_examples=15)
-@given(
+SWEEP_PY_CASES = dict(
     command=st.sampled_from(COMMANDS),
     damage=st.sampled_from([(f, t) for f, texts in DAMAGES.items() for t in texts]),
     options=st.lists(st.tuples(st.integers(0, 5), OPTION_VALUES), max_size=2),
 )
+
+
+@pytest.mark.slow
+@settings(FIXED, max_examples=60)
+@given(**SWEEP_PY_CASES)
+@example(command="best", damage=("optimization_results.yaml", "- 1"), options=[])  # found by this test
+@example(command="table", damage=("results.json", '{"config": 5}'), options=[])  # found by this test
+@example(command="export", damage=("metrics.jsonl", '{"epoch": "x", "stage": "stage1"}\n'), options=[])  # ditto
+@example(command="plot", damage=("trials.jsonl", '{"number": 1, "params": 5, "state": 7}\n'), options=[])  # ditto
+@example(command="best", damage=("failed.json", ""), options=[(0, "journal:/proc/x")])  # found by this test
+@example(command="wandb", damage=("failed.json", ""), options=[(0, "test/acc")])  # W&B refuses the project name
+@example(command="plot", damage=("failed.json", ""), options=[(0, "/proc/x/y")])  # found by this test
+def test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line(
+    command, damage, options, tmp_path_factory, monkeypatch
+):
+    one_sweep_py(command, damage, options, tmp_path_factory, monkeypatch)
+
+
+@pytest.mark.slow
+@settings(FRESH, max_examples=15)
+@given(**SWEEP_PY_CASES)
 def test_every_sweep_py_command_drawn_anew_ends_in_output_or_one_error_line(
     command, damage, options, tmp_path_factory, monkeypatch
 ):
-    test_every_sweep_py_command_on_damaged_inputs_ends_in_output_or_one_error_line.hypothesis.inner_test(
-        command, damage, options, tmp_path_factory, monkeypatch
-    )
+    one_sweep_py(command, damage, options, tmp_path_factory, monkeypatch)
 
 
 # --- the Optuna sweeper's keys, on the real command line ------------------------------------------------------------

@@ -24,7 +24,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     """Print a DomainBed-style table of the runs below the given directories."""
     from denetdm.reporting.docgen import select
     from denetdm.reporting.tables import FORMATS, add_published, build_table
-    from denetdm.training.selection import protocol
+    from denetdm.selection import protocol
 
     selections = [protocol(s.strip()).name for s in args.selection.split(",")]
     coll = select(args.dirs, args.where)

@@ -20,10 +20,10 @@ import torch
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
 from denetdm.methods import DeNetDMStage1, DeNetDMStage2
+from denetdm.selection import PROTOCOLS
 from denetdm.training import phases as ph
-from denetdm.training.engine import Trainer
+from denetdm.training.loop import Trainer
 from denetdm.training.pipeline import context
-from denetdm.training.selection import PROTOCOLS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the cnn3_resnet20 preset (conf/backbone_depth/): CNN-3 vs ResNet-20, target = ResNet-20

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from denetdm.training.fingerprint import NOT_NUMERIC
+from denetdm.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -53,10 +53,10 @@ def run(tree: Path, args: list[str], out: Path) -> None:
 
 def plain(obj: object) -> object:
     """A results or epoch record without its volatile keys, a config without the keys that change no number
-    (labels such as a sweep's study name: denetdm.training.fingerprint.NOT_NUMERIC)."""
+    (labels such as a sweep's study name: denetdm.fingerprint.NOT_NUMERIC)."""
     if isinstance(obj, dict):
-        if isinstance(obj.get("config"), dict):
-            obj = obj | {"config": {k: v for k, v in obj["config"].items() if k not in NOT_NUMERIC}}
+        if isinstance(obj.get("config"), dict):  # the config's keys that can change a number
+            obj = obj | {"config": fingerprint(obj["config"], "")}
         return {k: plain(v) for k, v in obj.items() if not str(k).startswith(VOLATILE) and "time/" not in str(k)}
     return obj
 
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("base", help="the commit to compare with (e.g. main~3)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="equiv-"))
-    base = tmp / "base"
+    base = tmp / "base-tree"
     subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT, check=True)
     differing = 0
     try:

@@ -94,14 +94,14 @@ def arm(fault: str) -> None:
     elif kind == "kill-after-write":
         _after_write(parts[0], int(parts[1]))
     elif kind == "kill-at-stage":
-        from denetdm.training.engine import Trainer
+        from denetdm.training.loop import Trainer
 
         _wrap_method(Trainer, "begin", before=lambda stage, *a: stage == parts[0] and _die())
     elif kind == "kill-after-epoch":
-        from denetdm.training.engine import Recorder
+        from denetdm.training.recorder import Recorder
 
         stage, epoch = parts[0], int(parts[1])
-        _wrap_method(Recorder, "_report", after=lambda s, e, *a: (s, e) == (stage, epoch) and _die())
+        _wrap_method(Recorder, "record", after=lambda fit, e, *a: (fit.stage, e) == (stage, epoch) and _die())
     elif kind == "kill-after-generating":
         import denetdm.data.base as base
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from denetdm import provenance
 from denetdm.files.jsonlines import parse_line
-from denetdm.training import provenance
 
 from conftest import ROOT, TINY, compose_cfg, read_results, run_cli
 from wandb_files import read_run
@@ -224,7 +224,7 @@ def test_an_offline_wandb_run_reads_back_with_the_reader_the_docs_name(tmp_path)
 
 def test_provenance_names_the_cpu_kernels_torch_ran_with():
     # they round differently (AVX2 against AVX-512): a record says which made it, ATEN_CPU_CAPABILITY picks them
-    code = "import torch; from denetdm.training import provenance; print(provenance.machine(torch.device('cpu')))"
+    code = "import torch; from denetdm import provenance; print(provenance.machine(torch.device('cpu')))"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert "'cpu_kernels': 'DEFAULT'" in proc.stdout, proc.stderr[-2000:]

@@ -8,9 +8,9 @@ from denetdm.data.synthetic import SyntheticShapes
 from denetdm.errors import TrainingError
 from denetdm.files.jsonlines import JsonLines
 from denetdm.methods.base import Method
-from denetdm.training.engine import Trainer
+from denetdm.selection import protocol
+from denetdm.training.loop import Trainer
 from denetdm.training.phases import Schedule
-from denetdm.training.selection import protocol
 
 
 class Constant(Method):
@@ -171,7 +171,7 @@ def test_background_writes_run_in_the_order_queued_and_a_record_write_error_name
     from denetdm.errors import WriteError
     from denetdm.reporting.loggers import NullLogger
     from denetdm.training.checkpoint import CheckpointWriter
-    from denetdm.training.engine import Recorder
+    from denetdm.training.recorder import Recorder
 
     writer, done = CheckpointWriter(), []
     writer.call(lambda: (time.sleep(0.2), done.append("record")), background=True)  # a slow fsync
@@ -191,8 +191,8 @@ def test_each_epochs_line_gives_accuracies_in_percent_and_the_time_left(tmp_path
     import logging
     import re
 
-    from denetdm.training.engine import duration
     from denetdm.training.pipeline import train
+    from denetdm.training.recorder import duration
 
     from conftest import TINY, compose_cfg
 

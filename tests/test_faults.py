@@ -539,18 +539,18 @@ class _Killed(BaseException):
 @pytest.mark.parametrize("damage", ["flip", "cut"])
 def test_a_damaged_checkpoint_stops_the_resume_with_one_line_and_loses_nothing_else(damage, tmp_path, monkeypatch):
     from denetdm.errors import CheckpointError
-    from denetdm.training.engine import Recorder
+    from denetdm.training.recorder import Recorder
 
     _tiny(tmp_path / "plain", "experts.epochs=3")
     run = tmp_path / "run"
-    report = Recorder._report
+    report = Recorder.record
 
-    def die_after_epoch_2(self, stage, epoch, *args):
-        report(self, stage, epoch, *args)
-        if (stage, epoch) == ("stage1", 2):
+    def die_after_epoch_2(self, fit, epoch, *args):
+        report(self, fit, epoch, *args)
+        if (fit.stage, epoch) == ("stage1", 2):
             raise _Killed
 
-    monkeypatch.setattr(Recorder, "_report", die_after_epoch_2)
+    monkeypatch.setattr(Recorder, "record", die_after_epoch_2)
     with pytest.raises(_Killed):
         _tiny(run, "experts.epochs=3")
     monkeypatch.undo()

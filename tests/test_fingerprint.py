@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from denetdm.fingerprint import LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
 from denetdm.reporting.runs import Run
-from denetdm.training.fingerprint import LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
 
 from conftest import compose_cfg
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from denetdm.cli import check_group_choices, check_overrides, quote_numeric_choices
 from denetdm.errors import DenetdmError
-from denetdm.training.engine import Trainer
+from denetdm.training.loop import Trainer
 from denetdm.training.pipeline import train
 
 from conftest import COMMON, CONF, compose_cfg, fake_mnist

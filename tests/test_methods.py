@@ -13,10 +13,10 @@ from denetdm.errors import ConfigError
 from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
 from denetdm.methods.jtt import errors_of
 from denetdm.methods.lff import class_max, ema_update, gce
-from denetdm.training.engine import Trainer
+from denetdm.selection import PROTOCOLS, protocol
+from denetdm.training.loop import Trainer
 from denetdm.training.phases import Schedule
 from denetdm.training.pipeline import train
-from denetdm.training.selection import PROTOCOLS, protocol
 
 from conftest import CONF, TINY, compose_cfg, read_results
 

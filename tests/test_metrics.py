@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from denetdm.training.metrics import group_metrics, group_metrics_rows
+from denetdm.metrics import group_metrics, group_metrics_rows
 
 
 def test_hand_built_two_by_two():

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from denetdm.files.jsonlines import parse_line
-from denetdm.training.engine import Recorder
 from denetdm.training.pipeline import evaluate_checkpoint, train, train_runs
+from denetdm.training.recorder import Recorder
 from denetdm.training.stacked import stack_key
 
 from conftest import TINY, compose_cfg, run_cli
@@ -147,15 +147,15 @@ def test_a_killed_stack_resumes_to_the_uninterrupted_numbers(kill_at, vectorize,
     whole = [tmp_path / f"whole{k}" for k in range(3)]
     train_runs(cfgs, whole, vectorize=vectorize)
     runs = [tmp_path / f"killed{k}" for k in range(3)]
-    report, seen = Recorder._report, []
+    report, seen = Recorder.record, []
 
-    def dying(self, stage, epoch, *args):
-        report(self, stage, epoch, *args)
+    def dying(self, fit, epoch, *args):
+        report(self, fit, epoch, *args)
         seen.append(self.run_dir)
-        if (stage, epoch) == kill_at[:2] and self.run_dir == runs[kill_at[2]]:
+        if (fit.stage, epoch) == kill_at[:2] and self.run_dir == runs[kill_at[2]]:
             raise _Killed
 
-    monkeypatch.setattr(Recorder, "_report", dying)
+    monkeypatch.setattr(Recorder, "record", dying)
     with pytest.raises(_Killed):
         train_runs(cfgs, runs, vectorize=vectorize)
     monkeypatch.undo()
@@ -260,7 +260,7 @@ def test_each_member_of_a_stack_logs_its_own_wandb_run(tmp_path, monkeypatch):
 
 
 def test_a_vmapped_stack_evaluates_its_members_at_once_as_each_would_alone(tmp_path):
-    from denetdm.training.engine import evaluate_all
+    from denetdm.training.evaluation import evaluate_all
     from denetdm.training.pipeline import load_data, open_run, plan, prepare
     from denetdm.training.stacked import Stack
 

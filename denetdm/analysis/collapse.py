@@ -28,10 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from denetdm.checks import instantiate_checked, positive_int
 from denetdm.errors import ConfigError, DenetdmError
 from denetdm.files.jsonlines import write_json
+from denetdm.metrics import group_metrics
 from denetdm.models.experts import TwoExpertModel, build_backbone
+from denetdm.provenance import commit, machine
 from denetdm.seeding import derive_seed, generator
-from denetdm.training.metrics import group_metrics
-from denetdm.training.provenance import commit, machine
 
 log = logging.getLogger("denetdm.collapse")
 ARMS = {"l2": torch.optim.Adam, "decoupled": torch.optim.AdamW, "none": torch.optim.Adam}

@@ -11,6 +11,7 @@ import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from hashlib import sha256
 from pathlib import Path
 
 import torch
@@ -125,12 +126,8 @@ class ImagesCsv(CropFlipImages):
 
     def params(self) -> dict:
         """Every parameter the cached bytes depend on."""
-        return {"protocol": "images-csv-v1", "image_size": self.image_size, "index": self._index_digest()}
-
-    def _index_digest(self) -> str:
-        from hashlib import sha256
-
-        return sha256(repr({s: self.index[s] for s in SPLITS}).encode()).hexdigest()[:20]
+        index = sha256(repr({s: self.index[s] for s in SPLITS}).encode()).hexdigest()[:20]
+        return {"protocol": "images-csv-v1", "image_size": self.image_size, "index": index}
 
     def source_files(self) -> dict[str, Path]:
         """The tables and images (a zip: the archive itself)."""

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from denetdm.analysis.verdict import collapse_verdict
 from denetdm.checks import number
 from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method, OptimizerFactory
 from denetdm.models.experts import TargetModel, TwoExpertModel
+from denetdm.verdict import collapse_verdict
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class DeNetDMStage1(Method):
         return {"shallow": shallow, "deep": deep}
 
     def diagnose(self, phase: str, metrics: Mapping[str, float], epochs: int) -> dict:
-        """`<phase>/collapsed` and its signal, read without any label (denetdm.analysis.verdict), with a warning
+        """`<phase>/collapsed` and its signal, read without any label (denetdm.verdict), with a warning
         when the deep expert collapsed."""
         deep, shallow = (metrics.get(f"{phase}/{h}/val/pred_entropy") for h in ("deep", "shallow"))
         if deep is None or shallow is None:

@@ -23,7 +23,7 @@ from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
 from denetdm.methods.erm import ERM, check_arch
 from denetdm.models.experts import Classifier
-from denetdm.training.selection import protocol
+from denetdm.selection import protocol
 
 if TYPE_CHECKING:  # phases imports the methods
     from denetdm.training.phases import Schedule

@@ -12,11 +12,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from denetdm.analysis.verdict import COLLAPSED, TRUTH_ALIGNED, judge_record
 from denetdm.errors import DataError
 from denetdm.reporting.runs import Collection, Run, collect, finite
 from denetdm.reporting.tables import add_published, build_table, is_fraction, to_markdown
-from denetdm.training.selection import protocol
+from denetdm.selection import protocol
+from denetdm.verdict import COLLAPSED, TRUTH_ALIGNED, judge_record
 
 BLOCK = re.compile(r"^<!-- (table|runs|curves|detector|mechanism): (.*?) -->\n.*?^<!-- end -->\n", re.M | re.S)
 
@@ -120,7 +120,7 @@ OUTCOMES = {(True, True): "hit", (False, True): "miss", (True, False): "false al
 
 
 def _detector(argv: list[str]) -> str:
-    """The collapse rule applied to each stage-1 run at its selected epoch (denetdm.analysis.verdict), against the
+    """The collapse rule applied to each stage-1 run at its selected epoch (denetdm.verdict), against the
     truth it is measured by: a row per run (its store first), then the counts of hits, misses and false alarms."""
     p = _parser("detector")
     p.add_argument("--keys", default="method,depths,seed", help="comma-separated keys that name each run")

@@ -57,7 +57,7 @@ def run_fields(config: dict) -> dict[str, str]:
 def run_group(config: dict) -> str:
     """The run's setting, readable: what a table cell compares (method, data, ratio, depths, schedule, every other
     key that changes numbers) without the seed, so W&B averages exactly the runs a table cell averages."""
-    from denetdm.training.fingerprint import setting
+    from denetdm.fingerprint import setting
 
     f = run_fields(config)
     stages = (config.get("stage") or {}).get("stages") or list(config["method"]["phases"])
@@ -119,6 +119,20 @@ def _checked_options(log_checkpoints: object, init_timeout: object) -> tuple[boo
     if not isinstance(init_timeout, int | float) or isinstance(init_timeout, bool) or not init_timeout > 0:
         raise ConfigError(f"logger.init_timeout must be a number of seconds > 0, got {init_timeout!r}")
     return log_checkpoints, float(init_timeout)
+
+
+def _settings(verbose: bool, init_timeout: float):
+    """W&B's settings for a run: quiet unless verbose, no console capture, no code, a new run per logger."""
+    import wandb
+
+    return wandb.Settings(
+        console="off",
+        quiet=not verbose,
+        save_code=False,
+        init_timeout=init_timeout,
+        reinit="create_new",  # the members of a stack (launcher=stacked) each hold a run in one process
+        x_disable_meta=_secret_in_command_line(),  # W&B uploads the command line with its metadata
+    )
 
 
 class WandbLogger(NullLogger):
@@ -183,15 +197,7 @@ class WandbLogger(NullLogger):
                 **self.kwargs,
                 id=run_id,
                 resume="allow",
-                # create_new: the members of a stack (launcher=stacked) each hold a run in one process
-                settings=wandb.Settings(
-                    console="off",
-                    quiet=not self.verbose,
-                    save_code=False,
-                    init_timeout=self.init_timeout,
-                    reinit="create_new",
-                    x_disable_meta=_secret_in_command_line(),  # W&B uploads the command line with its metadata
-                ),
+                settings=_settings(self.verbose, self.init_timeout),
             )
             self._save_state()
             for k, v in self.best.items():  # a resumed run's summary starts from the best values so far
@@ -215,7 +221,7 @@ class WandbLogger(NullLogger):
 
     def log(self, stage: str, epoch: int, record: dict) -> None:
         if self.run is not None and epoch > self.logged.get(stage, 0):  # a redone epoch after a resume: W&B has it
-            # the record's keys are already `<stage>/...` (denetdm.training.engine.metric_key)
+            # the record's keys are already `<stage>/...` (denetdm.training.evaluation.metric_key)
             data = {k: v for k, v in record.items() if isinstance(v, int | float) and k.startswith(f"{stage}/")}
             if stage not in self.stages:
                 self.stages.add(stage)
@@ -299,8 +305,8 @@ def log_sweep_summary(
 
 def _where(run_dir: str) -> dict:
     """The run directory, the command line (a storage password redacted) and the code version (git commit)."""
+    from denetdm.provenance import commit
     from denetdm.sweeps.pruning import redact
-    from denetdm.training.provenance import commit
 
     command = " ".join(redact(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
     return {"dir": str(Path(run_dir).resolve()), "command": command, "commit": commit()}

@@ -8,9 +8,9 @@ from typing import Any
 
 from denetdm.errors import DataError
 from denetdm.files.jsonlines import JsonLines
+from denetdm.fingerprint import drop, fingerprint, setting
 from denetdm.reporting import store
 from denetdm.reporting.summary import objective
-from denetdm.training.fingerprint import drop, fingerprint, setting
 
 BIAS_LABEL_MARK = " [bias labels]"  # a method that trains with bias labels
 
@@ -66,7 +66,7 @@ class Run:
 
     @property
     def fingerprint(self) -> str:
-        """Everything in the config that changes the numbers (denetdm.training.fingerprint), as a comparable string."""
+        """Everything in the config that changes the numbers (denetdm.fingerprint), as a comparable string."""
         return json.dumps(fingerprint(self.config, (self.results.get("stages") or ["stage2"])[-1]), sort_keys=True)
 
     @property

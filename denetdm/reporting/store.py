@@ -14,7 +14,7 @@ from pathlib import Path
 
 from denetdm.errors import DataError
 from denetdm.files.atomic import atomic_write
-from denetdm.training.fingerprint import fingerprint
+from denetdm.fingerprint import fingerprint
 
 FORMAT = 1  # bump when a record's layout changes, and re-export the store
 SUFFIX = ".record.json"

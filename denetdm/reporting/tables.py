@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
+from denetdm.fingerprint import differences, value_at
 from denetdm.reporting.runs import BIAS_LABEL_MARK, Collection, Run, finite
-from denetdm.training.fingerprint import differences, value_at
-from denetdm.training.selection import PROTOCOLS, SYNONYMS
+from denetdm.selection import PROTOCOLS, SYNONYMS
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PUBLISHED = Path(__file__).with_name("published.yaml")  # the paper's Tables 1 and 2 (docs/protocols.md §7)

@@ -71,11 +71,10 @@ def job_value(outcome, records_failures: bool):
     import logging
     import math
 
-    from denetdm.reporting.summary import objective
     from denetdm.sweeps.pruning import TrialPruned
 
-    if isinstance(outcome, dict):
-        return objective(outcome)
+    if isinstance(outcome, dict):  # results.json's objective (read from its objective_key)
+        return float(outcome.get("objective", math.nan))
     pruned = isinstance(outcome, TrialPruned)
     level, word = (logging.INFO, "pruned") if pruned else (logging.ERROR, "failed")
     logging.getLogger("denetdm").log(level, "trial %s: %s", word, outcome)

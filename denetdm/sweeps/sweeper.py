@@ -39,11 +39,11 @@ from denetdm.errors import BusyError, DenetdmError
 from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
+from denetdm.fingerprint import differences, fingerprint, value_at
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import TrialPruned, build_pruner, check_storage, open_storage, redact, study_storage
 from denetdm.sweeps.space import configure, search_space
-from denetdm.training.fingerprint import differences, fingerprint, value_at
 
 log = logging.getLogger(__name__)
 _COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -91,7 +91,7 @@ def create_or_load_study(
 
 def sweep_setting(config: DictConfig, fixed: dict) -> dict:
     """What every trial of a sweep shares that can change its numbers: the fingerprint of the sweep's config with
-    the fixed values of `hydra.sweeper.params` and the command line (denetdm.training.fingerprint)."""
+    the fixed values of `hydra.sweeper.params` and the command line (denetdm.fingerprint)."""
     plain = OmegaConf.to_container(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]), resolve=True)
     parser = OverridesParser.create()
     for key, value in fixed.items():
@@ -185,7 +185,9 @@ class OptunaLoop(Sweeper):
             check_storage(self.storage)
         except DenetdmError as e:
             sys.exit(f"error: {e}")
-        study = create_or_load_study(self._name(sweep_dir), self.storage, self.sampler, direction, self.pruner)
+        study = create_or_load_study(
+            sweep_study(self.config, self.study_name, sweep_dir), self.storage, self.sampler, direction, self.pruner
+        )
         bind_setting(study, sweep_setting(self.config, fixed), set(dists), redact(self.storage))
         self.sweep_key = str(sweep_dir.resolve())
         log.info(
@@ -200,27 +202,17 @@ class OptunaLoop(Sweeper):
             trials = [study.ask() for _ in range(min(self.n_jobs, left))]
             for t in trials:
                 t.set_user_attr("sweep_dir", self.sweep_key)
-            self._run_batch(study, trials, self._trial_overrides(study, trials, dists, fixed))
+            seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
+            overrides = trial_overrides(
+                study, self._own(study), trials, (self.sampler, seed, self.extend), dists, fixed
+            )
+            self._run_batch(study, trials, overrides)
             write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
             redact_hydra_files(sweep_dir, self.storage)
             self._check_failures(study, sweep_dir)
         write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
         redact_hydra_files(sweep_dir, self.storage)
         save_best(study, self.storage, sweep_dir)
-
-    def _name(self, sweep_dir: Path) -> str:
-        """The study's name (hydra.sweeper.study_name, else one per sweep), refused where the sweep directory holds
-        another study's trials: its job directories are numbered by that study, another would reuse them."""
-        cfg = self.config
-        name = self.study_name or default_study(
-            cfg.hydra.runtime.choices.get("hparams_search"), cfg.dataset.name, cfg.experiment_name, str(sweep_dir)
-        )
-        if others := {r.get("study") for r in JsonLines(sweep_dir / "trials.jsonl").read()} - {name}:
-            sys.exit(
-                f"error: {sweep_dir} holds the trials of study {sorted(map(str, others))[0]}: resume it with "
-                f"hydra.sweeper.study_name=<that name>, or run study {name} in a new hydra.sweep.dir"
-            )
-        return name
 
     def _own(self, study: optuna.Study) -> list:
         """This sweep directory's trials (other workers of a shared study have theirs)."""
@@ -233,28 +225,6 @@ class OptunaLoop(Sweeper):
         if finished:
             return sum(t.state in _FINISHED or _failed_collapsed(t) for t in own)
         return sum(t.state == optuna.trial.TrialState.FAIL and not _failed_collapsed(t) for t in own)
-
-    def _trial_overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
-        """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable."""
-        # the fresh trials of this directory (not retries, not lost before sampling), in order: a trial's place
-        # among them seeds the sampler for it
-        fresh = [o.number for o in self._own(study) if not {"retry_of", "not_drawn"} & set(o.user_attrs)]
-        try:
-            configured = []
-            for t in trials:  # one at a time, the sampler seeded for each fresh trial
-                if t.number in fresh:
-                    seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
-                    reseed(self.sampler, seed, sum(n <= t.number for n in fresh) - 1)
-                configured.append(configure(t, dists, fixed, self.extend))
-        except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
-            for t in trials:  # not left RUNNING in a shared study
-                study.tell(t, state=optuna.trial.TrialState.FAIL)
-            hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
-            sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
-        return [
-            (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
-            for t, o in zip(trials, configured)
-        ]
 
     def _launch(self, todo: list[tuple]) -> dict[int, Any]:
         """Launch the trials; a retried one in its old run directory (its job number), the rest in new ones."""
@@ -275,13 +245,7 @@ class OptunaLoop(Sweeper):
     def _run_batch(self, study: optuna.Study, trials: list, overrides: list[tuple]) -> None:
         """Launch the trials that are not repeats and tell the study every result, with its facts as user
         attributes (error, repeat_of, separation, equal_depth)."""
-        # a repeat of a completed trial (TPE often proposes one on small integer spaces) is answered from the
-        # study: the same config gives the same numbers, so training it again would only cost time
-        known: dict[str, optuna.trial.FrozenTrial] = {}
-        for t in study.get_trials(deepcopy=False):
-            if t.state in _FINISHED or _failed_collapsed(t):
-                known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
-        repeats = {t.number: known.get(_key(t.params)) for t in trials}
+        repeats = repeats_of(study, trials)
         returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
         for trial in trials:
             tell(study, trial, repeats[trial.number], returns.get(trial.number), self.fail_collapsed)
@@ -493,3 +457,51 @@ def _value(ret: Any) -> tuple[float | None, str | None]:
     if not math.isfinite(value):
         return None, f"the objective is {value}"
     return value, None
+
+
+def sweep_study(cfg: DictConfig, name: str | None, sweep_dir: Path) -> str:
+    """The study's name (hydra.sweeper.study_name, else one per sweep), refused where the sweep directory holds
+    another study's trials: its job directories are numbered by that study, another would reuse them."""
+    name = name or default_study(
+        cfg.hydra.runtime.choices.get("hparams_search"), cfg.dataset.name, cfg.experiment_name, str(sweep_dir)
+    )
+    if others := {r.get("study") for r in JsonLines(sweep_dir / "trials.jsonl").read()} - {name}:
+        sys.exit(
+            f"error: {sweep_dir} holds the trials of study {sorted(map(str, others))[0]}: resume it with "
+            f"hydra.sweeper.study_name=<that name>, or run study {name} in a new hydra.sweep.dir"
+        )
+    return name
+
+
+def trial_overrides(study: optuna.Study, own: list, trials: list, sampling: tuple, dists: dict, fixed: dict) -> list:
+    """Each trial's job overrides (its sampled values, number and study); one error line if unsampleable.
+    `own`: the sweep directory's trials; `sampling`: the sampler, its seed and the custom search space."""
+    sampler, seed, extend = sampling
+    # the fresh trials of this directory (not retries, not lost before sampling), in order: a trial's place among
+    # them seeds the sampler for it
+    fresh = [o.number for o in own if not {"retry_of", "not_drawn"} & set(o.user_attrs)]
+    try:
+        configured = []
+        for t in trials:  # one at a time, the sampler seeded for each fresh trial
+            if t.number in fresh:
+                reseed(sampler, seed, sum(n <= t.number for n in fresh) - 1)
+            configured.append(configure(t, dists, fixed, extend))
+    except (DenetdmError, ValueError) as e:  # a space that cannot be sampled, or a fixed value in it
+        for t in trials:  # not left RUNNING in a shared study
+            study.tell(t, state=optuna.trial.TrialState.FAIL)
+        hint = "; drop that override or narrow the search range instead" if "Overlapping" in str(e) else ""
+        sys.exit(f"error: the search space cannot be sampled: {e}{hint}".replace("\n", " "))
+    return [
+        (*o, f"trial.number={t.number}", f"trial.study={study.study_name}", _params_override(t.params))
+        for t, o in zip(trials, configured)
+    ]
+
+
+def repeats_of(study: optuna.Study, trials: list) -> dict:
+    """Each trial's earlier finished trial of the same values, or None. A repeat (TPE often proposes one on small
+    integer spaces) is answered from the study: the same config gives the same numbers."""
+    known: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state in _FINISHED or _failed_collapsed(t):
+            known.setdefault(_key(t.params), t)  # the first run of these values, not a repeat of it
+    return {t.number: known.get(_key(t.params)) for t in trials}

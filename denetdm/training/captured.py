@@ -17,8 +17,12 @@ gathers the batch itself (no host-side augmentation) the graph replays the gathe
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from denetdm.training.loop import Fit
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,19 @@ def make_capturable(optimizers: Sequence[torch.optim.Optimizer | None]) -> None:
         for p, state in opt.state.items():  # a resumed optimiser's step counts, from the host to the device
             if isinstance(state.get("step"), torch.Tensor):
                 state["step"] = state["step"].to(p.device, torch.float32)
+
+
+def captured_step(update: Callable[[list], dict], fits: Sequence["Fit"], optimizers: Sequence) -> Callable:
+    """`update(batches)` (one (x, y, idx) per member) on the members' index batches as one CUDA graph. The graph
+    gathers the batches itself from the (K, B) indices it is given, unless they are augmented: augmentation draws
+    from the host generators, outside the graph."""
+    make_capturable(optimizers)  # after the restore, which brings the checkpoint's settings back
+    if all(f.augment is None for f in fits):  # one (K, B) index copy per replayed step
+        splits = [f.data.train for f in fits]
+        graph = CapturedStep(lambda idx: update([s.batch(i) for s, i in zip(splits, idx, strict=True)]))
+        return lambda idxs: graph(torch.stack(list(idxs)))
+    graph = CapturedStep(lambda *flat: update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
+    return lambda idxs: graph(*(t for f, i in zip(fits, idxs, strict=True) for t in f.batch(i)))
 
 
 class CapturedStep:

@@ -2,22 +2,75 @@
 building them, freshly or as the skeleton of a checkpoint."""
 
 import inspect
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hydra.utils import get_class
 
-from denetdm.checks import positive_int
+from denetdm.checks import number, positive_int
 from denetdm.errors import ConfigError
 from denetdm.methods.base import BuildContext, Method
-from denetdm.training.metrics import METRICS
-from denetdm.training.selection import Protocol
+from denetdm.metrics import METRICS
+from denetdm.selection import Protocol
 
 PHASE_KEYS = ("_target_", "schedule")  # a phase node names its class and its schedule node, nothing else
 # a method node's keys that are not hyperparameters: how it is named and shown, which model it delivers, its phases
 METHOD_KEYS = ("name", "label", "uses_bias_labels", "row_depths", "final", "phases")
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
+
+
+LR_SCHEDULES = ("none", "step", "cosine")
+LR_KEYS = ("name", "warmup_epochs", "step_epochs", "gamma")
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """How a phase's learning rate moves, step by step: a linear warm-up from lr/steps to lr over `warmup_epochs`,
+    then none (constant), step (times `gamma` every `step_epochs`) or cosine (to 0 at the last step). Epochs may be
+    fractions (a schedule of optimiser steps: 10,000 steps of 100 per epoch are 100 epochs). The learning rate of
+    every step follows from its place in the schedule alone, so a resumed run continues it exactly."""
+
+    name: str = "none"
+    warmup_epochs: float = 0.0
+    step_epochs: float = 1.0
+    gamma: float = 0.1
+
+    @property
+    def varies(self) -> bool:
+        """Whether the learning rate ever differs from the configured one."""
+        return self.name != "none" or self.warmup_epochs > 0
+
+    def factor(self, t: float, batch: float, epochs: int) -> float:
+        """The learning rate's multiplier for the step that starts at `t` epochs into the phase (each step `batch`
+        epochs long) of `epochs`."""
+        if t < self.warmup_epochs:
+            return min(1.0, (t + batch) / self.warmup_epochs)
+        t -= self.warmup_epochs
+        if self.name == "step":
+            return self.gamma ** math.floor(t / self.step_epochs + 1e-9)  # exact at the boundaries
+        if self.name == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t / (epochs - self.warmup_epochs)))
+        return 1.0
+
+    @classmethod
+    def parse(cls, source: str, node: object, epochs: int) -> "LRSchedule":
+        """`<source>.lr_schedule` checked (absent or null: none); one error naming the key otherwise."""
+        key = f"{source}.lr_schedule"
+        if node is None:
+            return cls()
+        if not isinstance(node, Mapping) or set(node) - set(LR_KEYS):
+            raise ConfigError(f"{key} must be a mapping of {', '.join(LR_KEYS)}, got {node!r}")
+        out = cls(**{k: node[k] for k in LR_KEYS if node.get(k) is not None})
+        if out.name not in LR_SCHEDULES:
+            raise ConfigError(f"{key}.name must be one of {', '.join(LR_SCHEDULES)}, got {out.name!r}")
+        number(f"{key}.warmup_epochs", out.warmup_epochs, high=epochs)
+        number(f"{key}.step_epochs", out.step_epochs, strict=True)
+        number(f"{key}.gamma", out.gamma, strict=True, high=1.0)
+        if out.name == "cosine" and out.warmup_epochs >= epochs:
+            raise ConfigError(f"{key}.warmup_epochs must be below {source}.epochs={epochs} for a cosine schedule")
+        return out
 
 
 @dataclass(frozen=True)
@@ -35,6 +88,7 @@ class Schedule:
     lr: float = 0.0
     weight_decay: float = 0.0
     source: str = "target"  # the config node it comes from (`experts`, `target`): what error messages name
+    lr_schedule: LRSchedule = LRSchedule()
 
     def check(self) -> "Schedule":
         """Raise a ConfigError naming `<source>.<key>` for a value torch would reject or misuse."""
@@ -122,6 +176,7 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
     values = {k: cfg[source].get(k) for k in SCHEDULE_KEYS}
     lr, decay = cfg[source].get("lr"), cfg[source].get("weight_decay")
     base = Schedule(**values, seed=seed, lr=lr, weight_decay=decay, source=source).check()
+    base = replace(base, lr_schedule=LRSchedule.parse(source, cfg[source].get("lr_schedule"), base.epochs))
     cls = phase_class(name, node)
     if (head := base.select.split("/")[0]) not in cls.heads:
         raise ConfigError(

@@ -18,25 +18,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from denetdm import provenance
 from denetdm.checks import instantiate_checked
 from denetdm.data.splits import BiasedData
 from denetdm.errors import ConfigError, DenetdmError, WriteError
 from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import write_json
 from denetdm.files.lock import folder_lock
+from denetdm.fingerprint import differences, fingerprint, value_at
 from denetdm.methods import BuildContext, Method
 from denetdm.methods.base import PARTS
+from denetdm.metrics import METRICS
 from denetdm.models import is_convolutional
 from denetdm.reporting.summary import summary_table
 from denetdm.seeding import derive_seed
 from denetdm.training import phases as ph
-from denetdm.training import provenance, reference
+from denetdm.training import reference
 from denetdm.training.checkpoint import load_checkpoint
-from denetdm.training.engine import StageResult, Trainer, evaluate_all, metric_key
-from denetdm.training.fingerprint import differences, fingerprint, value_at
-from denetdm.training.metrics import METRICS
+from denetdm.training.evaluation import evaluate_all, metric_key
+from denetdm.training.loop import StageResult, Trainer, fit_together
 from denetdm.training.plan import EVAL_SPLITS, Plan, plan
-from denetdm.training.stacked import fit_together
 
 log = logging.getLogger("denetdm")
 

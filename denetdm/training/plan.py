@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from denetdm.analysis.probes import ProbeSchedule
 from denetdm.checks import instantiate_checked, number, positive_int
 from denetdm.errors import ConfigError
+from denetdm.fingerprint import fingerprint
 from denetdm.methods.base import PARTS
+from denetdm.metrics import METRICS
 from denetdm.seeding import derive_seed
+from denetdm.selection import Protocol, check_label_free_metric, protocol
 from denetdm.training import phases as ph
-from denetdm.training.fingerprint import fingerprint
-from denetdm.training.metrics import METRICS
 from denetdm.training.phases import Schedule
-from denetdm.training.selection import Protocol, check_label_free_metric, protocol
 
 log = logging.getLogger("denetdm")
 EVAL_SPLITS = ("val", "test", "val_biased")

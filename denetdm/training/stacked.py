@@ -18,16 +18,20 @@ each member's Trainer evaluates, records and checkpoints it exactly as in a plai
 import inspect
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from denetdm.errors import ConfigError, DenetdmError
+from denetdm.errors import ConfigError
+from denetdm.fingerprint import setting
 from denetdm.methods.base import Method
-from denetdm.training.engine import Fit, StageResult, Trainer, add_losses, head_metrics, keyed
-from denetdm.training.fingerprint import setting
+from denetdm.training.captured import captured_step
+from denetdm.training.evaluation import head_metrics, keyed
+
+if TYPE_CHECKING:
+    from denetdm.training.loop import Fit, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +64,40 @@ class Lockstep:
     """Members stepped one after another on their own modules and optimisers: a plain run's arithmetic, bit for
     bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default)."""
 
-    def __init__(self, fits: Sequence[Fit]) -> None:
-        self.steps = [f.step for f in fits]
+    def __init__(self, fits: Sequence["Fit"], captured: bool) -> None:
+        self.fits, self.steps = fits, [_own_step(f, captured) for f in fits]
 
     def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One step of every member on the batch at its own indices; losses per member, (K,)."""
         outs = [step(idx) for step, idx in zip(self.steps, idxs, strict=True)]
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
 
+    def set_lr(self, factor: float) -> None:
+        """Every member's learning rate at `factor` times its own."""
+        set_lr([f.method.optimizer for f in self.fits], factor)
+
     def push(self) -> None:
         """Nothing to copy: the members are their own modules."""
 
     def evaluate_all(self, datas: Sequence, stage: str) -> None:
         """None: each member's trainer evaluates it, as in a plain run."""
+
+
+def set_lr(optimizers: Sequence[torch.optim.Optimizer | None], factor: float) -> None:
+    """Each parameter group's learning rate at `factor` times the one it was built with (kept as `initial_lr`, as
+    torch's schedulers keep it: saved with the optimiser's state, so a resumed run scales the same base)."""
+    for opt in optimizers:
+        for group in opt.param_groups if opt is not None else ():
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * factor
+
+
+def _own_step(fit: "Fit", captured: bool) -> Callable[[torch.Tensor], dict]:
+    """A member's own update on the batch at some indices, captured as a CUDA graph where asked for."""
+    method = fit.method
+    if not captured:
+        return lambda idx: method.update(*fit.batch(idx))
+    step = captured_step(lambda batches: method.update(*batches[0]), [fit], [method.optimizer])
+    return lambda idx: step([idx])
 
 
 class OwnSettings:
@@ -85,7 +110,9 @@ class OwnSettings:
     def __init__(self, members: Sequence[Method]) -> None:
         groups = [m.optimizer.param_groups[0] for m in members]
         device = next(members[0].parameters()).device  # on the device already: no host copy in a captured step
-        self.lr = torch.tensor([g["lr"] for g in groups], dtype=torch.float64, device=device)
+        lrs = [g.get("initial_lr", g["lr"]) for g in groups]  # a scheduled member's own lr, unscaled
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=device)
+        self.base_lr = self.lr  # what a learning-rate schedule scales
         self.wd = torch.tensor([g["weight_decay"] for g in groups], dtype=torch.float64, device=device)
         opt = members[0].optimizer
         self.decoupled = bool(opt.defaults.get("decoupled_weight_decay", isinstance(opt, torch.optim.AdamW)))
@@ -94,7 +121,7 @@ class OwnSettings:
     def needed(members: Sequence[Method]) -> bool:
         """Whether the members' learning rates or weight decays differ (else the optimiser's own arithmetic)."""
         groups = [m.optimizer.param_groups[0] for m in members if m.optimizer is not None]
-        return len({(g["lr"], g["weight_decay"]) for g in groups}) > 1
+        return len({(g.get("initial_lr", g["lr"]), g["weight_decay"]) for g in groups}) > 1
 
     @torch.no_grad()
     def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> None:
@@ -215,100 +242,27 @@ def _member_part(value: object, k: int, size: int) -> object:
     return value.clone() if isinstance(value, torch.Tensor) else value
 
 
-def _stepper(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool):
-    """How the members step together: vmapped as one Stack where they can be, else in turn."""
-    members = [f.method for f in fits]
-    if not (vectorize and Stack.fits(members)):
-        if vectorize:
-            log.info(
-                "%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage
-            )
-        return Lockstep(fits)
-    stack = Stack(members)
-    on_gpu = bool(stack.params) and next(iter(stack.params.values())).is_cuda
-    captured = trainers[0].captured and members[0].capturable and on_gpu
-    return Vmapped(stack, fits, bool(captured))
-
-
-def fit_stacked(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult | DenetdmError]:
-    """Train one phase of every member together, each recorded and checkpointed by its own trainer; each member's
-    result, or the error that stopped it (a pruned trial, a non-finite loss: the others train on without it)."""
-    out: list[StageResult | DenetdmError | None] = [None] * len(fits)
-    live = list(range(len(fits)))
-    stack = _stepper(trainers, fits, vectorize)
-    for epoch in fits[0].epochs():
-        t0 = time.time()
-        for k in live:
-            fits[k].method.train()
-        sums: dict[str, torch.Tensor] = {}
-        n = 0
-        orders = (trainers[k].epoch_indices(fits[k], epoch) for k in live)
-        for idxs in zip(*orders, strict=True):
-            add_losses(sums, stack.update(idxs))
-            n += 1
-        stack.push()
-        evals = stack.evaluate_all([fits[k].data for k in live], fits[0].stage)
-        for j, k in enumerate(live):
-            try:
-                train = trainers[k].train_means(fits[k], epoch, {key: v[j] for key, v in sums.items()}, n)
-                trainers[k].end_epoch(fits[k], epoch, train, t0, evals[j] if evals else None)
-            except DenetdmError as e:
-                out[k] = e
-        if any(out[k] is not None for k in live):
-            live = [k for k in live if out[k] is None]
-            for k in live:  # the members left, stacked anew from their own modules (pushed above)
-                fits[k].method.train()
-            if live:
-                stack = _stepper([trainers[k] for k in live], [fits[k] for k in live], vectorize)
-        if not live:
-            break
-    for k in live:
-        out[k] = trainers[k].recorder.finish(fits[k])
-    return out
-
-
-def fit_together(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool) -> list[StageResult | DenetdmError]:
-    """One phase of runs begun together: stacked where they have the same epochs and batches left (a kill can
-    leave members apart), else one after another; each run's result, or the error that stopped it."""
-    shape = {
-        (f.state["epoch"], f.schedule.epochs, len(f.data.train), f.schedule.batch_size, f.schedule.drop_last)
-        for f in fits
-    }
-    if len(fits) > 1 and len(shape) == 1:
-        return fit_stacked(trainers, fits, vectorize)
-    out: list[StageResult | DenetdmError] = []
-    for trainer, fit in zip(trainers, fits, strict=True):
-        try:
-            out.append(trainer.fit_from(fit))
-        except DenetdmError as e:
-            out.append(e)
-    return out
-
-
 class Vmapped:
     """A Stack stepped on the members' index batches, each member's batch fetched (and augmented) as its plain run
-    would; with captured steps (CUDA) one graph for all members, which gathers unaugmented batches itself."""
+    would; with captured steps (CUDA) one graph for all members."""
 
-    def __init__(self, stack: "Stack", fits: Sequence[Fit], captured: bool) -> None:
+    def __init__(self, stack: "Stack", fits: Sequence["Fit"], captured: bool) -> None:
         self.stack = stack
-        fetch = lambda idxs: [f.batch(i) for f, i in zip(fits, idxs, strict=True)]  # noqa: E731
-        self.step: Callable = lambda idxs: stack.update(fetch(idxs))
-        if not captured:
-            return
-        from denetdm.training.captured import CapturedStep, make_capturable
-
-        make_capturable([stack.optimizer])
-        if all(f.augment is None for f in fits):  # one (K, B) index copy per replayed step
-            splits = [f.data.train for f in fits]
-            graph = CapturedStep(lambda idx: stack.update([s.batch(i) for s, i in zip(splits, idx, strict=True)]))
-            self.step = lambda idxs: graph(torch.stack(list(idxs)))
-        else:  # augmentation draws from the host generators: outside the graph
-            graph = CapturedStep(lambda *flat: stack.update([flat[i : i + 3] for i in range(0, len(flat), 3)]))
-            self.step = lambda idxs: graph(*(t for batch in fetch(idxs) for t in batch))
+        if captured:
+            self.step = captured_step(stack.update, fits, [stack.optimizer])
+        else:
+            self.step = lambda idxs: stack.update([f.batch(i) for f, i in zip(fits, idxs, strict=True)])
 
     def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """One step of every member on the batch at its indices; losses per member, (K,)."""
         return self.step(idxs)
+
+    def set_lr(self, factor: float) -> None:
+        """Every member's learning rate at `factor` times its own."""
+        if self.stack.own:
+            self.stack.own.lr = self.stack.own.base_lr * factor
+        else:
+            set_lr([self.stack.optimizer], factor)
 
     def push(self) -> None:
         """The stack's push."""
@@ -330,3 +284,20 @@ def _stack_like(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     for k, part in enumerate(parts):
         out[k].copy_(part)
     return out
+
+
+def stepper(trainers: Sequence["Trainer"], fits: Sequence["Fit"], vectorize: bool) -> Lockstep | Vmapped:
+    """How the members step together: vmapped as one Stack where asked for and they can be, else in turn; captured
+    as CUDA graphs where the run asks for it and the method declares it can be (`Method.capturable`)."""
+    members = [f.method for f in fits]
+    on_gpu = any(p.is_cuda for p in members[0].parameters())
+    captured = trainers[0].captured and type(members[0]).capturable and on_gpu
+    captured = captured and all(m.optimizer is not None for m in members)
+    if captured and fits[0].schedule.lr_schedule.varies:  # a graph replays the learning rate it recorded
+        log.info("%s: a learning-rate schedule: steps are not captured as CUDA graphs", fits[0].stage)
+        captured = False
+    if vectorize and len(fits) > 1 and Stack.fits(members):  # a plain run steps its own module
+        return Vmapped(Stack(members), fits, captured)
+    if vectorize and len(fits) > 1:
+        log.info("%s: these members cannot be vmapped (method or optimiser settings); they step in turn", fits[0].stage)
+    return Lockstep(fits, captured)

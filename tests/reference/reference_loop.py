@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from denetdm.analysis.probes import probe_all
+from denetdm.metrics import pred_entropy
 from denetdm.seeding import derive_seed, generator
-from denetdm.training.metrics import pred_entropy
 
 # the reference's config.py: (model class, stage-1 batch, lr, weight decay; stage-2 batch, lr)
 SETTINGS = {
@@ -157,9 +157,9 @@ HEADS = {"debias": "shallow", "bias": "deep", "poe": "poe"}  # its branches by o
 def export(rows: list[dict], a: argparse.Namespace) -> None:
     """Stage 1 of a Colored MNIST run as a record of the results store (`--to`): chosen on val as `selection=val`
     does, named `reference_stage1`, so `sweep.py table` and docs/results.md show it beside ours."""
-    from denetdm.analysis.verdict import collapse_verdict  # noqa: PLC0415
+    from denetdm.provenance import commit, machine  # noqa: PLC0415
     from denetdm.reporting import store  # noqa: PLC0415
-    from denetdm.training.provenance import commit, machine  # noqa: PLC0415
+    from denetdm.verdict import collapse_verdict  # noqa: PLC0415
 
     epochs = [
         {"stage": "stage1", "epoch": r["epoch"]}

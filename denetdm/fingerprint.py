@@ -53,12 +53,22 @@ def _later_phases(config: Mapping, stage: str) -> tuple[str, ...]:
     return tuple(f"method.phases.{n}" for n in names[names.index(stage) + 1 :]) if stage in names else ()
 
 
+def _constant_lr(node: object) -> bool:
+    """A schedule node's `lr_schedule` that keeps the learning rate as configured (no schedule, no warm-up): the
+    runs made before schedules existed, whose records must keep their fingerprints (and store file names)."""
+    lrs = node.get("lr_schedule", {}) if isinstance(node, dict) else {}
+    return lrs is None or (isinstance(lrs, dict) and lrs.get("name", "none") == "none" and not lrs.get("warmup_epochs"))
+
+
 def fingerprint(config: Mapping, stage: str) -> dict:
     """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping): a
     phase does not read the phases after it."""
     fp = copy.deepcopy(dict(config))
     for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()) + _later_phases(config, stage):
         drop(fp, key)
+    for node in fp.values():
+        if isinstance(node, dict) and "lr_schedule" in node and _constant_lr(node):
+            del node["lr_schedule"]
     return fp
 
 

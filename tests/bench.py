@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 from denetdm.data.cmnist import ColoredMNIST
 from denetdm.data.synthetic import SyntheticShapes
@@ -27,6 +28,8 @@ from denetdm.training.pipeline import context
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # the cnn3_resnet20 preset (conf/backbone_depth/): CNN-3 vs ResNet-20, target = ResNet-20
+# stage 2's hyperparameters as their one home, conf/method/denetdm.yaml, sets them
+STAGE2 = ph.hparams(ph.resolve(yaml.safe_load((CONF / "method" / "denetdm.yaml").read_text()))["phases"]["stage2"])
 CIFAR_SPECS = {"deep": {"name": "resnet_cifar", "depth": 20}, "shallow": {"name": "cnn", "depth": 3}}
 CIFAR_SPECS["target"] = CIFAR_SPECS["deep"]
 
@@ -121,11 +124,13 @@ def bench_cifar(cache: str, device: str, steps: int, batch_size: int = 256) -> N
         torch.manual_seed(0)
         fmt = torch.channels_last if channels_last else torch.preserve_format
         ctx = context(bench_data, CIFAR_SPECS, adam, 1e-3, 1e-3)
-        return DeNetDMStage1.build(ctx).to(device, memory_format=fmt)
+        return DeNetDMStage1.build(ctx, None).to(device, memory_format=fmt)
 
     def stage2(first: DeNetDMStage1, channels_last: bool) -> DeNetDMStage2:
         fmt = torch.channels_last if channels_last else torch.preserve_format
-        return DeNetDMStage2.build(context(bench_data, CIFAR_SPECS, adam, 1e-4), first).to(device, memory_format=fmt)
+        return DeNetDMStage2.build(context(bench_data, CIFAR_SPECS, adam, 1e-4), first, **STAGE2).to(
+            device, memory_format=fmt
+        )
 
     on_device = train.to(device, data.normalize, channels_last=True)
 

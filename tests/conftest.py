@@ -47,6 +47,16 @@ def compose_cfg(overrides: list[str] | None = None):
         return compose(config_name="config", overrides=quote_numeric_choices(overrides or []))
 
 
+def method_hparams(method: str, phase: str | None = None, **changed) -> dict:
+    """A phase's hyperparameters as conf/method/<method>.yaml sets them (their one home), some `changed`."""
+    from omegaconf import OmegaConf
+
+    from denetdm.training import phases as ph
+
+    node = ph.resolve(OmegaConf.to_container(compose_cfg([f"method={method}"]).method, resolve=True))
+    return ph.hparams(node["phases"][phase or method]) | changed
+
+
 def run_cli(args: list[str], run_dir: Path | None = None, env: dict | None = None, timeout: int = 300):
     """Run `python run.py ARGS` in a subprocess; returns the CompletedProcess."""
     cmd = [sys.executable, str(ROOT / "run.py"), *args]

@@ -18,7 +18,7 @@ from denetdm.training.loop import Trainer
 from denetdm.training.phases import Schedule
 from denetdm.training.pipeline import train
 
-from conftest import CONF, TINY, compose_cfg, read_results
+from conftest import CONF, TINY, compose_cfg, method_hparams, read_results
 
 SHAPE = (3, 8, 8)
 SPECS = {part: {"name": "mlp", "depth": 3, "width": 16} for part in ("shallow", "deep", "target")}
@@ -53,7 +53,7 @@ def test_lff_moving_averages_and_weights():
     ema_update(ema, seen, torch.tensor([0, 1]), torch.tensor([2.0, 5.0]), alpha=0.7)
     assert ema.tolist() == pytest.approx([0.7 * 1 + 0.3 * 2, 5.0, 3.0, 0.0])
     assert class_max(torch.tensor([1.0, 4.0, 2.0, 3.0]), torch.tensor([0, 0, 1, 1]), 3).tolist() == [4.0, 3.0, 0.0]
-    method = LfF.build(_ctx())
+    method = LfF.build(_ctx(), None, **method_hparams("lff"))
     idx = torch.tensor([0, 1, 2])
     y = method.labels[idx]
     ce_b, ce_d = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.0, 0.5, 0.5])
@@ -66,7 +66,7 @@ def test_lff_moving_averages_and_weights():
 
 
 def test_lff_step_trains_both_networks_and_the_debiased_one_is_the_result():
-    method = LfF.build(_ctx())
+    method = LfF.build(_ctx(), None, **method_hparams("lff"))
     before = {k: v.clone() for k, v in method.state_dict().items()}
     x, y = method.labels.new_zeros(0), None
     ctx = _ctx()
@@ -82,7 +82,7 @@ def test_lff_step_trains_both_networks_and_the_debiased_one_is_the_result():
 def _identified(ctx: BuildContext, epochs: int = 2) -> tuple[JTTIdentify, torch.Tensor]:
     """An identification model trained `epochs` epochs in batches of 8, and the errors its training-mode outputs
     made on each sample during the last epoch, computed beside it (the reference's output_train_epoch_T)."""
-    first = JTTIdentify.build(ctx)
+    first = JTTIdentify.build(ctx, None, **method_hparams("jtt", "jtt_id"))
     expected = torch.zeros(len(ctx.train), dtype=torch.bool)
     gen = torch.Generator().manual_seed(1)
     for _ in range(epochs):
@@ -98,26 +98,28 @@ def test_jtt_error_set_is_the_last_epochs_online_training_predictions():
     first, expected = _identified(ctx)
     assert torch.equal(first.wrong, expected) and expected.any() and not expected.all()
     # `error_set: eval` re-predicts the training split with the trained model instead
-    assert torch.equal(JTT.build(ctx, first, error_set="eval").weights, torch.ones(len(ctx.train)))
+    assert torch.equal(
+        JTT.build(ctx, first, **method_hparams("jtt", error_set="eval")).weights, torch.ones(len(ctx.train))
+    )
     assert torch.equal(
         errors_of(first, ctx.train.x, ctx.train.y), first.predict(ctx.train.x)["target"].argmax(1) != ctx.train.y
     )
     with pytest.raises(TypeError):
-        JTT.build(ctx, None)
+        JTT.build(ctx, None, **method_hparams("jtt"))
 
 
 def test_jtt_upsamples_the_error_set_as_the_reference_does():
     ctx = _ctx(lr=0.5)
     first, wrong = _identified(ctx)
     n, errors, lam = len(ctx.train), int(wrong.sum()), 3
-    method = JTT.build(ctx, first, upweight=lam)
+    method = JTT.build(ctx, first, **method_hparams("jtt", upweight=lam))
     order = method.epoch_order(n, torch.Generator().manual_seed(0))
     # the training set plus lam copies of the error set: epochs of N + lam |E|, each error counted lam + 1 times
     assert len(order) == n + lam * errors
     assert torch.equal(torch.bincount(order, minlength=n), 1 + lam * wrong.long())
     assert torch.equal(method.weights, torch.ones(n))  # plain mean cross-entropy over the batch
     # weighting=loss: epochs of N, the same total weight lam + 1 as a loss weight, normalised by the batch's
-    by_loss = JTT.build(ctx, first, upweight=lam, weighting="loss")
+    by_loss = JTT.build(ctx, first, **method_hparams("jtt", upweight=lam, weighting="loss"))
     assert torch.equal(by_loss.weights, torch.bincount(order, minlength=n).float())
     assert sorted(by_loss.epoch_order(n, torch.Generator().manual_seed(0)).tolist()) == list(range(n))
     idx = torch.arange(8)
@@ -130,7 +132,7 @@ def test_jtt_upsamples_the_error_set_as_the_reference_does():
 
 def test_groupdro_samples_groups_as_the_references_weighted_sampler():
     ctx = _ctx(n=64)
-    method = GroupDRO.build(ctx)
+    method = GroupDRO.build(ctx, None, **method_hparams("groupdro"))
     groups = ctx.train.y * 4 + ctx.train.b
     counts = (torch.arange(16).unsqueeze(1) == groups).sum(1).float()  # group_DRO's DRODataset._group_counts
     weights = (len(groups) / counts)[groups]  # its get_loader(reweight_groups=True)
@@ -144,13 +146,15 @@ def test_groupdro_samples_groups_as_the_references_weighted_sampler():
     draws = torch.cat([method.epoch_order(64, torch.Generator().manual_seed(s)) for s in range(200)])
     per_group = torch.bincount(groups[draws], minlength=16)[counts > 0].double()
     assert per_group.min() > 0.7 * per_group.mean()
-    shuffled = GroupDRO.build(ctx, sampler="shuffle").epoch_order(64, torch.Generator().manual_seed(5))
+    shuffled = GroupDRO.build(ctx, None, **method_hparams("groupdro", sampler="shuffle")).epoch_order(
+        64, torch.Generator().manual_seed(5)
+    )
     assert shuffled.tolist() == torch.randperm(64, generator=torch.Generator().manual_seed(5)).tolist()
 
 
 def test_groupdro_weight_update():
     ctx = _ctx()
-    method = GroupDRO.build(ctx, eta=0.5)
+    method = GroupDRO.build(ctx, None, **method_hparams("groupdro", eta=0.5))
     groups = ctx.train.y * 4 + ctx.train.b
     assert torch.equal(method.groups, groups) and torch.allclose(method.q, torch.full((16,), 1 / 16))
     idx = torch.arange(12)
@@ -243,7 +247,9 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
     for name in PROTOCOLS:
         torch.manual_seed(0)
         trainer = Trainer(tmp_path / name, protocol=protocol(name), progress=False)
-        result = trainer.fit("erm", ERM.build(ctx), data, Schedule(3, 16, "target/acc_unbiased", 0), {})
+        result = trainer.fit(
+            "erm", ERM.build(ctx, None, **method_hparams("erm")), data, Schedule(3, 16, "target/acc_unbiased", 0), {}
+        )
         history = trainer.recorder.records.read()
         key = trainer.recorder.selection_key("erm", Schedule(3, 16, "target/acc_unbiased", 0))
         want = 3 if key is None else 1 + max(range(3), key=lambda e: (history[e][key], -e))
@@ -315,7 +321,7 @@ def test_bench_times_every_phase_of_a_method(tmp_path):
 def test_a_collapsed_deep_expert_is_a_label_free_verdict_in_the_results(tmp_path, monkeypatch, caplog):
     from denetdm.methods.denetdm import DeNetDMStage1
 
-    stage1 = DeNetDMStage1.build(_ctx())
+    stage1 = DeNetDMStage1.build(_ctx(), None)
     shallow = {"stage1/shallow/val/pred_entropy": 0.96}
     healthy = stage1.diagnose("stage1", shallow | {"stage1/deep/val/pred_entropy": 0.95}, 100)
     assert healthy == {"stage1/collapse_signal": pytest.approx(0.95 / 0.96), "stage1/collapsed": False}

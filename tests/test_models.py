@@ -13,6 +13,8 @@ from denetdm.methods import BuildContext, DeNetDMStage1, DeNetDMStage2
 from denetdm.models import TargetModel, TwoExpertModel, create_backbone, list_backbones
 from denetdm.training.pipeline import uses_channels_last
 
+from conftest import method_hparams
+
 SHAPE = (3, 32, 32)
 
 
@@ -56,7 +58,7 @@ def _ctx() -> BuildContext:
 
 def _stage1(seed: int = 0) -> DeNetDMStage1:
     torch.manual_seed(seed)
-    return DeNetDMStage1.build(_ctx())
+    return DeNetDMStage1.build(_ctx(), None)
 
 
 def _two_expert(seed: int = 0) -> TwoExpertModel:
@@ -88,7 +90,7 @@ def test_stage1_update_trains_all_three_parts():
 
 
 def _stage2(**kw) -> DeNetDMStage2:
-    return DeNetDMStage2.build(_ctx(), _stage1(), **kw)
+    return DeNetDMStage2.build(_ctx(), _stage1(), **method_hparams("denetdm", "stage2", **kw))
 
 
 def test_stage2_head_starts_from_stage1_and_only_the_target_moves():
@@ -113,7 +115,9 @@ def _bn_stage2(frozen_bn: str) -> DeNetDMStage2:
     y = torch.arange(16) % 10
     ctx = BuildContext(SHAPE, 10, 10, specs, Split(torch.rand(16, *SHAPE), y, y), ADAM, lr=1e-2)
     torch.manual_seed(0)
-    return DeNetDMStage2.build(ctx, DeNetDMStage1.build(ctx), frozen_bn=frozen_bn)
+    return DeNetDMStage2.build(
+        ctx, DeNetDMStage1.build(ctx, None), **method_hparams("denetdm", "stage2", frozen_bn=frozen_bn)
+    )
 
 
 def _bn_stats(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,7 +143,7 @@ def test_frozen_deep_expert_batchnorm_eval_by_default_train_as_the_reference(fro
 
 def test_frozen_bn_takes_eval_or_train():
     with pytest.raises(ConfigError, match="method.frozen_bn must be eval or train"):
-        DeNetDMStage2.check("stage2", {}, frozen_bn="frozen")
+        DeNetDMStage2.check("stage2", {}, **method_hparams("denetdm", "stage2", frozen_bn="frozen"))
 
 
 def test_stage2_loss_matches_the_protocol_formula_and_the_cache():

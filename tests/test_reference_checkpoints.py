@@ -31,7 +31,9 @@ def _data(family: str) -> SimpleNamespace:
 def _method() -> dict:
     import yaml
 
-    return yaml.safe_load((CONF / "method" / "denetdm.yaml").read_text())
+    from denetdm.training import phases as ph
+
+    return ph.resolve(yaml.safe_load((CONF / "method" / "denetdm.yaml").read_text()))  # as a run's plan has it
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED["layouts"]))

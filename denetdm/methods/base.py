@@ -48,21 +48,27 @@ class BuildContext:
 class Method(nn.Module):
     """A trainable method: `update` takes one step on a batch, `predict` returns logits per readout head.
 
-    What the loop may do with it, declared here:
-    - stacked (`launcher=stacked`, vmapped): when its step is `loss` plus the optimiser's step (`stackable`);
-      the hyperparameters that `stack_apart` names may differ between a stack's members, so they must live in
-      buffers (vmap gives each member its own), not in Python attributes;
-    - captured (`captured=auto` on CUDA: the step recorded once as a CUDA graph and replayed): when `capturable`.
-      A captured step must not draw host-side random numbers or change Python state per step (a counter, a
-      list): the replay repeats what was recorded. Per-epoch randomness belongs in `epoch_order`, per-sample
-      state in device tensors updated in place.
+    What the loop may do with it, declared by each class (both off unless it says so):
+    - `stackable`: members of a stack (`launcher=stacked`) may be vmapped, because a step is `loss` plus the
+      optimiser's step (no `update` of its own); the hyperparameters that `stack_apart` names may differ between
+      a stack's members, so they must live in buffers (vmap gives each member its own), not in Python attributes;
+    - `capturable`: on CUDA (`captured=auto`) its step may be recorded once as a CUDA graph and replayed. A
+      captured step must not draw host-side random numbers or change Python state per step (a counter, a list):
+      the replay repeats what was recorded. Per-epoch randomness belongs in `epoch_order`, per-sample state in
+      device tensors updated in place.
     """
 
     optimizer: torch.optim.Optimizer | None = None
     amp: bool = False  # bf16 autocast on CUDA
-    capturable: bool = True
+    stackable: bool = False
+    capturable: bool = False
     stack_apart: tuple[str, ...] = ()
     heads: tuple[str, ...] = ("target",)  # the keys of `predict`, which `<schedule>.select` may name
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.stackable and (cls.loss is Method.loss or cls.update is not Method.update):
+            raise TypeError(f"{cls.__name__} declares stackable, but its step is not its `loss` and the optimiser's")
 
     @classmethod
     def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:
@@ -117,11 +123,6 @@ class Method(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """What torch.func.functional_call runs for a stack of members: `loss` of a batch, or `predict` of x."""
         return self.predict(x) if y is None else self.loss(x, y, idx)
-
-    @classmethod
-    def stackable(cls) -> bool:
-        """Whether a step is `loss` plus the optimiser's step, so members can be vmapped over."""
-        return cls.loss is not Method.loss and cls.update is Method.update
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits of every readout head, by head name (the names the metrics are recorded under)."""

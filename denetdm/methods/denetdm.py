@@ -19,10 +19,12 @@ log = logging.getLogger(__name__)
 class DeNetDMStage1(Method):
     """Stage 1: deep and shallow experts trained jointly as a product of experts with plain cross-entropy."""
 
+    stackable = capturable = True
+
     heads = ("shallow", "deep", "poe")
 
     def __init__(
-        self, model: TwoExpertModel, optimizer: OptimizerFactory | None, lr: float = 1e-3, weight_decay: float = 0.0
+        self, model: TwoExpertModel, optimizer: OptimizerFactory | None, lr: float, weight_decay: float
     ) -> None:
         super().__init__()
         self.model = model
@@ -30,7 +32,7 @@ class DeNetDMStage1(Method):
             self.optimizer = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None) -> "DeNetDMStage1":
+    def build(cls, ctx: BuildContext, previous: Method | None) -> "DeNetDMStage1":
         """Deep and shallow experts of the specs with a shared head (the deep one is built first)."""
         model = TwoExpertModel(ctx.backbone("deep"), ctx.backbone("shallow"), ctx.num_classes)
         return cls(model, ctx.optimizer, lr=ctx.lr, weight_decay=ctx.weight_decay)
@@ -70,6 +72,8 @@ class DeNetDMStage2(Method):
     frozen shallow expert: poe_weight * CE(f_t(phi_b + phi_t), y) + dist_weight * T^2 * KD_T(shallow -> target).
     """
 
+    stackable = capturable = True
+
     stack_apart = ("poe_weight", "dist_weight", "temperature")
 
     def __init__(
@@ -77,12 +81,12 @@ class DeNetDMStage2(Method):
         stage1: TwoExpertModel,
         target: TargetModel,
         optimizer: OptimizerFactory | None,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        poe_weight: float = 1.0,
-        dist_weight: float = 1.0,
-        temperature: float = 2.0,
-        frozen_bn: str = "eval",
+        lr: float,
+        weight_decay: float,
+        poe_weight: float,
+        dist_weight: float,
+        temperature: float,
+        frozen_bn: str,
     ) -> None:
         super().__init__()
         self.stage1 = stage1.requires_grad_(False).eval()
@@ -97,9 +101,7 @@ class DeNetDMStage2(Method):
             self.optimizer = optimizer(target.parameters(), lr=lr, weight_decay=weight_decay)
 
     @classmethod
-    def check(
-        cls, phase: str, schedules: dict, poe_weight=1.0, dist_weight=1.0, temperature=2.0, frozen_bn="eval"
-    ) -> None:
+    def check(cls, phase: str, schedules: dict, poe_weight, dist_weight, temperature, frozen_bn) -> None:
         """The loss weights are numbers >= 0, the temperature > 0, frozen_bn eval or train."""
         number("method.poe_weight", poe_weight)
         number("method.dist_weight", dist_weight)
@@ -111,11 +113,11 @@ class DeNetDMStage2(Method):
     def build(
         cls,
         ctx: BuildContext,
-        previous: Method | None = None,
-        poe_weight: float = 1.0,
-        dist_weight: float = 1.0,
-        temperature: float = 2.0,
-        frozen_bn: str = "eval",
+        previous: Method | None,
+        poe_weight: float,
+        dist_weight: float,
+        temperature: float,
+        frozen_bn: str,
     ) -> "DeNetDMStage2":
         """A fresh target of the target spec next to the stage-1 experts of `previous`, its head copied."""
         if not isinstance(previous, DeNetDMStage1):

@@ -18,18 +18,20 @@ def check_arch(arch: object) -> str:
 class ERM(Method):
     """A network of the `arch` spec (default: the target's), cross-entropy; its head is `target`."""
 
+    stackable = capturable = True
+
     def __init__(self, model: Classifier, optimizer: torch.optim.Optimizer | None = None) -> None:
         super().__init__()
         self.model = model
         self.optimizer = optimizer
 
     @classmethod
-    def check(cls, phase: str, schedules: dict, arch: str = "target") -> None:
+    def check(cls, phase: str, schedules: dict, arch: str) -> None:
         """`arch` names a model spec."""
         check_arch(arch)
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None, arch: str = "target") -> "ERM":
+    def build(cls, ctx: BuildContext, previous: Method | None, arch: str) -> "ERM":
         """A fresh network of the `arch` spec."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         return cls(model, ctx.make_optimizer(model.parameters()))

@@ -24,15 +24,17 @@ SAMPLERS = ("balanced", "shuffle")
 class GroupDRO(ERM):
     """A network of the `arch` spec trained on the worst-weighted mixture of group losses."""
 
+    stackable = False  # its update also moves the group weights
+
     def __init__(
         self,
         model: Classifier,
         optimizer: torch.optim.Optimizer | None,
         groups: torch.Tensor,
         num_groups: int,
-        eta: float = 0.01,
-        adjustment: float = 0.0,
-        sampler: str = "balanced",
+        eta: float,
+        adjustment: float,
+        sampler: str,
     ) -> None:
         super().__init__(model, optimizer)
         self.eta, self.num_groups = float(eta), num_groups
@@ -49,10 +51,10 @@ class GroupDRO(ERM):
         cls,
         phase: str,
         schedules: dict,
-        arch: str = "target",
-        eta: float = 0.01,
-        adjustment: float = 0.0,
-        sampler: str = "balanced",
+        arch: str,
+        eta: float,
+        adjustment: float,
+        sampler: str,
     ) -> None:
         """`eta` > 0, `adjustment` >= 0, a known sampler."""
         check_arch(arch)
@@ -65,11 +67,11 @@ class GroupDRO(ERM):
     def build(
         cls,
         ctx: BuildContext,
-        previous: Method | None = None,
-        arch="target",
-        eta=0.01,
-        adjustment=0.0,
-        sampler="balanced",
+        previous: Method | None,
+        arch,
+        eta,
+        adjustment,
+        sampler,
     ) -> "GroupDRO":
         """A fresh network; groups from the training split's class and bias labels."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)

@@ -53,25 +53,25 @@ class JTTIdentify(ERM):
     """ERM that remembers, per training sample, whether its training-mode prediction was wrong the last time it
     trained on it (after its last epoch: the reference's error set)."""
 
+    stackable = False  # its update also records the error set
+
     def __init__(self, model: Classifier, optimizer: torch.optim.Optimizer | None, n: int) -> None:
         super().__init__(model, optimizer)
         self.register_buffer("wrong", torch.zeros(n, dtype=torch.bool))
 
     @classmethod
-    def check(cls, phase: str, schedules: dict, arch: str = "target", id_epochs: int = 2) -> None:
+    def check(cls, phase: str, schedules: dict, arch: str, id_epochs: int) -> None:
         """`arch` names a model spec (`id_epochs` is checked with the schedule)."""
         check_arch(arch)
 
     @classmethod
-    def schedule(cls, base: "Schedule", arch: str = "target", id_epochs: int = 2) -> "Schedule":
+    def schedule(cls, base: "Schedule", arch: str, id_epochs: int) -> "Schedule":
         """The target's schedule for `id_epochs` epochs, its last epoch kept (JTT selects nothing here)."""
         positive_int("method.id_epochs", id_epochs)
         return dataclasses.replace(base, epochs=id_epochs, selection=protocol("last"))
 
     @classmethod
-    def build(
-        cls, ctx: BuildContext, previous: Method | None = None, arch: str = "target", id_epochs: int = 2
-    ) -> "JTTIdentify":
+    def build(cls, ctx: BuildContext, previous: Method | None, arch: str, id_epochs: int) -> "JTTIdentify":
         """A fresh network of the `arch` spec (`id_epochs` sets its schedule)."""
         model = Classifier(ctx.backbone(arch), ctx.num_classes)
         return cls(model, ctx.make_optimizer(model.parameters()), len(ctx.train))
@@ -94,7 +94,7 @@ class JTT(ERM):
         optimizer: torch.optim.Optimizer | None,
         wrong: torch.Tensor,
         upweight: int,
-        weighting: str = "upsample",
+        weighting: str,
     ) -> None:
         super().__init__(model, optimizer)
         extra = upweight if weighting == "loss" else 0
@@ -108,10 +108,10 @@ class JTT(ERM):
         cls,
         phase: str,
         schedules: dict,
-        arch: str = "target",
-        upweight: int = 50,
-        weighting: str = "upsample",
-        error_set: str = "online",
+        arch: str,
+        upweight: int,
+        weighting: str,
+        error_set: str,
     ) -> None:
         """`upweight` a positive integer, known options, and the identification phase shorter than this one."""
         check_arch(arch)
@@ -131,11 +131,11 @@ class JTT(ERM):
     def build(
         cls,
         ctx: BuildContext,
-        previous: Method | None = None,
-        arch="target",
-        upweight=50,
-        weighting="upsample",
-        error_set="online",
+        previous: Method | None,
+        arch,
+        upweight,
+        weighting,
+        error_set,
     ) -> "JTT":
         """The error set of `previous` (the identification phase), then a fresh network."""
         if not isinstance(previous, JTTIdentify):

@@ -38,6 +38,8 @@ def class_max(values: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
 class LfF(Method):
     """Biased (`biased` head) and debiased (`target` head, the result) networks trained together."""
 
+    capturable = True
+
     heads = ("target", "biased")
 
     def __init__(
@@ -47,8 +49,8 @@ class LfF(Method):
         labels: torch.Tensor,
         num_classes: int,
         optimizer: torch.optim.Optimizer | None,
-        q: float = 0.7,
-        alpha: float = 0.7,
+        q: float,
+        alpha: float,
     ) -> None:
         super().__init__()
         self.biased, self.debiased, self.optimizer = biased, debiased, optimizer
@@ -59,13 +61,13 @@ class LfF(Method):
         self.register_buffer("seen", torch.zeros(len(labels), dtype=torch.bool, device=labels.device))
 
     @classmethod
-    def check(cls, phase: str, schedules: dict, q: float = 0.7, alpha: float = 0.7) -> None:
+    def check(cls, phase: str, schedules: dict, q: float, alpha: float) -> None:
         """0 < q <= 1, 0 <= alpha < 1."""
         number("method.q", q, strict=True, high=1.0)
         number("method.alpha", alpha, high=0.999999)
 
     @classmethod
-    def build(cls, ctx: BuildContext, previous: Method | None = None, q: float = 0.7, alpha: float = 0.7) -> "LfF":
+    def build(cls, ctx: BuildContext, previous: Method | None, q: float, alpha: float) -> "LfF":
         """Two fresh networks of the target spec (the biased one first) and one optimiser over both."""
         biased = Classifier(ctx.backbone("target"), ctx.num_classes)
         debiased = Classifier(ctx.backbone("target"), ctx.num_classes)

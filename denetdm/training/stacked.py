@@ -164,7 +164,7 @@ class Stack:
         """Whether members can be vmapped: a step is loss + optimiser step, with equal optimiser settings but for
         the learning rate and weight decay (Adam, AdamW, SGD)."""
         opts = [m.optimizer for m in members]
-        if not type(members[0]).stackable() or any(o is None for o in opts):
+        if not type(members[0]).stackable or any(o is None for o in opts):
             return False
         same = [{k: v for k, v in o.defaults.items() if k not in ("lr", "weight_decay")} for o in opts]
         if OwnSettings.needed(members) and not isinstance(opts[0], OwnSettings.KINDS):

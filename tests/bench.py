@@ -190,6 +190,11 @@ def _method_config(name: str) -> dict:
     return config | {"method": ph.resolve(config["method"])}  # each phase node with its hyperparameters
 
 
+def _phases(config: dict) -> dict:
+    """The method's phases as a run's plan resolves them (batch orders from seed 0)."""
+    return ph.plan_phases(config, config["method"], dict.fromkeys(ph.phases(config["method"]), 0))
+
+
 def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """(phase, s/epoch incl. evaluation, paper-schedule epochs) of each phase of a method, run for args.epochs."""
     config = _method_config(name)
@@ -197,11 +202,11 @@ def _time_method(name: str, data, args: argparse.Namespace) -> list[tuple[str, f
     previous, rows = None, []
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(tmp, protocol=PROTOCOLS["last"], progress=False)
-        for phase, node in ph.phases(config["method"]).items():
-            paper = ph.schedule(config, phase, node, 0)
+        for phase, planned in _phases(config).items():
+            paper = planned.schedule
             ctx = context(data, config["model"], adam, paper.lr, paper.weight_decay)
             torch.manual_seed(0)
-            previous = ph.build(phase, node, ctx, previous).to(args.device)
+            previous = planned.build(ctx, previous).to(args.device)
             epochs = min(args.epochs, paper.epochs)
             trainer.fit(
                 phase,
@@ -226,13 +231,13 @@ def _stacked_step_s(
 
     adam = functools.partial(torch.optim.Adam, fused=True)
     out, previous = [], [None] * k
-    for phase, node in ph.phases(config["method"]).items():
-        source, batch = config[node["schedule"]], config[node["schedule"]]["batch_size"]
-        ctx = context(data, config["model"], adam, source["lr"], source["weight_decay"])
+    for planned in _phases(config).values():
+        batch = planned.schedule.batch_size
+        ctx = context(data, config["model"], adam, planned.schedule.lr, planned.schedule.weight_decay)
         members = []
         for m in range(k):
             torch.manual_seed(m)
-            members.append(ph.build(phase, node, ctx, previous[m]).to(device))
+            members.append(planned.build(ctx, previous[m]).to(device))
             members[-1].prepare(data.train, augmented=False)
             members[-1].train()
         g = torch.Generator().manual_seed(0)

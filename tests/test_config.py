@@ -192,7 +192,8 @@ def test_a_dataset_specialises_a_method_only_where_a_method_dataset_yaml_says_so
     from denetdm.training.plan import plan
 
     def phase_node(overrides: list[str], phase: str) -> dict:
-        return plan(compose_cfg(["dataset=bffhq", f"dataset.root={tmp_path}", *overrides]), tmp_path).phases[phase]
+        p = plan(compose_cfg(["dataset=bffhq", f"dataset.root={tmp_path}", *overrides]), tmp_path)
+        return p.phases[phase].hparams
 
     assert phase_node([], "stage2")["dist_weight"] == 0.0  # conf/method_dataset/denetdm_bffhq.yaml
     assert (phase_node(["method=denetdm_distill_only"], "stage2")["dist_weight"]) == 1.0  # its own ablation

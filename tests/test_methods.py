@@ -349,11 +349,29 @@ def test_a_collapsed_deep_expert_is_a_label_free_verdict_in_the_results(tmp_path
 @pytest.mark.parametrize("method", METHODS)
 def test_every_phase_predicts_exactly_the_heads_it_declares(method):
     # `heads` is what `<schedule>.select` is checked against before training: it must be what `predict` gives
-    from denetdm.training import phases as ph
     from denetdm.training.plan import plan
 
     p = plan(compose_cfg([*TINY, f"method={method}", "target.epochs=3"]), "/nonexistent")
     previous, ctx = None, _ctx()
-    for name, node in p.phases.items():
-        previous = ph.build(name, node, ctx, previous)
-        assert tuple(previous.eval().predict(ctx.train.x[:2])) == ph.phase_class(name, node).heads, name
+    for name, phase in p.phases.items():
+        previous = phase.build(ctx, previous)
+        assert tuple(previous.eval().predict(ctx.train.x[:2])) == phase.cls.heads, name
+
+
+def test_the_method_contract_pages_example_trains_and_checks_its_hyperparameter(tmp_path, monkeypatch):
+    import re
+
+    from denetdm.errors import ConfigError
+
+    page = (CONF.parent / "docs" / "methods.md").read_text()
+    code, conf = re.findall(r"```python\n(.*?)```", page, re.S)[0], re.findall(r"```yaml\n(.*?)```", page, re.S)[0]
+    (tmp_path / "smooth_example.py").write_text(code)
+    (tmp_path / "method").mkdir()
+    target = "denetdm.methods.smooth.SmoothERM"
+    (tmp_path / "method" / "smooth_erm.yaml").write_text(conf.replace(target, "smooth_example.SmoothERM"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = [*TINY, "method=smooth_erm", f"hydra.searchpath=[file://{tmp_path}]"]
+    results = train(compose_cfg(args), tmp_path / "run")
+    assert results["method"] == "smooth_erm" and 0 <= results["test/acc_unbiased"] <= 1
+    with pytest.raises(ConfigError, match="method.smoothing"):
+        train(compose_cfg([*args, "method.smoothing=2"]), tmp_path / "bad")

@@ -168,7 +168,28 @@ def hparams(node: Mapping) -> dict[str, Any]:
     return {k: v for k, v in node.items() if k not in PHASE_KEYS}
 
 
-def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a method, resolved once by the plan: its class, schedule and hyperparameters."""
+
+    name: str
+    cls: type[Method]
+    schedule: Schedule
+    hparams: dict
+
+    def build(self, ctx: BuildContext, previous: Method | None) -> Method:
+        """The phase's method, fresh, after the previous phase's (`previous`)."""
+        return _built(self.name, self.cls, ctx, previous, self.hparams)
+
+
+def _built(name: str, cls: type[Method], ctx: BuildContext, previous: Method | None, values: dict) -> Method:
+    try:
+        return cls.build(ctx, previous, **values)
+    except TypeError as e:
+        raise ConfigError(f"method.phases.{name}: {e}".replace("build()", "the phase")) from None
+
+
+def _schedule(cfg: Mapping, name: str, node: Mapping, cls: type[Method], seed: int) -> Schedule:
     """The phase's schedule: the top-level node it names (`schedule: target`), as its class adapts it."""
     source = node.get("schedule")
     if not isinstance(cfg.get(source) if isinstance(source, str) else None, Mapping):
@@ -177,7 +198,6 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
     lr, decay = cfg[source].get("lr"), cfg[source].get("weight_decay")
     base = Schedule(**values, seed=seed, lr=lr, weight_decay=decay, source=source).check()
     base = replace(base, lr_schedule=LRSchedule.parse(source, cfg[source].get("lr_schedule"), base.epochs))
-    cls = phase_class(name, node)
     if (head := base.select.split("/")[0]) not in cls.heads:
         raise ConfigError(
             f"{source}.select={base.select}: {name} has no head {head!r}; its heads: {', '.join(cls.heads)}"
@@ -185,21 +205,18 @@ def schedule(cfg: Mapping, name: str, node: Mapping, seed: int) -> Schedule:
     return cls.schedule(base, **hparams(node))
 
 
-def check(method: Mapping, schedules: Mapping[str, Schedule]) -> None:
-    """Every phase's hyperparameters, before anything is loaded or trained."""
-    for name, node in phases(method).items():
+def plan_phases(cfg: Mapping, method: Mapping, seeds: Mapping[str, int]) -> dict[str, Phase]:
+    """Every phase of a resolved method node with its class, checked schedule (batch order from `seeds[name]`)
+    and hyperparameters, each phase's values checked against all the schedules, before anything is loaded."""
+    nodes = phases(method)
+    classes = {name: phase_class(name, node) for name, node in nodes.items()}
+    schedules = {name: _schedule(cfg, name, node, classes[name], seeds[name]) for name, node in nodes.items()}
+    for name, node in nodes.items():
         try:
-            phase_class(name, node).check(name, schedules, **hparams(node))
+            classes[name].check(name, schedules, **hparams(node))
         except TypeError as e:
             raise ConfigError(f"method.phases.{name}: {e}".replace("check()", "the phase")) from None
-
-
-def build(name: str, node: Mapping, ctx: BuildContext, previous: Method | None) -> Method:
-    """The phase's method, fresh, after the previous phase's (`previous`)."""
-    try:
-        return phase_class(name, node).build(ctx, previous, **hparams(node))
-    except TypeError as e:
-        raise ConfigError(f"method.phases.{name}: {e}".replace("build()", "the phase")) from None
+    return {name: Phase(name, classes[name], schedules[name], hparams(nodes[name])) for name in nodes}
 
 
 def rebuild(method: Mapping, upto: str, ctx: BuildContext) -> Method:
@@ -207,7 +224,7 @@ def rebuild(method: Mapping, upto: str, ctx: BuildContext) -> Method:
     state: built in order without optimisers."""
     previous = None
     for name, node in phases(method).items():
-        previous = build(name, node, ctx, previous)
+        previous = _built(name, phase_class(name, node), ctx, previous, hparams(node))
         if name == upto:
             return previous
     raise ConfigError(f"the checkpoint's phase {upto!r} is not a phase of method {method.get('name')!r}")

@@ -19,7 +19,6 @@ import torch
 from omegaconf import DictConfig
 
 from denetdm import provenance
-from denetdm.checks import instantiate_checked
 from denetdm.data.splits import BiasedData
 from denetdm.errors import ConfigError, DenetdmError, WriteError
 from denetdm.files.atomic import atomic_write
@@ -27,7 +26,6 @@ from denetdm.files.jsonlines import write_json
 from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, value_at
 from denetdm.methods import BuildContext, Method
-from denetdm.methods.base import PARTS
 from denetdm.metrics import METRICS
 from denetdm.models import is_convolutional
 from denetdm.reporting.summary import summary_table
@@ -104,7 +102,7 @@ class StageRunner:
     def __init__(self, p: Plan, data: BiasedData, channels_last: bool, trainer: Trainer) -> None:
         self.p, self.data, self.trainer = p, data, trainer
         self.fmt = torch.channels_last if channels_last else torch.preserve_format
-        self.specs = {k: p.config["model"][k] for k in PARTS}  # a loaded checkpoint brings its own
+        self.specs = p.models
         self.results: dict = {}
         self.times = {name: 0.0 for name in p.phases}
 
@@ -116,23 +114,23 @@ class StageRunner:
 
     def build(self, phase: str, previous: Method | None) -> Method:
         """The phase after `previous`, freshly initialised from the run's seed, on the run's device."""
-        s = self.p.schedules[phase]
+        s = self.p.phases[phase].schedule
         ctx = context(self.data, self.specs, self.p.optimizer, s.lr, s.weight_decay)
         torch.manual_seed(derive_seed(self.p.seed, f"{phase}-init"))
-        method = ph.build(phase, self.p.phases[phase], ctx, previous).to(self.p.device, memory_format=self.fmt)
+        method = self.p.phases[phase].build(ctx, previous).to(self.p.device, memory_format=self.fmt)
         method.amp = self.p.amp
         return method
 
     def begin(self, phase: str, method: Method):
         """The trainer's loop state for `phase` (resumed where a checkpoint is)."""
-        meta, resume = self.meta(phase), self.p.resume
-        return self.trainer.begin(phase, method, self.data, self.p.schedules[phase], meta, resume, self.data.augment)
+        schedule, meta = self.p.phases[phase].schedule, self.meta(phase)
+        return self.trainer.begin(phase, method, self.data, schedule, meta, self.p.resume, self.data.augment)
 
     def record(self, phase: str, r: StageResult, method: Method) -> None:
         """A trained phase's entries of results.json, and the method's verdicts and warnings about it."""
         self.results.update(r.metrics)
         self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
-        verdicts = method.diagnose(phase, r.metrics, self.p.schedules[phase].epochs)
+        verdicts = method.diagnose(phase, r.metrics, self.p.phases[phase].schedule.epochs)
         for warning in verdicts.pop("warnings", []):
             log.warning("%s", warning)
             self.results.setdefault("warnings", []).append(warning)
@@ -152,7 +150,9 @@ class StageRunner:
             where = f"stage.previous_ckpt={self.p.previous_ckpt}"
             raise ConfigError(f"{where} holds a {ckpt['kind']} checkpoint, not {phase}")
         check_previous(ckpt, self.p.fingerprint(phase), where=f"stage.previous_ckpt={self.p.previous_ckpt}")
-        method = ph.rebuild(self.p.config["method"], phase, context(self.data, self.specs))
+        method = None
+        for before in names[: names.index(phase) + 1]:  # its modules, and those of the phases it wraps
+            method = self.p.phases[before].build(context(self.data, self.specs), method)
         method = method.to(self.p.device, memory_format=self.fmt)
         method.load_state_dict(ckpt["method"])
         self.results.update(evaluate_all(method, self.data, phase))
@@ -160,9 +160,9 @@ class StageRunner:
 
     def collect(self) -> dict:
         """The results.json entries of the phases run: the final model's, the separation, the times."""
-        final = self.p.final
-        if final["phase"] in self.p.trained:
-            self.results.update(final_results(self.results, final["phase"], final["head"]))
+        m = self.p.method
+        if m.final_phase in self.p.trained:
+            self.results.update(final_results(self.results, m.final_phase, m.final_head))
         self.results.update(separation(self.results))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
 
@@ -197,12 +197,12 @@ def separation(results: dict, phase: str = "stage1") -> dict:
 
 def _describe(p: Plan) -> dict:
     """What results.json says about the method and the selection protocol."""
-    m = p.config["method"]
+    m = p.method
     return {
-        "method": m["name"],
-        "method_label": m.get("label", m["name"]),
-        "depths": [int(p.config["model"][part]["depth"]) for part in m["row_depths"]],
-        "uses_bias_labels": bool(m.get("uses_bias_labels")),
+        "method": m.name,
+        "method_label": m.label,
+        "depths": m.depths,
+        "uses_bias_labels": m.uses_bias_labels,
         "seed": p.seed,
         "selection": p.protocol.name,
         "selection_oracle": p.protocol.name == "oracle",
@@ -238,15 +238,14 @@ def prepare(p: Plan) -> None:
 
 def load_data(p: Plan) -> tuple[BiasedData, bool]:
     """The dataset on the training device, and whether its images are channels-last."""
-    data = instantiate_checked(p.config["dataset"]).load()
-    channels_last = uses_channels_last([p.config["model"][k] for k in PARTS], data.input_shape)
+    data = p.dataset.load()
+    channels_last = uses_channels_last(p.models.values(), data.input_shape)
     data = data.to(p.device, channels_last=channels_last)
     sizes = ", ".join(f"{len(s)} {name}" for name, s in {"train": data.train, **data.splits()}.items())
     log.info("%s: %s samples on %s", data.name, sizes, p.device)
-    target = p.config["model"]["target"]
+    target = p.models["target"]
     pretrained = ", ImageNet-pretrained" if target.get("pretrained") else ""
-    name = p.config.get("experiment_name", "dataset_preset")
-    log.info("setting: %s (target %s-%s%s)", name, target.get("name"), target.get("depth"), pretrained)
+    log.info("setting: %s (target %s-%s%s)", p.setting_name, target.get("name"), target.get("depth"), pretrained)
     return data, channels_last
 
 
@@ -268,14 +267,13 @@ def load_all(plans: Sequence[Plan]) -> dict[str, tuple[BiasedData, bool]]:
 
 def open_run(p: Plan, data: tuple[BiasedData, bool], pruning: dict | None) -> StageRunner:
     """The run's logger, trainer (reporting to a pruning sweep's trial where one is given) and stage runner."""
-    logger = instantiate_checked(p.config["logger"], _partial_=True, _convert_="all")
-    logger = logger(run_dir=str(p.run_dir), run_config=p.config)
+    logger = p.logger(run_dir=str(p.run_dir), run_config=p.config)
     trainer = Trainer(p.run_dir, logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured, p.max_loss)
     if pruning is not None:
         from denetdm.sweeps.pruning import Reporter
 
-        key = f"{p.final['phase']}/{p.final['head']}/{p.objective_key}"
-        trainer.recorder.on_epoch = Reporter(**pruning, phase=p.final["phase"], key=key, run_dir=p.run_dir)
+        key = f"{p.method.final_phase}/{p.method.final_head}/{p.objective_key}"
+        trainer.recorder.on_epoch = Reporter(**pruning, phase=p.method.final_phase, key=key, run_dir=p.run_dir)
     return StageRunner(p, *data, trainer)
 
 

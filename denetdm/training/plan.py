@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -31,14 +32,32 @@ MAX_THREADS = 1024  # torch would start them all
 
 
 @dataclass(frozen=True)
+class MethodInfo:
+    """What results.json, tables and W&B say of the method: its names, whether it reads bias labels, the depths
+    that tell its table rows apart, and its deliverable model."""
+
+    name: str
+    label: str
+    uses_bias_labels: bool
+    depths: list[int]
+    final_phase: str
+    final_head: str
+
+
+@dataclass(frozen=True)
 class Plan:
-    """A checked config: what runs, where, on which device, each phase's schedule, the selection protocol."""
+    """A checked config: what runs, where, on which device, each phase resolved, the selection protocol."""
 
     run_dir: Path
-    config: dict  # the resolved config (device, capture and protocol as resolved)
+    config: dict  # the resolved config as recorded (results.json, checkpoints, W&B, fingerprints): never read below
     stages: list[str]  # the phases this process trains (and/or "eval")
     device: torch.device
-    schedules: dict[str, Schedule]
+    phases: dict[str, ph.Phase]  # every phase of the method, in order
+    method: MethodInfo
+    models: dict[str, dict]  # the model specs by part (shallow, deep, target)
+    dataset: Any  # the dataset, built (not loaded) once
+    logger: Callable[..., Any]  # the logger class with its settings, given the run directory and config
+    setting_name: str  # experiment_name: the preset's label
     protocol: Protocol
     label_free_metric: str  # what the label-free protocols maximise
     objective_key: str
@@ -55,19 +74,9 @@ class Plan:
     eval_ckpt: str | None  # stage=eval's checkpoint
 
     @property
-    def phases(self) -> dict[str, Mapping]:
-        """The method's phases in order."""
-        return ph.phases(self.config["method"])
-
-    @property
     def trained(self) -> list[str]:
         """The phases this run trains."""
         return [s for s in self.stages if s != "eval"]
-
-    @property
-    def final(self) -> Mapping:
-        """The deliverable model: `{phase, head}`."""
-        return self.config["method"]["final"]
 
     def fingerprint(self, stage: str) -> dict:
         """This run's fingerprint for `stage`."""
@@ -174,27 +183,40 @@ def _probe(cfg: DictConfig) -> ProbeSchedule:
     return probe
 
 
-def _schedules(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, Schedule]:
-    """Every phase's checked schedule, and the method's hyperparameters checked against them."""
-    schedules = {
-        name: ph.schedule(cfg, name, node, derive_seed(cfg.seed, f"{name}-batches"))
-        for name, node in ph.phases(method).items()
-    }
-    ph.check(method, schedules)
+def _phases(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, ph.Phase]:
+    """Every phase resolved and checked, and the method's own keys."""
+    seeds = {name: derive_seed(cfg.seed, f"{name}-batches") for name in ph.phases(method)}
+    phases = ph.plan_phases(cfg, method, seeds)
     rows = method.get("row_depths")
     if not (isinstance(rows, list) and rows and all(part in PARTS for part in rows)):
         raise ConfigError(
             f"method.row_depths must list the model parts whose depths tell this method's table rows apart "
             f"({', '.join(PARTS)}), got {rows!r}"
         )
-    if method.get("final", {}).get("phase") not in schedules:
-        raise ConfigError(f"method.final.phase must be one of the phases {list(schedules)}, got {method.get('final')}")
+    final = method.get("final")
+    if not isinstance(final, Mapping) or final.get("phase") not in phases:
+        raise ConfigError(f"method.final.phase must be one of the phases {list(phases)}, got {final}")
+    if final.get("head") not in phases[final["phase"]].cls.heads:
+        heads, got = ", ".join(phases[final["phase"]].cls.heads), final.get("head")
+        raise ConfigError(f"method.final.head must be one of {final['phase']}'s heads ({heads}), got {got!r}")
     if proto.split == "val_biased" and not cfg.dataset.get("biased_val_size"):
         raise ConfigError(
             f"selection={proto.name} needs a validation split with the training bias ratio: "
             "set dataset.biased_val_size (e.g. 1000)"
         )
-    return schedules
+    return phases
+
+
+def _method_info(config: dict) -> MethodInfo:
+    m, models = config["method"], config["model"]
+    return MethodInfo(
+        name=m["name"],
+        label=m.get("label", m["name"]),
+        uses_bias_labels=bool(m.get("uses_bias_labels")),
+        depths=[int(models[part]["depth"]) for part in m["row_depths"]],
+        final_phase=m["final"]["phase"],
+        final_head=m["final"]["head"],
+    )
 
 
 def _warn_depths(cfg: DictConfig, method: Mapping) -> None:
@@ -213,31 +235,43 @@ def _warn_depths(cfg: DictConfig, method: Mapping) -> None:
         )
 
 
-def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
-    """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
-    _check_flags(cfg)
-    label_free = check_label_free_metric(cfg.selection_metric)
-    proto = protocol(cfg.selection)
-    device = resolve_device(str(cfg.device), slot)
+def _recorded(cfg: DictConfig, device: torch.device, proto: Protocol) -> tuple[dict, Any]:
+    """The resolved config as the run records it, and the dataset (built once, not loaded)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config["device"] = device.type  # `auto` on a GPU machine and on a CPU machine are different runs
     # what the run does: CUDA graphs on a GPU (`auto` there); a CPU ignores the setting, so its runs compare equal
     config["captured"] = device.type == "cuda" and cfg.captured in ("auto", True)
     config["selection"] = proto.name  # `test` and `oracle` are one protocol
     config["method"] = ph.resolve(config["method"])  # each phase node complete: the checkpoints rebuild from it
+    dataset = instantiate_checked(config["dataset"])
     # the data's identity, in the fingerprint: runs of other source files neither resume nor share a table cell
-    config["data_digest"] = instantiate_checked(config["dataset"]).digest
+    config["data_digest"] = dataset.digest
+    return config, dataset
+
+
+def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
+    """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
+    _check_flags(cfg)
+    label_free = check_label_free_metric(cfg.selection_metric)
+    proto = protocol(cfg.selection)
+    device = resolve_device(str(cfg.device), slot)
+    config, dataset = _recorded(cfg, device, proto)
     stages = _stages(cfg, list(ph.phases(config["method"])))
-    schedules = _schedules(cfg, config["method"], proto)
+    phases = _phases(cfg, config["method"], proto)
     _warn_depths(cfg, config["method"])
     optimizer = instantiate_checked(cfg.optimizer, _convert_="all")
-    check_optimizer(optimizer, (cfg.get("optimizer") or {}).get("betas"), schedules.values())
+    check_optimizer(optimizer, (cfg.get("optimizer") or {}).get("betas"), [p.schedule for p in phases.values()])
     return Plan(
         run_dir=Path(run_dir),
         config=config,
         stages=stages,
         device=device,
-        schedules=schedules,
+        phases=phases,
+        method=_method_info(config),
+        models={part: config["model"][part] for part in PARTS},
+        dataset=dataset,
+        logger=instantiate_checked(config["logger"], _partial_=True, _convert_="all"),
+        setting_name=str(cfg.get("experiment_name", "dataset_preset")),
         protocol=proto,
         label_free_metric=label_free,
         objective_key=_objective_key(cfg, proto),

@@ -202,3 +202,36 @@ def test_each_epochs_line_gives_accuracies_in_percent_and_the_time_left(tmp_path
     assert re.search(r"^stage1 epoch 1/3 .*shallow/val/acc_conflicting \d+\.\d\d % .*; stage1 \d+ s left\)$", lines[0])
     assert lines[2].endswith("; stage1 done)") and lines[3].endswith("; stage2 done)")
     assert [duration(s) for s in (12, 600, 12_000)] == ["12 s", "10 min", "3 h 20 min"]
+
+
+@pytest.mark.parametrize("views", [0, 1, 2])
+def test_a_step_gets_the_views_of_its_batch_that_its_method_asks_for(views, tmp_path):
+    from dataclasses import replace
+
+    from denetdm.data.augment import views as batch_views
+
+    class Seeing(Constant):
+        """Keeps the inputs of its steps."""
+
+        def update(self, x, y, idx):
+            self.seen.append((x, idx))
+            return super().update(x, y, idx)
+
+    Seeing.views = views
+    method, data = Seeing(0.5), replace(tiny_data(), augment=lambda x, gen: x + torch.rand(x.shape, generator=gen))
+    method.seen = []
+    Trainer(tmp_path, progress=False).fit("stage1", method, data, Schedule(1, 8, "only/acc", 0), {})
+    for x, idx in method.seen:
+        stored = data.train.x[idx]
+        if views == 0:
+            assert torch.equal(x, stored)
+        elif views == 1:
+            assert x.shape == stored.shape and not torch.equal(x, stored)
+        else:  # two views of the same images, each augmented on its own
+            assert isinstance(x, tuple) and not torch.equal(x[0], x[1]) and not torch.equal(x[0], stored)
+    assert batch_views(data.train.x, None, torch.Generator(), 2) == (data.train.x, data.train.x)  # no augmentation
+
+
+def test_a_method_with_two_views_is_neither_stacked_nor_captured():
+    with pytest.raises(TypeError, match="views"):
+        type("Paired", (Constant,), {"views": 2, "capturable": True})

@@ -71,7 +71,9 @@ def test_a_step_schedule_is_recorded_and_a_run_killed_mid_schedule_resumes_to_th
     assert _results(tmp_path / "whole") == _results(tmp_path / "resumed")
 
 
-@pytest.mark.parametrize("schedule", [STEP, COSINE], ids=["step", "cosine-warmup"])
+@pytest.mark.parametrize(
+    "schedule", [STEP, pytest.param(COSINE, marks=pytest.mark.slow)], ids=["step", "cosine-warmup"]
+)
 def test_a_stack_under_a_schedule_gives_each_member_its_plain_numbers(schedule, tmp_path):
     extra = [[f"seed={s}", *schedule, f"target.lr={lr}"] for s, lr in ((0, 1e-3), (1, 3e-3))]
     cfgs = [compose_cfg([*TINY, *e]) for e in extra]

@@ -40,3 +40,11 @@ class BatchAugment:
             flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 and c > 1 else x
+
+
+def views(x: torch.Tensor, augment: Augment | None, gen: torch.Generator, n: int):
+    """A training batch as a method's step asks for it (`Method.views`): 0, the stored images; 1, one augmented
+    view (the stored images where the dataset does not augment); 2, a pair of views augmented independently."""
+    if n == 0 or augment is None:
+        return (x, x) if n == 2 else x
+    return augment(x, gen) if n == 1 else (augment(x, gen), augment(x, gen))

@@ -52,6 +52,9 @@ class Method(nn.Module):
     - `stackable`: members of a stack (`launcher=stacked`) may be vmapped, because a step is `loss` plus the
       optimiser's step (no `update` of its own); the hyperparameters that `stack_apart` names may differ between
       a stack's members, so they must live in buffers (vmap gives each member its own), not in Python attributes;
+    - `views`: what `x` a step gets where the dataset augments (denetdm.data.augment.views): 0, the stored
+      images; 1, one augmented view (the default); 2, a pair `(x1, x2)` of views augmented independently (a
+      method with two views is neither stacked nor captured);
     - `capturable`: on CUDA (`captured=auto`) its step may be recorded once as a CUDA graph and replayed. A
       captured step must not draw host-side random numbers or change Python state per step (a counter, a list):
       the replay repeats what was recorded. Per-epoch randomness belongs in `epoch_order`, per-sample state in
@@ -62,6 +65,7 @@ class Method(nn.Module):
     amp: bool = False  # bf16 autocast on CUDA
     stackable: bool = False
     capturable: bool = False
+    views: int = 1
     stack_apart: tuple[str, ...] = ()
     heads: tuple[str, ...] = ("target",)  # the keys of `predict`, which `<schedule>.select` may name
 
@@ -69,6 +73,8 @@ class Method(nn.Module):
         super().__init_subclass__(**kwargs)
         if cls.stackable and (cls.loss is Method.loss or cls.update is not Method.update):
             raise TypeError(f"{cls.__name__} declares stackable, but its step is not its `loss` and the optimiser's")
+        if cls.views not in (0, 1, 2) or (cls.views == 2 and (cls.stackable or cls.capturable)):
+            raise TypeError(f"{cls.__name__}.views must be 0, 1 or 2 (2: neither stackable nor capturable)")
 
     @classmethod
     def check(cls, phase: str, schedules: Mapping[str, Any], **hparams: Any) -> None:

@@ -50,12 +50,15 @@ class DeNetDMStage1(Method):
         return {"shallow": shallow, "deep": deep}
 
     def diagnose(self, phase: str, metrics: Mapping[str, float], epochs: int) -> dict:
-        """`<phase>/collapsed` and its signal, read without any label (denetdm.verdict), with a warning
-        when the deep expert collapsed."""
+        """How far the experts split (`<phase>/separation`: validation conflicting accuracy, shallow minus deep),
+        and `<phase>/collapsed` with its signal, read without any label (denetdm.verdict), with a warning when
+        the deep expert collapsed."""
+        split = [metrics.get(f"{phase}/{h}/val/acc_conflicting") for h in ("shallow", "deep")]
+        out = {f"{phase}/separation": split[0] - split[1]} if all(isinstance(v, float) for v in split) else {}
         deep, shallow = (metrics.get(f"{phase}/{h}/val/pred_entropy") for h in ("deep", "shallow"))
         if deep is None or shallow is None:
-            return {}
-        out = collapse_verdict(deep, shallow, epochs, phase)
+            return out
+        out |= collapse_verdict(deep, shallow, epochs, phase)
         if out[f"{phase}/collapsed"] is None:
             log.info("%s: %s (%s/collapsed is null)", phase, out[f"{phase}/collapse_note"], phase)
         if out[f"{phase}/collapsed"]:

@@ -212,7 +212,11 @@ def _probe_series(runs: list, stage: str, head: str, attr: str) -> tuple[list[in
 def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | None:
     """Linear decodability of the class (core) and the bias from each expert's features per epoch
     (`probe.every`): the mean over runs of one depth pair, with a band from the lowest to the highest run."""
-    heads = ("shallow", "deep") if stage == "stage1" else ("target",)
+    # the heads the records probed, in the order the method predicts them
+    keys = [k for r in coll.runs for e in r.epochs() if e.get("stage") == stage for k in e]
+    heads = tuple(dict.fromkeys(k.split("/")[1] for k in keys if k.count("/") == 3 and "/probe/" in k))
+    if not heads:
+        return None
     by_pair: dict[tuple[int, int], list] = {}
     for r in coll.runs:
         if _probe_series([r], stage, heads[0], "y"):
@@ -232,7 +236,7 @@ def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | 
                 ax.plot(xs, ys.mean(0), style, color=colour, ms=3, label=label)
                 if len(runs) > 1:
                     ax.fill_between(xs, ys.min(0), ys.max(0), color=colour, alpha=0.15)
-        ax.set_title(f"{stage}: {head} expert" if stage == "stage1" else f"{stage}: {head}")
+        ax.set_title(f"{stage}: {head}")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -49,7 +49,7 @@ def captured_step(update: Callable[[list], dict], fits: Sequence["Fit"], optimiz
     gathers the batches itself from the (K, B) indices it is given, unless they are augmented: augmentation draws
     from the host generators, outside the graph."""
     make_capturable(optimizers)  # after the restore, which brings the checkpoint's settings back
-    if all(f.augment is None for f in fits):  # one (K, B) index copy per replayed step
+    if all(f.augment is None or f.method.views == 0 for f in fits):  # one (K, B) index copy per replayed step
         splits = [f.data.train for f in fits]
         graph = CapturedStep(lambda idx: update([s.batch(i) for s, i in zip(splits, idx, strict=True)]))
         return lambda idxs: graph(torch.stack(list(idxs)))

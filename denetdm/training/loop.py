@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from denetdm.analysis.probes import ProbeSchedule
+from denetdm.data.augment import views
 from denetdm.data.splits import BiasedData
 from denetdm.errors import ConfigError, DenetdmError, TrainingError
 from denetdm.methods.base import Method
@@ -37,7 +38,6 @@ class Fit:
     data: BiasedData
     schedule: Schedule
     meta: dict
-    augment: Augment | None
     gen: torch.Generator
     state: dict
 
@@ -45,10 +45,16 @@ class Fit:
         """The epochs still to train."""
         return range(self.state["epoch"] + 1, self.schedule.epochs + 1)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The training batch (x, y, idx) at `idx`, augmented where the stage augments (from its generator)."""
+    @property
+    def augment(self) -> Augment | None:
+        """The dataset's augmentation of training batches, if any."""
+        return self.data.augment
+
+    def batch(self, idx: torch.Tensor) -> tuple:
+        """The training batch (x, y, idx) at `idx`, x in the views the method asks for (augmented from the stage's
+        generator where the dataset augments)."""
         x, y, idx = self.data.train.batch(idx)
-        return (self.augment(x, self.gen) if self.augment is not None else x), y, idx
+        return views(x, self.augment, self.gen, self.method.views), y, idx
 
 
 class Trainer:
@@ -87,7 +93,6 @@ class Trainer:
         schedule: Schedule,
         meta: dict,
         resume: bool = True,
-        augment: Augment | None = None,
     ) -> Fit:
         """Restore the stage's loop state (the start of `fit`; a stack calls it per member). `meta` is stored in every
         checkpoint (model specs, config fingerprint); its "config" entry must match on resume."""
@@ -100,8 +105,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(schedule.seed))
         state = self.recorder.restore(stage, method, gen, meta, resume)
         if state["epoch"] < schedule.epochs:
-            method.prepare(data.train, augmented=augment is not None)
-        return Fit(stage, method, data, schedule, meta, augment, gen, state)
+            method.prepare(data.train, augmented=data.augment is not None and method.views > 0)
+        return Fit(stage, method, data, schedule, meta, gen, state)
 
     def end_epoch(
         self, fit: Fit, epoch: int, train: dict[str, float], t0: float, metrics: dict[str, float] | None = None

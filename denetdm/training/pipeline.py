@@ -124,13 +124,17 @@ class StageRunner:
     def begin(self, phase: str, method: Method):
         """The trainer's loop state for `phase` (resumed where a checkpoint is)."""
         schedule, meta = self.p.phases[phase].schedule, self.meta(phase)
-        return self.trainer.begin(phase, method, self.data, schedule, meta, self.p.resume, self.data.augment)
+        return self.trainer.begin(phase, method, self.data, schedule, meta, self.p.resume)
 
     def record(self, phase: str, r: StageResult, method: Method) -> None:
         """A trained phase's entries of results.json, and the method's verdicts and warnings about it."""
         self.results.update(r.metrics)
         self.results[f"{phase}/selected_epoch"], self.times[phase] = r.selected_epoch, r.elapsed_s
-        verdicts = method.diagnose(phase, r.metrics, self.p.phases[phase].schedule.epochs)
+        self.diagnose(phase, method, r.metrics)
+
+    def diagnose(self, phase: str, method: Method, metrics: dict) -> None:
+        """The method's verdicts on a trained phase (results.json entries) and its warnings, logged and kept."""
+        verdicts = method.diagnose(phase, metrics, self.p.phases[phase].schedule.epochs)
         for warning in verdicts.pop("warnings", []):
             log.warning("%s", warning)
             self.results.setdefault("warnings", []).append(warning)
@@ -155,15 +159,15 @@ class StageRunner:
             method = self.p.phases[before].build(context(self.data, self.specs), method)
         method = method.to(self.p.device, memory_format=self.fmt)
         method.load_state_dict(ckpt["method"])
-        self.results.update(evaluate_all(method, self.data, phase))
+        self.results.update(metrics := evaluate_all(method, self.data, phase))
+        self.diagnose(phase, method, metrics)
         return method
 
     def collect(self) -> dict:
-        """The results.json entries of the phases run: the final model's, the separation, the times."""
+        """The results.json entries of the phases run, the final model's again, the times."""
         m = self.p.method
         if m.final_phase in self.p.trained:
             self.results.update(final_results(self.results, m.final_phase, m.final_head))
-        self.results.update(separation(self.results))
         return self.results | {f"time/{k}_s": v for k, v in self.times.items()}
 
 
@@ -184,15 +188,6 @@ def check_previous(ckpt: dict, ours: dict, where: str) -> None:
         f"{where} was trained with {diff[0]}={then}{more}, this run has {now}: set {diff[0]}={then} (the run "
         "reports the config's data and experts, so they must be the checkpoint's), or train stage 1 for this setting"
     )
-
-
-def separation(results: dict, phase: str = "stage1") -> dict:
-    """How far a phase's shallow and deep heads split (validation conflicting accuracy, shallow minus deep):
-    `<phase>/separation` where both heads were measured, else nothing."""
-    shallow, deep = (results.get(f"{phase}/{h}/val/acc_conflicting") for h in ("shallow", "deep"))
-    if isinstance(shallow, float) and isinstance(deep, float):
-        return {f"{phase}/separation": shallow - deep}
-    return {}
 
 
 def _describe(p: Plan) -> dict:

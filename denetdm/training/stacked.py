@@ -47,8 +47,9 @@ def stack_key(config: Mapping) -> str:
         config = {**config, "method": resolve(config.get("method") or {})}
     except ConfigError:  # a run alone, whose plan says what is wrong
         return json.dumps(config, sort_keys=True, default=str)
-    stages = (config.get("stage") or {}).get("stages") or ["stage2"]
-    fp = setting(config, [s for s in stages if s != "eval"] or ["stage2"])
+    names = [name for name, node in (config["method"].get("phases") or {}).items() if node is not None]
+    stages = [s for s in (config.get("stage") or {}).get("stages") or names if s != "eval"]
+    fp = setting(config, stages or names)  # the phases a run trains (stage=eval: as a full run)
     for name, node in ((fp.get("method") or {}).get("phases") or {}).items():
         if not isinstance(node, dict):
             continue

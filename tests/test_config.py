@@ -248,7 +248,7 @@ def test_every_run_folder_has_one_layout():
 
     import yaml
 
-    names = ("config", "debug/default", "collapse", "depth")
+    names = ("config", "debug/default", "collapse")
     dirs = [yaml.safe_load((CONF / f"{name}.yaml").read_text())["hydra"]["run"]["dir"] for name in names]
     assert all(d.endswith("${dataset.name}/${now:%Y-%m-%d_%H-%M-%S}") for d in dirs), dirs
     docs = (ROOT / "docs" / "python.md").read_text() + (ROOT / "README.md").read_text()

@@ -182,7 +182,7 @@ def test_background_writes_run_in_the_order_queued_and_a_record_write_error_name
     assert done == ["record", "after"]
     (tmp_path / "run").write_text("")  # the run directory is a file: metrics.jsonl cannot be written
     recorder = Recorder(tmp_path / "run", NullLogger(), protocol("val"), "acc")
-    recorder.writer.call(recorder._append, "stage1", {"stage": "stage1", "epoch": 1}, background=True)
+    recorder.writer.call(recorder.append, "stage1", {"stage": "stage1", "epoch": 1}, background=True)
     with pytest.raises(WriteError, match="could not write .*metrics.jsonl"):
         recorder.writer.flush()
 

@@ -8,7 +8,7 @@ from denetdm.errors import ConfigError
 from denetdm.files.jsonlines import JsonLines
 from denetdm.training.pipeline import train
 
-from conftest import TINY, compose_cfg
+from conftest import TINY, compose_cfg, run_cli
 
 
 def _separable(n: int = 600, d: int = 20, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,59 +96,33 @@ def test_sweep_plot_draws_the_probe_curves_of_a_run_and_of_seeds(tmp_path):
 
 
 @pytest.mark.slow
-def test_depth_analysis_runs_end_to_end_on_tiny_data(tmp_path):
+def test_the_depth_probes_sweep_measures_each_depth_untrained_and_trained_and_plots_them(tmp_path):
     import json
 
-    from hydra import compose, initialize_config_dir
+    from denetdm.reporting.plots import depth_probes
+    from denetdm.reporting.runs import collect
 
-    from denetdm.analysis.depth import analyse
-    from denetdm.cli import CONF
-
-    overrides = [
-        "dataset=synthetic",
-        "dataset.train_size=300",
-        "dataset.test_size=100",
-        "dataset.val_size=100",
-        "analysis.depths=[1,2,3]",
-        "analysis.seeds=2",
-        "analysis.epochs=1",
-        "analysis.steps=20",
-        "logger=none",
-    ]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="depth", overrides=overrides)
-    result = analyse(cfg, tmp_path / "d")
-    saved = json.loads((tmp_path / "d" / "depth.json").read_text())
-    assert saved["depths"] == [1, 2, 3] and len(saved["rows"]) == 3 * 2 * 2  # depths x seeds x (init, trained)
-    assert (tmp_path / "d" / "depth.png").stat().st_size > 10_000
-    one = saved["rows"][0]
-    assert 0 <= one["probe_y"] <= 1 and 0 <= one["probe_b"] <= 1 and one["rank"] >= one["rank_y"] > 0
-    assert saved["summary"]["trained"]["probe_y"]["2"][2] == 2  # n per cell
-    assert result["rows"] == saved["rows"]
-    # depth 1 is the linear model on the pixels: nothing to train below the head, same features before and after
-    d1 = [r for r in saved["rows"] if r["depth"] == 1 and r["seed"] == 0]
-    assert d1[0]["rank"] == d1[1]["rank"]
+    sizes = ["dataset.train_size=300", "dataset.test_size=100", "dataset.val_size=100", "probe.steps=20"]
+    args = ["-m", "hparams_search=depth_probes", "dataset=synthetic", *sizes, "model.deep.depth=1,2,3", "seed=0,1"]
+    proc = run_cli([*args, "target.epochs=1", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = [json.loads((tmp_path / "sweep" / str(j) / "results.json").read_text()) for j in range(6)]
+    assert sorted((r["depths"][0], r["seed"]) for r in runs) == [(d, s) for d in (1, 2, 3) for s in (0, 1)]
+    for j in range(6):  # epoch 0 (untrained) and epoch 1 (trained), each with the probes and the ranks
+        rows = [r for r in JsonLines(tmp_path / "sweep" / str(j) / "metrics.jsonl").read() if "erm/target/probe/y" in r]
+        assert [r["epoch"] for r in rows] == [0, 1]
+        assert all(
+            0 <= r["erm/target/probe/b"] <= 1 and r["erm/target/probe/rank"] >= r["erm/target/probe/rank_y"] > 0
+            for r in rows
+        )
+        if runs[j]["depths"] == [1]:  # the linear model on the inputs: nothing below the head, the same features
+            assert rows[0]["erm/target/probe/rank"] == rows[1]["erm/target/probe/rank"]
+    assert depth_probes(collect([tmp_path / "sweep"]), tmp_path / "d.png").stat().st_size > 10_000
 
 
-@pytest.mark.slow
-def test_depth_analysis_bad_values_are_one_error_line(tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "denetdm.analysis.depth",
-            "dataset=synthetic",
-            "analysis.depths=[a]",
-            "logger=none",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error: analysis.depths")
+def test_probe_at_init_must_be_true_or_false(tmp_path):
+    with pytest.raises(ConfigError, match="probe.at_init must be true or false"):
+        train(compose_cfg([*TINY, "probe.every=1", "probe.at_init=sometimes"]), tmp_path)
 
 
 def _collapse_cfg(overrides: list[str]):

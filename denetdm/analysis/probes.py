@@ -99,32 +99,40 @@ def split_features(method, split, batch_size: int = 1024) -> dict[str, torch.Ten
 
 def probe_all(method, data, stage: str, seed: int, split: str = "val", steps: int = 100) -> dict[str, float]:
     """Probe accuracies of the class (y) and the bias (b) from every head's features on one evaluation split,
-    keyed `<stage>/<head>/probe/<y|b>`; empty when the method exposes no features."""
+    keyed `<stage>/<head>/probe/<y|b>`, the effective rank of the features (`.../rank`) and of the class and bias
+    means (`.../rank_y`, `rank_b`); empty when the method exposes no features."""
     splits = data.splits()
     if split not in splits:
         raise ConfigError(f"probe.split={split!r} is not an evaluation split of this dataset: {sorted(splits)}")
     s = splits[split]
     out = {}
     for head, feats in split_features(method, s).items():
+        key = f"{stage}/{head}/probe/"
         for attr, labels, k in (("y", s.y, data.num_classes), ("b", s.b, data.num_biases)):
-            out[f"{stage}/{head}/probe/{attr}"] = probe_accuracy(feats, labels, k, seed=seed, steps=steps)
+            out[key + attr] = probe_accuracy(feats, labels, k, seed=seed, steps=steps)
+            out[f"{key}rank_{attr}"] = class_mean_rank(feats, labels, k)  # how many directions its means span
+        out[key + "rank"] = effective_rank(feats)
     return out
 
 
 @dataclass(frozen=True)
 class ProbeSchedule:
-    """When the Trainer probes (`probe.*` in the config): every `every` epochs (0: never), on `split`."""
+    """When the Trainer probes (`probe.*` in the config): every `every` epochs (0: never), and before the first
+    epoch where `at_init` (recorded as epoch 0), on `split`."""
 
     every: int = 0
     split: str = "val"
     steps: int = 100
     seed: int = 0
+    at_init: bool = False
 
     def check(self) -> "ProbeSchedule":
         """One clear error for a bad `probe.*` value."""
         if not isinstance(self.every, int) or isinstance(self.every, bool) or self.every < 0:
             raise ConfigError(f"probe.every must be an integer >= 0 (0: no probes), got {self.every!r}")
         positive_int("probe.steps", self.steps)
+        if not isinstance(self.at_init, bool):
+            raise ConfigError(f"probe.at_init must be true or false, got {self.at_init!r}")
         if not isinstance(self.split, str):
             raise ConfigError(f"probe.split must name an evaluation split (val or test), got {self.split!r}")
         return self

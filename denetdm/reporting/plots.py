@@ -245,6 +245,52 @@ def probe_curves(coll: Collection, path: Path, stage: str = "stage1") -> Path | 
     return _save(fig, path)
 
 
+def _depth_measures(coll: Collection) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """{(measure, init|trained): {depth: [one value per run]}} from the probe records of runs told apart by one
+    depth: the untrained networks (epoch 0, `probe.at_init`) and the last probed epoch."""
+    out: dict = {}
+    for r in coll.runs:
+        rows = [e for e in r.epochs() if any("/probe/" in k for k in e)]
+        heads = {k.split("/")[1] for e in rows for k in e if "/probe/" in k}
+        if len(r.depths) != 1 or len(heads) != 1 or len(rows) < 2 or rows[0].get("epoch") != 0:
+            continue
+        for when, e in (("init", rows[0]), ("trained", rows[-1])):
+            for k, v in e.items():
+                if "/probe/" in k and finite(v):
+                    out.setdefault((k.rsplit("/", 1)[1], when), {}).setdefault(r.depths[0], []).append(v)
+    return out
+
+
+def depth_probes(coll: Collection, path: Path) -> Path | None:
+    """Decodability, the features' effective rank and the attribute means' ranks against depth, untrained and
+    trained (mean, +-1 std band over the runs of each depth): `hparams_search=depth_probes`."""
+    data = _depth_measures(coll)
+    if len({d for v in data.values() for d in v}) < 2:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (
+        (axes[0], (("y", "core (class)"), ("b", "bias")), "linear probe accuracy, held out (%)", 100),
+        (axes[1], (("rank", "features"),), "effective rank of the features", 1),
+        (axes[2], (("rank_y", "class means"), ("rank_b", "bias-value means")), "effective rank of the means", 1),
+    )
+    for ax, measures, ylabel, scale in panels:
+        for when, style in (("init", "--s"), ("trained", "-o")):
+            for i, (m, name) in enumerate(measures):
+                by_depth = data.get((m, when), {})
+                xs = sorted(by_depth)
+                mean = np.array([scale * statistics.fmean(by_depth[d]) for d in xs])
+                std = np.array([scale * (statistics.stdev(by_depth[d]) if len(by_depth[d]) > 1 else 0) for d in xs])
+                colour = plt.get_cmap("tab10")(i)
+                ax.plot(xs, mean, style, ms=3, color=colour, label=f"{name}, {when}")
+                ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.12)
+        ax.set(xlabel="depth", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, handlelength=3.5)
+    fig.suptitle("by depth: untrained (epoch 0) and after training (the last probed epoch)", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path, fmt: str = "png", dpi: int = 110) -> list[Path]:
     """Write every plot that the runs have data for, as `fmt` (png, pdf, svg) at `dpi`; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,6 +300,7 @@ def plot_all(coll: Collection, sweep_dir: Path, out_dir: Path, fmt: str = "png",
             history(coll, sweep_dir, out_dir / f"history.{fmt}"),
             stage1_curves(coll, out_dir / f"stage1_curves.{fmt}"),
             probe_curves(coll, out_dir / f"probes_stage1.{fmt}"),
+            depth_probes(coll, out_dir / f"depth_probes.{fmt}"),
             separation_plot(coll, out_dir / f"separation.{fmt}"),
             *study_plots(sweep_dir, out_dir, fmt, objective_key(coll.runs)),
         ]

@@ -104,6 +104,12 @@ class Trainer:
             )
         gen = torch.Generator().manual_seed(int(schedule.seed))
         state = self.recorder.restore(stage, method, gen, meta, resume)
+        if state["epoch"] == 0 and self.probe.at_init:  # the untrained networks, as epoch 0 (analysis only)
+            t0 = time.time()
+            probes = self.probe.measure(method, data, stage, 0)
+            self.recorder.append(
+                stage, {"stage": stage, "epoch": 0, **probes, f"{stage}/time/probe_s": time.time() - t0}
+            )
         if state["epoch"] < schedule.epochs:
             method.prepare(data.train, augmented=data.augment is not None and method.views > 0)
         return Fit(stage, method, data, schedule, meta, gen, state)

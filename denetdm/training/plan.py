@@ -175,7 +175,8 @@ def _objective_key(cfg: DictConfig, proto: Protocol) -> str:
 def _probe(cfg: DictConfig) -> ProbeSchedule:
     """`probe.*`: when the Trainer fits linear probes (off by default)."""
     node = cfg.get("probe") or {}
-    probe = ProbeSchedule(node.get("every", 0), node.get("split", "val"), node.get("steps", 100), int(cfg.seed))
+    values = {k: node[k] for k in ("every", "split", "steps", "at_init") if k in node}
+    probe = ProbeSchedule(**values, seed=int(cfg.seed))
     probe.check()
     splits = [s for s in EVAL_SPLITS if s != "val_biased" or cfg.dataset.get("biased_val_size")]
     if probe.split not in splits:

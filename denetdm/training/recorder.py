@@ -64,7 +64,7 @@ class Recorder:
         ckpt = load_last(stage, last, previous) if resume else None
         if ckpt is None:
             if self.records.path.exists():
-                self.records.truncate(stage, 0)  # a fresh start of this stage replaces any earlier records of it
+                self.records.truncate(stage, -1)  # a fresh start of this stage replaces any earlier records of it
             return state
         _check_same_config(ckpt.get("meta", {}).get("config"), meta.get("config"), last)
         method.load_state_dict(ckpt["method"])
@@ -100,14 +100,15 @@ class Recorder:
         """Append an epoch's record, log it, keep its checkpoint if selection prefers it, save the last one."""
         # a GPU trains on while a thread writes; on a CPU the writes would compete with training for the cores
         background = any(p.is_cuda for p in fit.method.parameters())
-        self.writer.call(self._append, fit.stage, record, background=background)
+        self.writer.call(self.append, fit.stage, record, background=background)
         self.logger.log(fit.stage, epoch, record)
         self._select_and_save(fit, epoch, metrics, background)
         report(fit.stage, epoch, fit.schedule, record, fit.state["elapsed_s"])
         if self.on_epoch is not None:
             self.on_epoch(fit.stage, epoch, record)
 
-    def _append(self, stage: str, record: dict) -> None:
+    def append(self, stage: str, record: dict) -> None:
+        """Append a record to metrics.jsonl; a write error is one line naming what a rerun continues from."""
         try:
             self.records.append(record)
         except OSError as e:

@@ -68,6 +68,8 @@ KEYS = [
     *(f"{s}.{k}" for s in ("experts", "target") for k in ("epochs", "batch_size", "lr", "weight_decay", "select")),
     "experts.drop_last",
     "target.drop_last",
+    *(f"{s}.lr_schedule{k}" for s in ("experts", "target") for k in ("", ".name", ".warmup_epochs", ".step_epochs")),
+    "target.lr_schedule.gamma",
     "method.poe_weight",
     "method.dist_weight",
     "method.temperature",
@@ -77,6 +79,7 @@ KEYS = [
     "probe.every",
     "probe.split",
     "probe.steps",
+    "probe.at_init",
     "max_loss",  # (data_root and cache_dir: in the environment test below, on paths of the test's own)
     "debug",
     "remedy",

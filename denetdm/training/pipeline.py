@@ -262,8 +262,7 @@ def load_all(plans: Sequence[Plan]) -> dict[str, tuple[BiasedData, bool]]:
 
 def open_run(p: Plan, data: tuple[BiasedData, bool], pruning: dict | None) -> StageRunner:
     """The run's logger, trainer (reporting to a pruning sweep's trial where one is given) and stage runner."""
-    logger = p.logger(run_dir=str(p.run_dir), run_config=p.config)
-    trainer = Trainer(p.run_dir, logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured, p.max_loss)
+    trainer = Trainer(p.run_dir, p.logger, p.protocol, p.label_free_metric, p.progress, p.probe, p.captured, p.max_loss)
     if pruning is not None:
         from denetdm.sweeps.pruning import Reporter
 

@@ -56,7 +56,7 @@ class Plan:
     method: MethodInfo
     models: dict[str, dict]  # the model specs by part (shallow, deep, target)
     dataset: Any  # the dataset, built (not loaded) once
-    logger: Callable[..., Any]  # the logger class with its settings, given the run directory and config
+    logger: Any  # the run's logger (NullLogger, WandbLogger), its settings checked, not yet started
     setting_name: str  # experiment_name: the preset's label
     protocol: Protocol
     label_free_metric: str  # what the label-free protocols maximise
@@ -250,6 +250,15 @@ def _recorded(cfg: DictConfig, device: torch.device, proto: Protocol) -> tuple[d
     return config, dataset
 
 
+def _logger(config: dict, run_dir: Path) -> Any:
+    """The run's logger with its settings checked (W&B starts only when the run trains)."""
+    logger = instantiate_checked(config["logger"], _partial_=True, _convert_="all")
+    try:
+        return logger(run_dir=str(run_dir), run_config=config)
+    except TypeError as e:  # a key the logger does not take
+        raise ConfigError(f"logger: {e}; see conf/logger/") from None
+
+
 def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
     """Check every value before anything is loaded or trained (`slot`: a sweep job's number, for its GPU)."""
     _check_flags(cfg)
@@ -271,7 +280,7 @@ def plan(cfg: DictConfig, run_dir: str | Path, slot: int | None = None) -> Plan:
         method=_method_info(config),
         models={part: config["model"][part] for part in PARTS},
         dataset=dataset,
-        logger=instantiate_checked(config["logger"], _partial_=True, _convert_="all"),
+        logger=_logger(config, Path(run_dir)),
         setting_name=str(cfg.get("experiment_name", "dataset_preset")),
         protocol=proto,
         label_free_metric=label_free,

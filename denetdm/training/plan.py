@@ -210,6 +210,9 @@ def _phases(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, ph.P
 
 def _method_info(config: dict) -> MethodInfo:
     m, models = config["method"], config["model"]
+    for part in m["row_depths"]:
+        if not isinstance(depth := models[part].get("depth"), int) or isinstance(depth, bool):
+            raise ConfigError(f"model.{part}.depth must be an integer, got {depth!r}")
     return MethodInfo(
         name=m["name"],
         label=m.get("label", m["name"]),

@@ -1,4 +1,4 @@
-"""`stage=eval` on checkpoints that the reference code saved (denetdm/training/reference.py): the same numbers as
+"""`stage=eval` on checkpoints that the reference code saved (denetdm/methods/denetdm_reference.py): the same numbers as
 its own evaluation, from fixtures its code made (tests/reference/reference_checkpoints.py)."""
 
 import json
@@ -11,8 +11,8 @@ import torch
 from reference.reference_checkpoints import SHAPES, draw, inputs
 
 from denetdm.errors import CheckpointError, ConfigError
+from denetdm.methods.denetdm_reference import layout
 from denetdm.training.pipeline import from_reference, train
-from denetdm.training.reference import layout
 
 from conftest import CONF, ROOT, compose_cfg, read_results
 

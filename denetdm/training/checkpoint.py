@@ -9,7 +9,7 @@ import torch
 from denetdm.errors import CheckpointError
 from denetdm.files.atomic import atomic_save
 from denetdm.files.digest import tree_digest
-from denetdm.training.reference import is_reference
+from denetdm.methods.denetdm_reference import is_reference
 
 __all__ = ["CheckpointWriter", "atomic_save", "load_checkpoint", "on_host", "save_checkpoint"]
 

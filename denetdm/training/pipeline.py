@@ -26,12 +26,12 @@ from denetdm.files.jsonlines import write_json
 from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, value_at
 from denetdm.methods import BuildContext, Method
+from denetdm.methods import denetdm_reference as reference
 from denetdm.metrics import METRICS
 from denetdm.models import is_convolutional
 from denetdm.reporting.summary import summary_table
 from denetdm.seeding import derive_seed
 from denetdm.training import phases as ph
-from denetdm.training import reference
 from denetdm.training.checkpoint import load_checkpoint
 from denetdm.training.evaluation import evaluate_all, metric_key
 from denetdm.training.loop import StageResult, Trainer, fit_together
@@ -62,7 +62,7 @@ def context(data: BiasedData, specs: Mapping, optimizer=None, lr: float = 0.0, w
 
 
 def from_reference(state: Mapping, data: BiasedData, method: Mapping) -> dict:
-    """A state dict the reference code saved (denetdm.training.reference) as our checkpoint of its phase."""
+    """A state dict the reference code saved (denetdm.methods.denetdm_reference) as our checkpoint of its phase."""
     family, kind, specs = reference.layout(state)
     if data.name != family:
         raise ConfigError(f"the file is the reference's {family} model; evaluate it with experiment=paper_{family}")

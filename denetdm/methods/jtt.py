@@ -88,6 +88,8 @@ class JTTIdentify(ERM):
 class JTT(ERM):
     """The final training: a fresh network on the training set with the error set upsampled (or upweighted)."""
 
+    stackable = False  # its members' epochs differ in length (each upsamples its own error set): not vmapped
+
     def __init__(
         self,
         model: Classifier,

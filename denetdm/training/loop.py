@@ -8,14 +8,14 @@ method-specific branch: a method is anything with update/predict (denetdm.method
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from denetdm.analysis.probes import ProbeSchedule
-from denetdm.data.augment import views
+from denetdm.data.augment import Augment, views
 from denetdm.data.splits import BiasedData
 from denetdm.errors import ConfigError, DenetdmError, TrainingError
 from denetdm.methods.base import Method
@@ -25,8 +25,6 @@ from denetdm.training.evaluation import evaluate_all
 from denetdm.training.phases import Schedule
 from denetdm.training.recorder import Recorder, StageResult
 from denetdm.training.stacked import stepper
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass
@@ -162,21 +160,25 @@ def add_losses(sums: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -
         sums[k] = sums[k] + v if k in sums else v
 
 
-def train_epoch(steps, trainers: Sequence[Trainer], fits: Sequence[Fit], epoch: int) -> tuple[dict, int, float]:
-    """One pass of every member over its training split: the summed (K,) losses, the number of batches, and the
-    learning rate's multiplier at the last step (the members share their phase's schedule)."""
+def train_epoch(steps, trainers: Sequence[Trainer], fits: Sequence[Fit], epoch: int) -> list[tuple[dict, int, float]]:
+    """One pass of every member over its training split, the members that step together (`steps.groups`) at once:
+    per member its summed losses, its number of batches and the learning rate's multiplier at its last step."""
     for fit in fits:
         fit.method.train()
-    sums: dict[str, torch.Tensor] = {}
     orders = [t.epoch_indices(f, epoch) for t, f in zip(trainers, fits, strict=True)]
-    lrs, n, factor = fits[0].schedule.lr_schedule, len(orders[0]), 1.0
-    for i, idxs in enumerate(zip(*orders, strict=True)):
-        if lrs.varies:
-            factor = lrs.factor(epoch - 1 + i / n, 1 / n, fits[0].schedule.epochs)
-            steps.set_lr(factor)
-        add_losses(sums, steps.update(idxs))
+    lrs, out = fits[0].schedule.lr_schedule, [None] * len(fits)
+    for group in steps.groups:
+        sums: dict[str, torch.Tensor] = {}
+        n, factor = len(orders[group[0]]), 1.0
+        for i, idxs in enumerate(zip(*(orders[k] for k in group), strict=True)):
+            if lrs.varies:
+                factor = lrs.factor(epoch - 1 + i / n, 1 / n, fits[0].schedule.epochs)
+                steps.set_lr(factor, group)
+            add_losses(sums, steps.update(idxs, group))
+        for j, k in enumerate(group):
+            out[k] = ({key: v[j] for key, v in sums.items()}, n, factor)
     steps.push()
-    return sums, n, factor
+    return out
 
 
 def fit_phase(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool = False) -> list:
@@ -189,13 +191,14 @@ def fit_phase(trainers: Sequence[Trainer], fits: Sequence[Fit], vectorize: bool 
     for epoch in fits[0].epochs():
         t0 = time.time()
         try:
-            sums, n, factor = train_epoch(steps, [trainers[k] for k in live], [fits[k] for k in live], epoch)
+            done = train_epoch(steps, [trainers[k] for k in live], [fits[k] for k in live], epoch)
         except DenetdmError as e:  # in a step every live member takes: it stops them all
             return [e if k in live else r for k, r in enumerate(out)]
         evals = steps.evaluate_all([fits[k].data for k in live], fits[0].stage)
         for j, k in enumerate(live):
             try:
-                train = trainers[k].train_means(fits[k], epoch, {key: v[j] for key, v in sums.items()}, n)
+                sums, n, factor = done[j]
+                train = trainers[k].train_means(fits[k], epoch, sums, n)
                 if fits[k].schedule.lr_schedule.varies:  # the learning rate of the epoch's last step
                     train[f"{fits[k].stage}/train/lr"] = fits[k].schedule.lr * factor
                 trainers[k].end_epoch(fits[k], epoch, train, t0, evals[j] if evals else None)

@@ -62,20 +62,22 @@ def stack_key(config: Mapping) -> str:
 
 
 class Lockstep:
-    """Members stepped one after another on their own modules and optimisers: a plain run's arithmetic, bit for
-    bit, for any method and any per-member setting (on a CPU, where vmap gains nothing, this is the default)."""
+    """Members stepped in turn, each over its own epoch, on their own modules and optimisers: a plain run's
+    arithmetic, bit for bit, for any method and any per-member setting, and epochs of different lengths (JTT's
+    upsampled error sets); on a CPU, where vmap gains nothing, this is the default."""
 
     def __init__(self, fits: Sequence["Fit"], captured: bool) -> None:
         self.fits, self.steps = fits, [_own_step(f, captured) for f in fits]
+        self.groups = [[k] for k in range(len(fits))]  # the members that step together: one at a time
 
-    def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One step of every member on the batch at its own indices; losses per member, (K,)."""
-        outs = [step(idx) for step, idx in zip(self.steps, idxs, strict=True)]
+    def update(self, idxs: Sequence[torch.Tensor], group: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One step of the `group`'s members on the batches at their indices; losses per member."""
+        outs = [self.steps[k](idx) for k, idx in zip(group, idxs, strict=True)]
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
 
-    def set_lr(self, factor: float) -> None:
-        """Every member's learning rate at `factor` times its own."""
-        set_lr([f.method.optimizer for f in self.fits], factor)
+    def set_lr(self, factor: float, group: Sequence[int]) -> None:
+        """The `group`'s learning rates at `factor` times their own."""
+        set_lr([self.fits[k].method.optimizer for k in group], factor)
 
     def push(self) -> None:
         """Nothing to copy: the members are their own modules."""
@@ -248,17 +250,17 @@ class Vmapped:
     would; with captured steps (CUDA) one graph for all members."""
 
     def __init__(self, stack: "Stack", fits: Sequence["Fit"], captured: bool) -> None:
-        self.stack = stack
+        self.stack, self.groups = stack, [list(range(len(fits)))]  # every member in each step
         if captured:
             self.step = captured_step(stack.update, fits, [stack.optimizer])
         else:
             self.step = lambda idxs: stack.update([f.batch(i) for f, i in zip(fits, idxs, strict=True)])
 
-    def update(self, idxs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One step of every member on the batch at its indices; losses per member, (K,)."""
+    def update(self, idxs: Sequence[torch.Tensor], group: Sequence[int]) -> dict[str, torch.Tensor]:
+        """One step of every member (`group`: all of them) on the batch at its indices; losses per member, (K,)."""
         return self.step(idxs)
 
-    def set_lr(self, factor: float) -> None:
+    def set_lr(self, factor: float, group: Sequence[int]) -> None:
         """Every member's learning rate at `factor` times its own."""
         if self.stack.own:
             self.stack.own.lr = self.stack.own.base_lr * factor

@@ -410,6 +410,7 @@ def one_sweep_py(command: str, damage: tuple[str, str], options: list, tmp_path_
     """`sweep.py <command>` on a damaged copy of the fixture sweeps, with some of its options."""
     monkeypatch.setenv("WANDB_MODE", "disabled")
     tmp = tmp_path_factory.mktemp("sweeppy")
+    monkeypatch.chdir(tmp)  # a drawn `--out` is a relative path: it lands here, not in the checkout
     root = damaged_copy(tmp, *damage)
     args = {"export": [str(root), "--to", str(tmp / "out")], "report": [str(tmp / "doc.md")]}.get(command)
     if command == "report":

@@ -3,7 +3,7 @@ building them, freshly or as the skeleton of a checkpoint."""
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -170,23 +170,19 @@ def hparams(node: Mapping) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Phase:
-    """One phase of a method, resolved once by the plan: its class, schedule and hyperparameters."""
+    """One phase of a method, resolved once: its class, schedule and hyperparameters."""
 
     name: str
     cls: type[Method]
-    schedule: Schedule
+    schedule: Schedule | None  # None: a checkpoint's phase, rebuilt to load its state, not trained
     hparams: dict
 
     def build(self, ctx: BuildContext, previous: Method | None) -> Method:
         """The phase's method, fresh, after the previous phase's (`previous`)."""
-        return _built(self.name, self.cls, ctx, previous, self.hparams)
-
-
-def _built(name: str, cls: type[Method], ctx: BuildContext, previous: Method | None, values: dict) -> Method:
-    try:
-        return cls.build(ctx, previous, **values)
-    except TypeError as e:
-        raise ConfigError(f"method.phases.{name}: {e}".replace("build()", "the phase")) from None
+        try:
+            return self.cls.build(ctx, previous, **self.hparams)
+        except TypeError as e:
+            raise ConfigError(f"method.phases.{self.name}: {e}".replace("build()", "the phase")) from None
 
 
 def _schedule(cfg: Mapping, name: str, node: Mapping, cls: type[Method], seed: int) -> Schedule:
@@ -220,11 +216,21 @@ def plan_phases(cfg: Mapping, method: Mapping, seeds: Mapping[str, int]) -> dict
 
 
 def rebuild(method: Mapping, upto: str, ctx: BuildContext) -> Method:
-    """The modules of phase `upto` (and of the phases before it, which it may wrap) ready for a checkpoint's
-    state: built in order without optimisers."""
+    """The modules of a checkpoint's phase `upto` of a method node, ready for its state (`skeleton`)."""
+    built = skeleton(
+        [Phase(n, phase_class(n, node), None, hparams(node)) for n, node in phases(method).items()], upto, ctx
+    )
+    if built is None:
+        raise ConfigError(f"the checkpoint's phase {upto!r} is not a phase of method {method.get('name')!r}")
+    return built
+
+
+def skeleton(planned: Iterable[Phase], upto: str, ctx: BuildContext) -> Method | None:
+    """Phase `upto` with the phases before it, which it may wrap, built in order without optimisers (None: no
+    such phase)."""
     previous = None
-    for name, node in phases(method).items():
-        previous = _built(name, phase_class(name, node), ctx, previous, hparams(node))
-        if name == upto:
+    for phase in planned:
+        previous = phase.build(ctx, previous)
+        if phase.name == upto:
             return previous
-    raise ConfigError(f"the checkpoint's phase {upto!r} is not a phase of method {method.get('name')!r}")
+    return None

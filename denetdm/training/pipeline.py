@@ -154,9 +154,7 @@ class StageRunner:
             where = f"stage.previous_ckpt={self.p.previous_ckpt}"
             raise ConfigError(f"{where} holds a {ckpt['kind']} checkpoint, not {phase}")
         check_previous(ckpt, self.p.fingerprint(phase), where=f"stage.previous_ckpt={self.p.previous_ckpt}")
-        method = None
-        for before in names[: names.index(phase) + 1]:  # its modules, and those of the phases it wraps
-            method = self.p.phases[before].build(context(self.data, self.specs), method)
+        method = ph.skeleton(self.p.phases.values(), phase, context(self.data, self.specs))
         method = method.to(self.p.device, memory_format=self.fmt)
         method.load_state_dict(ckpt["method"])
         self.results.update(metrics := evaluate_all(method, self.data, phase))

@@ -71,7 +71,8 @@ gpu-check: install
 		logger=none progress=false hydra.sweep.dir=$(GPU_OUT)/stack16 && echo "$$(( $$(date +%s) - t )) s: 16 stacked seeds"
 
 # The paper cells still unmeasured, on a lent GPU (docs/results.md, "On a GPU"). Here: `make gpu-pack` puts what the
-# device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB).
+# device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB,
+# and the commit, which the records name: the copy of the tree there has no .git, so pack right before the call).
 # There: carry .gpu and run `make gpu-reproduce PY=python3 GPU_OUT=$$OUT`: it unpacks them and runs the steps of
 # tests/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
 # the records come back in $$OUT/records.tar.gz.
@@ -85,13 +86,15 @@ gpu-pack: install
 	cp -r $(FROST) $(GPU_PACK)/frost
 	d=$$(mktemp -d) && (cd $$d && unzip -q "$(abspath $(DENETDM_DATA))/cifar10-jpeg.zip") && tar -C $$d -cf - cifar10 | xz -T0 -6 > $(GPU_PACK)/cifar10.tar.xz && rm -rf $$d
 	tar -C "$(DENETDM_DATA)" -cf - MNIST/raw | xz -T0 -6 > $(GPU_PACK)/mnist.tar.xz
+	$(PY) -c "from denetdm.provenance import commit; print(commit())" > $(GPU_PACK)/commit
 	du -sh $(GPU_PACK)
 
 gpu-reproduce:
 	$(PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $(GPU_PACK)/wheels/*.whl
 	mkdir -p data $(GPU_OUT) && tar -C data -xJf $(GPU_PACK)/cifar10.tar.xz && tar -C data -xJf $(GPU_PACK)/mnist.tar.xz
 	rm -rf $(FROST) && cp -r $(GPU_PACK)/frost $(FROST)
-	PYTHONPATH=/tmp/site:$(CURDIR) DENETDM_DATA=$(CURDIR)/data PYTHONUNBUFFERED=1 $(PY) tests/reproduce.py --out /tmp/reproduce \
+	PYTHONPATH=/tmp/site:$(CURDIR) DENETDM_DATA=$(CURDIR)/data DENETDM_COMMIT=$$(cat $(GPU_PACK)/commit) \
+		PYTHONUNBUFFERED=1 $(PY) tests/reproduce.py --out /tmp/reproduce \
 		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
 
 clean:

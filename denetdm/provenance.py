@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 
 def commit() -> str:
-    """The checkout's commit, `+dirty` when tracked files differ from it; `unknown` outside a git checkout."""
+    """The checkout's commit, `+dirty` when tracked files differ from it; outside a git checkout (the GPU machine's copy
+    of the tree) the one `make gpu-pack` wrote into $DENETDM_COMMIT, else `unknown`."""
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -24,7 +25,7 @@ def commit() -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return os.environ.get("DENETDM_COMMIT") or "unknown"
     return head + ("+dirty" if dirty else "")
 
 

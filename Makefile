@@ -72,7 +72,8 @@ gpu-check: install
 
 # The paper cells still unmeasured, on a lent GPU (docs/results.md, "On a GPU"). Here: `make gpu-pack` puts what the
 # device machine lacks into .gpu/ (the pure-Python wheels its image has not, CIFAR-10 and MNIST as xz tarballs: 30 MB,
-# and the commit, which the records name: the copy of the tree there has no .git, so pack right before the call).
+# and the commit the records will name: the copy of the tree there carries the .git of the session's start, so pack
+# right before the call).
 # There: carry .gpu and run `make gpu-reproduce PY=python3 GPU_OUT=$$OUT`: it unpacks them and runs the steps of
 # tests/reproduce.py within BUDGET seconds (ARGS='--steps a,b' for some; ARGS=--tiny tries them at a tiny size);
 # the records come back in $$OUT/records.tar.gz.

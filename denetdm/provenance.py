@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 
 def commit() -> str:
-    """The checkout's commit, `+dirty` when tracked files differ from it; outside a git checkout (the GPU machine's copy
-    of the tree) the one `make gpu-pack` wrote into $DENETDM_COMMIT, else `unknown`."""
+    """The checkout's commit, `+dirty` when tracked files differ from it; `unknown` outside a git checkout."""
+    if os.environ.get("DENETDM_COMMIT"):  # make gpu-reproduce: the GPU machine's copy of the tree has an older .git
+        return os.environ["DENETDM_COMMIT"]
     try:
         head = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
@@ -25,7 +26,7 @@ def commit() -> str:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("DENETDM_COMMIT") or "unknown"
+        return "unknown"
     return head + ("+dirty" if dirty else "")
 
 

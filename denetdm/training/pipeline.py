@@ -109,7 +109,7 @@ class StageRunner:
     def meta(self, phase: str) -> dict:
         """What a checkpoint of `phase` stores: input shape, classes, model specs, the method, the fingerprint."""
         shape, classes = list(self.data.input_shape), self.data.num_classes
-        meta = {"input_shape": shape, "num_classes": classes, "model": self.specs, "method": self.p.config["method"]}
+        meta = {"input_shape": shape, "num_classes": classes, "model": self.specs, "method": self.p.method.node}
         return meta | {"config": self.p.fingerprint(phase)}
 
     def build(self, phase: str, previous: Method | None) -> Method:
@@ -144,7 +144,7 @@ class StageRunner:
         """Before the first trained phase: stage=eval's evaluation, and the phase before it from its checkpoint
         (`stage.previous_ckpt`) when the run starts later than the method's first phase."""
         if self.p.eval_ckpt:
-            self.results.update(evaluate_checkpoint(self.p.eval_ckpt, self.data, self.p.config["method"]))
+            self.results.update(evaluate_checkpoint(self.p.eval_ckpt, self.data, self.p.method.node))
         names, run = list(self.p.phases), self.p.trained
         if not run or run[0] == names[0]:
             return None
@@ -242,16 +242,12 @@ def load_data(p: Plan) -> tuple[BiasedData, bool]:
     return data, channels_last
 
 
-def _data_key(p: Plan) -> str:
-    return json.dumps(p.config["dataset"], sort_keys=True, default=str)
-
-
 def load_all(plans: Sequence[Plan]) -> dict[str, tuple[BiasedData, bool]]:
-    """Each distinct dataset of the runs, by `_data_key`; several are loaded (or generated) in parallel threads:
+    """Each distinct dataset of the runs, by `Plan.data_key`; several are loaded (or generated) in parallel threads:
     generation is torch and numpy work that releases the GIL, so 16 Colored MNIST seeds are made at once."""
     distinct: dict[str, Plan] = {}
     for p in plans:
-        distinct.setdefault(_data_key(p), p)
+        distinct.setdefault(p.data_key, p)
     if len(distinct) <= 1:
         return {key: load_data(p) for key, p in distinct.items()}
     with ThreadPoolExecutor(min(len(distinct), os.cpu_count() or 1)) as pool:
@@ -341,7 +337,7 @@ def train_runs(
         t0 = time.time()
         datas = load_all([plans[i] for i in todo])
         t_data = time.time() - t0
-        runners = [open_run(plans[i], datas[_data_key(plans[i])], prunings[i]) for i in todo]
+        runners = [open_run(plans[i], datas[plans[i].data_key], prunings[i]) for i in todo]
         members = [str(r.p.run_dir) for r in runners]
         for k, runner in enumerate(runners):
             held.enter_context(runner.trainer.recorder.logger)

@@ -5,6 +5,7 @@ the raw config: the lifecycle, the trainer and the methods take the Plan's typed
 config (a plain dict: results.json, W&B and the fingerprints read it).
 """
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ class MethodInfo:
     depths: list[int]
     final_phase: str
     final_head: str
+    node: dict  # the resolved method node: each checkpoint keeps it, to rebuild its phases from it
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Plan:
     """A checked config: what runs, where, on which device, each phase resolved, the selection protocol."""
 
     run_dir: Path
-    config: dict  # the resolved config as recorded (results.json, checkpoints, W&B, fingerprints): never read below
+    config: dict  # the resolved config as recorded (results.json, W&B, fingerprints): below the plan, only written
     stages: list[str]  # the phases this process trains (and/or "eval")
     device: torch.device
     phases: dict[str, ph.Phase]  # every phase of the method, in order
@@ -81,6 +83,11 @@ class Plan:
     def fingerprint(self, stage: str) -> dict:
         """This run's fingerprint for `stage`."""
         return fingerprint(self.config, stage)
+
+    @property
+    def data_key(self) -> str:
+        """The data's identity: runs of a stack with equal keys share one loaded dataset."""
+        return json.dumps(self.config["dataset"], sort_keys=True, default=str)
 
 
 def resolve_device(name: str, slot: int | None = None) -> torch.device:
@@ -220,6 +227,7 @@ def _method_info(config: dict) -> MethodInfo:
         depths=[int(models[part]["depth"]) for part in m["row_depths"]],
         final_phase=m["final"]["phase"],
         final_head=m["final"]["head"],
+        node=m,
     )
 
 

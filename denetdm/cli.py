@@ -145,6 +145,9 @@ def _compose_problem(overrides: list[str], conf: Path, sweep_types: set | None =
         text = str(e)
         if "Could not override" in text or "not in struct" in text:
             key = (re.search(r"'([^']+)'", text) or [None, text])[1]
+            # a node set whole (key={a: 1}) that adds a key inside it: Hydra's cause names that key
+            inner = (re.search(r"full_key: (\S+)", str(e.__cause__)) or [None, ""])[1]
+            key = inner if inner.startswith(key.lstrip("+~") + ".") else key
             head, dot, rest = key.lstrip("+~").partition(".")
             if head in RENAMED:
                 now = f"{RENAMED[head]}{dot}{rest}"

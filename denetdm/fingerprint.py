@@ -33,8 +33,6 @@ NOT_NUMERIC = (
     "dataset.download",  # how data is fetched and generated, not what it is
     "dataset.workers",
 )
-# What stage 1 does not read: left out of its fingerprint, so `stage=stage1` and `stage=full` share stage 1.
-LATER_STAGE_KEYS = ("target", "model.target", "stage.previous_ckpt", "stage.ckpt")
 
 
 def drop(tree: dict, dotted: str) -> None:
@@ -47,10 +45,22 @@ def drop(tree: dict, dotted: str) -> None:
     tree.pop(leaf, None)
 
 
-def _later_phases(config: Mapping, stage: str) -> tuple[str, ...]:
-    # the phases in the order they run: the method node's order, which results.json and store records keep
-    names = list((config.get("method") or {}).get("phases") or {})
-    return tuple(f"method.phases.{n}" for n in names[names.index(stage) + 1 :]) if stage in names else ()
+def _unread(config: Mapping, stage: str) -> tuple[str, ...]:
+    """What a run that stops after phase `stage` does not read: the later phases' nodes, and the keys its method
+    declares (`method.unread.<phase>`), so that such a run and a longer one share that phase (resume, table cells).
+    The phases in the order they run: the method node's, which results.json and store records keep."""
+    method = config.get("method") or {}
+    names = list(method.get("phases") or {})
+    later = names[names.index(stage) + 1 :] if stage in names else []
+    unread = method.get("unread")
+    declared = unread.get(stage) or [] if isinstance(unread, Mapping) else []  # the plan checks its shape
+    return (*(f"method.phases.{n}" for n in later), *declared)
+
+
+def last_phase(config: Mapping, stages: list[str] | None) -> str:
+    """The phase a run's numbers stop after: its last stage, else (records without stages) its method's last."""
+    names = [n for n, node in ((config.get("method") or {}).get("phases") or {}).items() if node is not None]
+    return (stages or names or [""])[-1]
 
 
 def _constant_lr(node: object) -> bool:
@@ -64,7 +74,7 @@ def fingerprint(config: Mapping, stage: str) -> dict:
     """Everything in a resolved config that can change the numbers of `stage` (resume, repeats, grouping): a
     phase does not read the phases after it."""
     fp = copy.deepcopy(dict(config))
-    for key in NOT_NUMERIC + (LATER_STAGE_KEYS if stage == "stage1" else ()) + _later_phases(config, stage):
+    for key in NOT_NUMERIC + ("method.unread",) + _unread(config, stage):  # the declaration is applied, not kept
         drop(fp, key)
     for node in fp.values():
         if isinstance(node, dict) and "lr_schedule" in node and _constant_lr(node):
@@ -74,7 +84,7 @@ def fingerprint(config: Mapping, stage: str) -> dict:
 
 def setting(config: Mapping, stages: list[str]) -> dict:
     """The fingerprint of a run's last stage without its seeds: runs of one setting are repeats over seeds."""
-    fp = fingerprint(config, stages[-1] if stages else "stage2")
+    fp = fingerprint(config, last_phase(config, stages))
     fp.pop("seed", None)
     if isinstance(fp.get("dataset"), dict):
         fp["dataset"].pop("seed", None)  # the data draw follows the run's seed by default

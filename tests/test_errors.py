@@ -164,6 +164,7 @@ def test_a_nan_learning_rate_is_refused_before_training(tmp_path):
             ["dataset.conflict_pc=2"],
             "error: the config has no key 'dataset.conflict_pc': did you mean 'dataset.conflict_pct'?",
         ),
+        (["model.deep={depth: 9, widht: 3}"], "error: the config has no key 'model.deep.widht': did you mean"),
         (["experts.lr=${nowhere}"], "error: experts.lr: Interpolation key 'nowhere' not found"),
         (["dataset=[synthetic,cmnist]"], "error: dataset takes one name"),
         (["dataset=null"], "error: dataset takes one name"),

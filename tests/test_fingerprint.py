@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from denetdm.fingerprint import LATER_STAGE_KEYS, NOT_NUMERIC, fingerprint
+from denetdm.errors import ConfigError
+from denetdm.fingerprint import NOT_NUMERIC, fingerprint, last_phase
 from denetdm.reporting.runs import Run
 
 from conftest import compose_cfg
@@ -64,10 +65,38 @@ def test_keys_that_change_the_numbers_change_it(key, value):
         assert fingerprint(_set(_config(), key, value), stage) != fingerprint(_config(), stage), key
 
 
-def test_stage1_ignores_what_only_later_stages_read():
-    for key in LATER_STAGE_KEYS:
+def test_a_phase_ignores_what_its_method_declares_unread_after_it():
+    unread = _config()["method"]["unread"]["stage1"]  # DeNetDM's yaml: stage 1 reads nothing of the target
+    assert "model.target" in unread
+    for key in unread:
         assert fingerprint(_set(_config(), key, "x"), "stage1") == fingerprint(_config(), "stage1")
         assert fingerprint(_set(_config(), key, "x"), "stage2") != fingerprint(_config(), "stage2")
+    assert fingerprint(_set(_config(), "method.phases.stage2.schedule", "x"), "stage1") == fingerprint(
+        _config(), "stage1"
+    )
+    declared = _set(_config(), "method.unread", {"stage1": ["dataset.severity"]})
+    base = fingerprint(declared, "stage1")
+    assert fingerprint(_set(copy.deepcopy(declared), "dataset.severity", 9), "stage1") == base
+    assert fingerprint(_set(copy.deepcopy(declared), "model.target.depth", 9), "stage1") != base
+
+
+def test_a_record_without_stages_stops_after_its_methods_last_phase():
+    assert last_phase(_config(), None) == "stage2" and last_phase(_config(), ["stage1"]) == "stage1"
+    erm = OmegaConf.to_container(compose_cfg(["method=erm"]), resolve=True)
+    assert last_phase(erm, []) == "erm"
+
+
+@pytest.mark.parametrize("value", [{"stage3": ["target"]}, {"stage1": "target"}, ["target"], {"stage1": [1]}])
+def test_a_wrong_unread_is_one_config_error(value, tmp_path):
+    from omegaconf import open_dict
+
+    from denetdm.training.plan import plan
+
+    cfg = compose_cfg([])
+    with open_dict(cfg):
+        cfg.method.unread = value
+    with pytest.raises(ConfigError, match="method.unread must map phases"):
+        plan(cfg, tmp_path)
 
 
 def test_runs_and_tables_use_the_same_function():

@@ -8,7 +8,7 @@ from typing import Any
 
 from denetdm.errors import DataError
 from denetdm.files.jsonlines import JsonLines
-from denetdm.fingerprint import drop, fingerprint, setting
+from denetdm.fingerprint import drop, fingerprint, last_phase, setting
 from denetdm.reporting import store
 from denetdm.reporting.summary import objective
 
@@ -67,7 +67,7 @@ class Run:
     @property
     def fingerprint(self) -> str:
         """Everything in the config that changes the numbers (denetdm.fingerprint), as a comparable string."""
-        return json.dumps(fingerprint(self.config, (self.results.get("stages") or ["stage2"])[-1]), sort_keys=True)
+        return json.dumps(fingerprint(self.config, last_phase(self.config, self.results.get("stages"))), sort_keys=True)
 
     @property
     def setting(self) -> str:

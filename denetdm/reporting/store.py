@@ -14,7 +14,7 @@ from pathlib import Path
 
 from denetdm.errors import DataError
 from denetdm.files.atomic import atomic_write
-from denetdm.fingerprint import fingerprint
+from denetdm.fingerprint import fingerprint, last_phase
 
 FORMAT = 1  # bump when a record's layout changes, and re-export the store
 SUFFIX = ".record.json"
@@ -29,8 +29,8 @@ CURVE_METRICS = (
 def record(results: dict, epochs: list[dict], source: str) -> dict:
     """A run's record: results.json with `config` cut to its fingerprint, the curves, where it was exported from."""
     out = {k: v for k, v in results.items() if k != "config"}
-    stages = results.get("stages") or ["stage2"]
-    out["config"] = fingerprint(results.get("config") or {}, stages[-1])
+    config = results.get("config") or {}
+    out["config"] = fingerprint(config, last_phase(config, results.get("stages")))
     out.setdefault("provenance", {"commit": "unknown", "machine": "unknown"})
     out |= {"format": FORMAT, "source": source, "curves": curves(epochs)}
     return out

@@ -39,7 +39,7 @@ from denetdm.errors import BusyError, DenetdmError
 from denetdm.files.atomic import atomic_write
 from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
-from denetdm.fingerprint import differences, fingerprint, value_at
+from denetdm.fingerprint import differences, fingerprint, last_phase, value_at
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import TrialPruned, build_pruner, check_storage, open_storage, redact, study_storage
@@ -101,7 +101,7 @@ def sweep_setting(config: DictConfig, fixed: dict) -> dict:
                 tree = tree.setdefault(part, {}) if isinstance(tree, dict) else {}
             if isinstance(tree, dict) and not isinstance(tree.get(path[-1]), dict):  # a group's choice: composed
                 tree[path[-1]] = parser.parse_override(f"{key}={value}").value()
-    return fingerprint(plain, ((plain.get("stage") or {}).get("stages") or ["stage2"])[-1])
+    return fingerprint(plain, last_phase(plain, (plain.get("stage") or {}).get("stages")))
 
 
 def bind_setting(study: optuna.Study, setting: dict, swept: set[str], where: str) -> None:

@@ -17,7 +17,7 @@ from denetdm.selection import Protocol
 
 PHASE_KEYS = ("_target_", "schedule")  # a phase node names its class and its schedule node, nothing else
 # a method node's keys that are not hyperparameters: how it is named and shown, which model it delivers, its phases
-METHOD_KEYS = ("name", "label", "uses_bias_labels", "row_depths", "final", "phases")
+METHOD_KEYS = ("name", "label", "uses_bias_labels", "row_depths", "final", "phases", "unread")
 SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
 
 

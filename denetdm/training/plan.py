@@ -191,6 +191,20 @@ def _probe(cfg: DictConfig) -> ProbeSchedule:
     return probe
 
 
+def _check_unread(unread: object, phases: list[str]) -> None:
+    """`method.unread`: per phase of the method, the dotted config keys a run that stops after it does not read."""
+    if unread is None:
+        return
+    lists = isinstance(unread, Mapping) and all(
+        isinstance(keys, list) and all(isinstance(k, str) and k for k in keys) for keys in unread.values()
+    )
+    if not lists or not set(unread) <= set(phases):
+        raise ConfigError(
+            f"method.unread must map phases of the method ({', '.join(phases)}) to lists of dotted config keys, "
+            f"got {unread!r}"
+        )
+
+
 def _phases(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, ph.Phase]:
     """Every phase resolved and checked, and the method's own keys."""
     seeds = {name: derive_seed(cfg.seed, f"{name}-batches") for name in ph.phases(method)}
@@ -207,6 +221,7 @@ def _phases(cfg: DictConfig, method: Mapping, proto: Protocol) -> dict[str, ph.P
     if final.get("head") not in phases[final["phase"]].cls.heads:
         heads, got = ", ".join(phases[final["phase"]].cls.heads), final.get("head")
         raise ConfigError(f"method.final.head must be one of {final['phase']}'s heads ({heads}), got {got!r}")
+    _check_unread(method.get("unread"), list(phases))
     if proto.split == "val_biased" and not cfg.dataset.get("biased_val_size"):
         raise ConfigError(
             f"selection={proto.name} needs a validation split with the training bias ratio: "

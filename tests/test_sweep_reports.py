@@ -412,3 +412,13 @@ def test_the_detector_block_counts_hits_misses_and_false_alarms_at_the_selected_
     assert "| 1 | 0.950 | False | 40.00 | miss |" in text and "| 2 | 0.800 | True | 99.00 | false alarm |" in text
     assert "| 4 | 0.500 | None | 30.00 | not judged |" in text
     assert "5 stage-1 runs: 1 hit, 1 miss, 1 false alarm, 1 not judged, 1 rightly passed" in text
+
+
+def test_the_heatmap_of_runs_stopped_before_the_final_phase_shows_the_head_selection_followed(tmp_path, capsys):
+    import matplotlib
+
+    store = ROOT / "results" / "cmnist_stage1_rerun"  # stage=stage1 of DeNetDM
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        _sweep(["plot", str(store), "--out", str(tmp_path), "--format", "svg"], capsys)
+    heatmap = (tmp_path / "depth_heatmap.svg").read_text()
+    assert "stage1/shallow: stage1/shallow/val/acc_conflicting (%)" in heatmap

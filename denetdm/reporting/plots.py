@@ -70,8 +70,9 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     panels = ((key, f"objective, {model}: {key} (%)"), ("val/acc_conflicting", f"{model}: val/acc_conflicting (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.55 * len(shallows) + 2.4))
     for ax, (key, title) in zip(np.atleast_1d(axes), panels):
-        if not any(finite(r.results.get(key)) for r in runs):  # stage-1 runs: the shallow expert's numbers
-            key, title = "stage1/shallow/" + key, f"stage-1 shallow expert: stage1/shallow/{key} (%)"
+        if not any(finite(r.results.get(key)) for r in runs):  # runs that stop before the final phase
+            head = selected_head(runs[0])
+            key, title = f"{head}/{key}", f"{head}: {head}/{key} (%)"
         grid, counts = _pair_grid(runs, key, shallows, deeps)
         cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")  # grey: not run
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, origin="lower", aspect="auto")
@@ -84,6 +85,15 @@ def heatmap(coll: Collection, path: Path) -> Path | None:
     legend = "mean over runs per depth pair (grey: not run; white: deep <= shallow; hatched '=': equal-depth control)"
     fig.suptitle(legend, fontsize=9)
     return _save(fig, path)
+
+
+def selected_head(run: Run) -> str:
+    """`<phase>/<head>` of the head that selection follows in the run's last phase (its schedule's `select`), e.g.
+    `stage1/shallow` for a run stopped after DeNetDM's stage 1."""
+    phase = (run.results.get("stages") or [""])[-1]
+    node = ((run.config.get("method") or {}).get("phases") or {}).get(phase) or {}
+    select = str((run.config.get(node.get("schedule")) or {}).get("select", "target/"))
+    return f"{phase}/{select.split('/')[0]}"
 
 
 def final_model(runs: list[Run]) -> str:

@@ -1,11 +1,13 @@
-# make install | install-launchers | run | test | test-fast | lint | bench | equiv | gpu-check | gpu-pack | gpu-reproduce     (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench | equiv | gpu-check | gpu-pack | gpu-reproduce |
+#      cluster-up | cluster-down     (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test test-fast lint format bench equiv gpu-check gpu-pack gpu-reproduce clean
+.PHONY: install install-launchers run test test-fast lint format bench equiv gpu-check gpu-pack gpu-reproduce \
+	cluster-up cluster-down clean
 
 install: $(STAMP)
 
@@ -97,6 +99,15 @@ gpu-reproduce:
 	PYTHONPATH=/tmp/site:$(CURDIR) DENETDM_DATA=$(CURDIR)/data DENETDM_COMMIT=$$(cat $(GPU_PACK)/commit) \
 		PYTHONUNBUFFERED=1 $(PY) tests/reproduce.py --out /tmp/reproduce \
 		--budget $(BUDGET) --cifar-source data/cifar10 --pack $(GPU_OUT)/records.tar.gz $(ARGS)
+
+# Test services on this host (docs/cluster.md): munge, SLURM (a controller, nodes n1 and n2) and PostgreSQL, installed
+# from Debian's packages where absent; the cluster tests read $(CLUSTER_DIR)/env.sh and skip without it.
+CLUSTER_DIR ?= /tmp/denetdm-cluster
+cluster-up:
+	CLUSTER_DIR=$(CLUSTER_DIR) bash tests/cluster/up.sh
+
+cluster-down:
+	CLUSTER_DIR=$(CLUSTER_DIR) bash tests/cluster/down.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

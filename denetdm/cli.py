@@ -1,6 +1,7 @@
 """The command line, checked before Hydra runs: group choices, overrides, optional launcher plugins."""
 
 import re
+import shutil
 from pathlib import Path
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -95,6 +96,11 @@ def check_launcher(args: list[str]) -> str | None:
         m = re.fullmatch(r"\+?launcher=(\w+)", arg)
         if m and (req := missing_plugin(m[1])):
             return f"error: launcher={m[1]} needs the optional plugin {req}: run `make install-launchers`"
+        if m and m[1] == "slurm" and not shutil.which("sbatch"):
+            return (
+                "error: launcher=slurm submits its trials with sbatch, which is not on this machine's PATH: run the "
+                "command on a SLURM cluster's login node (here: launcher=joblib, or make cluster-up for a test cluster)"
+            )
     return None
 
 

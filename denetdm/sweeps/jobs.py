@@ -60,7 +60,7 @@ def trial_pruning(cfg, hc) -> dict | None:
         return None
     from denetdm.sweeps.pruning import study_storage
 
-    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir)
+    storage = study_storage(hc.sweeper.get("storage"), hc.sweep.dir, hc.launcher.get("_target_"))
     return {"storage": storage, "study": cfg.trial.study, "number": int(cfg.trial.number), "pruner": pruner}
 
 

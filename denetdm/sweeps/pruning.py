@@ -53,22 +53,35 @@ def redact(text: str) -> str:
     return SECRET.sub(r"\1:***@", text)
 
 
-def study_storage(storage: str | None, sweep_dir: str | Path) -> str:
+def study_storage(storage: str | None, sweep_dir: str | Path, launcher: object = None) -> str:
     """The study's storage URL: the one given; `journal`: journal:<sweep dir>/study.journal; else SQLite in
-    `<sweep dir>/study.db` (what makes a sweep resumable)."""
-    if storage == "journal":
+    `<sweep dir>/study.db` (what makes a sweep resumable), or the journal file where trials run on a cluster's nodes
+    (`launcher`: hydra.launcher's _target_), since SQLite's file locks do not hold across them."""
+    if storage == "journal" or (storage is None and on_cluster(launcher)):
         return f"journal:{(Path(sweep_dir) / 'study.journal').resolve()}"
     return storage or f"sqlite:///{(Path(sweep_dir) / 'study.db').resolve()}"
+
+
+def on_cluster(launcher: object) -> bool:
+    """Whether a launcher (hydra.launcher's _target_) runs trials on other machines: SLURM's."""
+    return "SlurmLauncher" in str(launcher)
 
 
 # the pip package of a database driver that SQLAlchemy imports under another name
 DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 
 
-def check_storage(url: str, key: str = "hydra.sweeper.storage") -> None:
+def check_storage(url: str, key: str = "hydra.sweeper.storage", cluster: bool = False) -> None:
     """A storage Optuna can open from this machine (a journal file's folder is writable, a database URL parses
-    and its driver is installed), else one ConfigError that says what to do."""
+    and its driver is installed) and, for trials on a cluster's nodes, not SQLite; else one ConfigError that says
+    what to do."""
     where = f"{key}={redact(url)}"
+    if cluster and url.startswith("sqlite"):
+        raise ConfigError(
+            f"{where}: SQLite's file locks do not hold on the network filesystems a cluster's nodes share, so a study "
+            "written from several nodes gets corrupted; use journal:<file on the shared filesystem> or a server "
+            "(postgresql+psycopg://user@host/db, the password in PGPASSWORD or ~/.pgpass)"
+        )
     if url.startswith("journal:"):
         folder = Path(url.removeprefix("journal:")).expanduser().parent
         if not (folder.is_dir() and os.access(folder, os.W_OK)):

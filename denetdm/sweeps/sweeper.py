@@ -42,7 +42,15 @@ from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, last_phase, value_at
 from denetdm.seeding import derive_seed
 from denetdm.sweeps.jobs import default_study
-from denetdm.sweeps.pruning import TrialPruned, build_pruner, check_storage, open_storage, redact, study_storage
+from denetdm.sweeps.pruning import (
+    TrialPruned,
+    build_pruner,
+    check_storage,
+    on_cluster,
+    open_storage,
+    redact,
+    study_storage,
+)
 from denetdm.sweeps.space import configure, search_space
 
 log = logging.getLogger(__name__)
@@ -82,10 +90,14 @@ def create_or_load_study(
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.SQLAlchemyError as e:
             said = redact(str(getattr(e, "orig", None) or e)).splitlines()[0]
-            sys.exit(
-                f"error: the study storage {redact(storage)} cannot be opened ({said}): check that it exists and "
-                "is writable; a damaged study.db: move it away to start the sweep afresh (its runs' directories stay)"
+            hint = (
+                "check that it exists and is writable; a damaged study.db: move it away to start the sweep afresh "
+                "(its runs' directories stay)"
+                if storage is None or storage.startswith("sqlite")
+                else "check that the server runs and that its database, user and password are right (the password "
+                "in PGPASSWORD or ~/.pgpass, never in the URL: run directories and logs keep the URL)"
             )
+            sys.exit(f"error: the study storage {redact(storage)} cannot be opened ({said}): {hint}")
     raise AssertionError("unreachable")
 
 
@@ -180,9 +192,10 @@ class OptunaLoop(Sweeper):
 
     def _sweep(self, sweep_dir: Path, dists: dict, fixed: dict, direction: str) -> None:
         """The sweep, with its directory locked."""
-        self.storage = study_storage(self.storage, sweep_dir)
+        launcher = self.config.hydra.launcher.get("_target_")
+        self.storage = study_storage(self.storage, sweep_dir, launcher)
         try:
-            check_storage(self.storage)
+            check_storage(self.storage, cluster=on_cluster(launcher))
         except DenetdmError as e:
             sys.exit(f"error: {e}")
         study = create_or_load_study(

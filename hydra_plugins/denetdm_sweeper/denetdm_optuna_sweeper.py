@@ -121,7 +121,8 @@ class DenetdmOptunaSweeperConf:
     sampler: Any = MISSING
     direction: Any = Direction.minimize  # one objective: denetdm sweeps maximise the run's objective
     # an Optuna storage URL (sqlite:///..., postgresql://...), `journal` (<sweep dir>/study.journal, for network
-    # filesystems) or journal:<file>; null: <sweep dir>/study.db (denetdm.sweeps.pruning.study_storage)
+    # filesystems) or journal:<file>; null: <sweep dir>/study.db, or study.journal under launcher=slurm
+    # (denetdm.sweeps.pruning.study_storage)
     storage: Any = None
     study_name: str | None = None
     n_trials: int = 20

@@ -1,0 +1,97 @@
+"""Sweeps on a real SLURM cluster into a real PostgreSQL study: the test services of `make cluster-up`
+(tests/cluster/up.sh: a controller and nodes n1, n2 on this host, a PostgreSQL server), read from
+$CLUSTER_DIR/env.sh; skipped with the reason where they are not up. The checks that need neither run anywhere."""
+
+import os
+import re
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from denetdm.errors import ConfigError
+
+from conftest import run_cli
+
+CLUSTER_DIR = Path(os.environ.get("CLUSTER_DIR", "/tmp/denetdm-cluster"))
+TINY_SWEEP = [
+    *("-m", "hparams_search=depth_gap", "launcher=slurm", "dataset=synthetic", "dataset.train_size=600"),
+    *("dataset.test_size=200", "dataset.val_size=100", "experts.epochs=1", "target.epochs=1", "logger=none"),
+]
+
+
+def _services() -> dict:
+    """The environment of the test services (SLURM_CONF, the PostgreSQL URL and password), or a skip."""
+    env_sh = CLUSTER_DIR / "env.sh"
+    if not env_sh.exists():
+        pytest.skip(f"no test cluster: run `make cluster-up` first ({env_sh} is absent)")
+    env = dict(re.findall(r"^export (\w+)=(.*)$", env_sh.read_text(), re.M))
+    try:
+        up = subprocess.run(["sinfo", "-h", "-o", "%T"], env={**os.environ, **env}, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        up = None
+    if up is None or up.returncode != 0:
+        pytest.skip(f"the test cluster of {env_sh} does not answer (sinfo): run `make cluster-up` again")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="launcher=slurm: make install-launchers")
+    return env
+
+
+def _allocations(job_id: str) -> set[str]:
+    """The nodes the controller's log says the array job `job_id` ran on."""
+    log = (CLUSTER_DIR / "slurmctld.log").read_text()
+    return set(re.findall(rf"Allocate JobId={job_id}_\d+\(\d+\) NodeList=(\w+)", log))
+
+
+@pytest.mark.slow
+def test_a_depth_gap_sweep_runs_on_both_nodes_into_one_postgresql_study(tmp_path):
+    import optuna
+
+    env = _services()
+    password = env.pop("DENETDM_TEST_PG_PASSWORD")
+    study, url = f"cluster-{uuid.uuid4().hex[:8]}", env["DENETDM_TEST_PG"]
+    args = [*TINY_SWEEP, "hydra.sweeper.n_trials=4", "hydra.launcher.array_parallelism=2"]
+    args += [f"hydra.sweeper.storage={url}", f"hydra.sweeper.study_name={study}", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli(args, env={**env, "PGPASSWORD": password}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    os.environ["PGPASSWORD"] = password  # libpq reads it; the URL holds none
+    try:
+        trials = optuna.load_study(study_name=study, storage=url).trials
+    finally:
+        del os.environ["PGPASSWORD"]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    jobs = {p.name.split("_")[0] for p in (tmp_path / ".submitit").iterdir() if "_" in p.name}
+    assert set().union(*map(_allocations, jobs)) == {"n1", "n2"}  # two at a time: one on each node
+    for path in tmp_path.rglob("*"):  # the password is in no file of the sweep
+        assert not path.is_file() or password.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_a_job_the_cluster_refuses_is_one_line(tmp_path):
+    env = _services()
+    args = [*TINY_SWEEP, "hydra.sweeper.n_trials=1", "hydra.launcher.partition=nosuch", f"hydra.sweep.dir={tmp_path}"]
+    proc = run_cli(args, env=env, timeout=120)
+    ours = [line for line in proc.stderr.splitlines() if not line.startswith("sbatch: ")]  # sbatch says its own
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert ours[-1].startswith("error: the cluster refused the job (invalid partition specified: nosuch"), ours
+
+
+def test_without_sbatch_launcher_slurm_is_one_line_before_hydra_starts(monkeypatch, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="launcher=slurm: make install-launchers")
+    from denetdm.cli import check_launcher
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert check_launcher(["-m", "launcher=slurm"]).startswith("error: launcher=slurm submits its trials with sbatch")
+
+
+def test_sqlite_is_refused_for_trials_on_a_cluster_and_the_journal_is_their_default(tmp_path):
+    from denetdm.sweeps.pruning import check_storage, study_storage
+
+    slurm = "hydra_plugins.denetdm_slurm.slurm_launcher.DenetdmSlurmLauncher"
+    with pytest.raises(ConfigError, match="SQLite's file locks do not hold on the network filesystems"):
+        check_storage("sqlite:///study.db", cluster=True)
+    check_storage("sqlite:///study.db")  # one machine: fine
+    assert study_storage(None, tmp_path, slurm) == f"journal:{tmp_path.resolve() / 'study.journal'}"
+    assert study_storage(None, tmp_path, "hydra._internal.core_plugins.basic_launcher.BasicLauncher").startswith(
+        "sqlite:///"
+    )

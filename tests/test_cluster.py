@@ -4,7 +4,10 @@ $CLUSTER_DIR/env.sh; skipped with the reason where they are not up. The checks t
 
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 
 from denetdm.errors import ConfigError
 
-from conftest import run_cli
+from conftest import ROOT, TINY, run_cli
 
 CLUSTER_DIR = Path(os.environ.get("CLUSTER_DIR", "/tmp/denetdm-cluster"))
 TINY_SWEEP = [
@@ -21,12 +24,14 @@ TINY_SWEEP = [
 ]
 
 
-def _services() -> dict:
+def _services(slurm: bool = True) -> dict:
     """The environment of the test services (SLURM_CONF, the PostgreSQL URL and password), or a skip."""
     env_sh = CLUSTER_DIR / "env.sh"
     if not env_sh.exists():
         pytest.skip(f"no test cluster: run `make cluster-up` first ({env_sh} is absent)")
     env = dict(re.findall(r"^export (\w+)=(.*)$", env_sh.read_text(), re.M))
+    if not slurm:
+        return env
     try:
         up = subprocess.run(["sinfo", "-h", "-o", "%T"], env={**os.environ, **env}, capture_output=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
@@ -95,3 +100,46 @@ def test_sqlite_is_refused_for_trials_on_a_cluster_and_the_journal_is_their_defa
     assert study_storage(None, tmp_path, "hydra._internal.core_plugins.basic_launcher.BasicLauncher").startswith(
         "sqlite:///"
     )
+
+
+def _load_trials(env: dict, study: str) -> list:
+    import optuna
+
+    os.environ["PGPASSWORD"] = env["DENETDM_TEST_PG_PASSWORD"]  # libpq reads it; the URL holds none
+    try:
+        return optuna.load_study(study_name=study, storage=env["DENETDM_TEST_PG"]).trials
+    finally:
+        del os.environ["PGPASSWORD"]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_leaves_no_trial_running_for_ever(tmp_path):
+    env = _services(slurm=False)
+    study = f"killed-{uuid.uuid4().hex[:8]}"
+    args = [sys.executable, str(ROOT / "run.py"), "-m", "hparams_search=depth_gap", *TINY, "experts.epochs=20"]
+    args += [f"hydra.sweeper.storage={env['DENETDM_TEST_PG']}", f"hydra.sweeper.study_name={study}"]
+    args += ["hydra.sweeper.heartbeat_s=1"]  # stale after 3 s without one
+    penv = {**os.environ, "PGPASSWORD": env["DENETDM_TEST_PG_PASSWORD"], "WANDB_MODE": "disabled"}
+    a = subprocess.Popen([*args, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'a'}"], cwd=ROOT, env=penv)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "a" / "0" / "metrics.jsonl").exists():  # its trial has trained an epoch
+        assert a.poll() is None and time.monotonic() < deadline, "worker a ended before its first epoch"
+        time.sleep(0.2)
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    time.sleep(4)
+    b = subprocess.run(
+        [*args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'b'}"],
+        cwd=ROOT,
+        env=penv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert b.returncode == 0, b.stderr[-3000:]
+    trials = _load_trials(env, study)
+    lost = trials[0]
+    assert lost.state.name == "FAIL" and f"trial {lost.number} stopped sending heartbeats" in b.stdout + b.stderr
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
+    assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == lost.params
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]

@@ -41,6 +41,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, last_phase, value_at
 from denetdm.seeding import derive_seed
+from denetdm.sweeps.heartbeat import beating, fail_stale, rdb_storage
 from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import (
     TrialPruned,
@@ -66,15 +67,22 @@ TRIAL_FACTS = (
 
 
 def create_or_load_study(
-    study_name: str | None, storage: str | None, sampler: Any, direction: str, pruner: Any = None
+    study_name: str | None,
+    storage: str | None,
+    sampler: Any,
+    direction: str,
+    pruner: Any = None,
+    heartbeat_s: float | None = None,
 ) -> optuna.Study:
-    """optuna.create_study(load_if_exists=True) that survives two workers creating the same study at once."""
+    """optuna.create_study(load_if_exists=True) that survives two workers creating the same study at once; a
+    database's trials send heartbeats every `heartbeat_s` seconds (denetdm.sweeps.heartbeat)."""
     try:
         opened = open_storage(storage)
     except DenetdmError as e:
         sys.exit(f"error: {e}")
     for attempt in range(5):
         try:
+            opened = rdb_storage(opened, heartbeat_s) if isinstance(opened, str) else opened
             return optuna.create_study(
                 study_name=study_name,
                 storage=opened,
@@ -159,6 +167,7 @@ class OptunaLoop(Sweeper):
         self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
         self.fail_collapsed = kwargs.get("fail_collapsed", False)
+        self.heartbeat_s = kwargs.get("heartbeat_s")
         self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -198,9 +207,8 @@ class OptunaLoop(Sweeper):
             check_storage(self.storage, cluster=on_cluster(launcher))
         except DenetdmError as e:
             sys.exit(f"error: {e}")
-        study = create_or_load_study(
-            sweep_study(self.config, self.study_name, sweep_dir), self.storage, self.sampler, direction, self.pruner
-        )
+        name = sweep_study(self.config, self.study_name, sweep_dir)
+        study = create_or_load_study(name, self.storage, self.sampler, direction, self.pruner, self.heartbeat_s)
         bind_setting(study, sweep_setting(self.config, fixed), set(dists), redact(self.storage))
         self.sweep_key = str(sweep_dir.resolve())
         log.info(
@@ -212,6 +220,7 @@ class OptunaLoop(Sweeper):
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
         while (left := self.n_trials - self._count(study, finished=True)) > 0:
+            fail_stale(study)  # another worker's trials whose heartbeats stopped: failed, their values queued again
             trials = [study.ask() for _ in range(min(self.n_jobs, left))]
             for t in trials:
                 t.set_user_attr("sweep_dir", self.sweep_key)
@@ -259,7 +268,8 @@ class OptunaLoop(Sweeper):
         """Launch the trials that are not repeats and tell the study every result, with its facts as user
         attributes (error, repeat_of, separation, equal_depth)."""
         repeats = repeats_of(study, trials)
-        returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
+        with beating(study, trials):
+            returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
         for trial in trials:
             tell(study, trial, repeats[trial.number], returns.get(trial.number), self.fail_collapsed)
 
@@ -327,6 +337,9 @@ def _checked_settings(kwargs: dict) -> Any:
         sys.exit(f"error: hydra.sweeper.max_failure_rate must be a number in [0, 1], got {rate!r}")
     if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         sys.exit(f"error: hydra.sweeper.n_trials must be a positive integer, got {n_trials!r}")
+    beat = kwargs.get("heartbeat_s")
+    if beat is not None and (not isinstance(beat, int | float) or isinstance(beat, bool) or not beat >= 1):
+        sys.exit(f"error: hydra.sweeper.heartbeat_s must be a number of seconds >= 1, or null for none, got {beat!r}")
     if not isinstance(kwargs.get("fail_collapsed", False), bool):
         sys.exit(f"error: hydra.sweeper.fail_collapsed must be true or false, got {kwargs['fail_collapsed']!r}")
     return pruner

@@ -137,6 +137,10 @@ class DenetdmOptunaSweeperConf:
     # true: a trial whose stage 1 says its deep expert collapsed (results.json stage1/collapsed, label-free) is FAIL,
     # so it is never the best trial; n_trials counts it (its run finished) and max_failure_rate does not
     fail_collapsed: Any = False
+    # seconds between the heartbeats of a running trial in a database storage (postgresql://...): a worker's trial
+    # whose heartbeats stop for 3 intervals (the worker was killed) is failed by the next worker to ask for trials,
+    # and its values are tried again once (denetdm.sweeps.heartbeat); null: none
+    heartbeat_s: Any = 60
     # Read by run.py in each job: this sweeper records a failed trial itself, so the job re-raises its error
     # instead of returning NaN (what the basic sweeper needs to go on with a grid).
     records_failures: bool = True

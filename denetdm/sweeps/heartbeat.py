@@ -2,7 +2,7 @@
 ever: while a batch runs, its sweeper records a heartbeat for each of its trials; before asking for new trials,
 every worker fails the trials whose heartbeats stopped (`grace` = 3 intervals) and queues each one's values again,
 once. A sweeper that asks and tells trials itself gets no heartbeats from Optuna (only `study.optimize` sends
-them). Database storages only (Optuna's RDBStorage); a journal file or SQLite of one machine has a resuming sweep
+them). Database servers only (Optuna's RDBStorage); a journal file or SQLite of one machine has a resuming sweep
 instead (denetdm.sweeps.sweeper.recover).
 """
 
@@ -23,8 +23,10 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 
 def rdb_storage(url: str, every_s: float | None) -> Any:
-    """The storage of a database URL, with heartbeats every `every_s` seconds (None: the URL as Optuna opens it)."""
-    if every_s is None:
+    """The storage of a database server's URL, with heartbeats every `every_s` seconds; SQLite's, or with `every_s`
+    None, the URL as Optuna opens it (SQLite serves one machine, where a beating thread would only contend for its
+    lock)."""
+    if every_s is None or url.startswith("sqlite"):
         return url
     return optuna.storages.RDBStorage(
         url,

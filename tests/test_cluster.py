@@ -143,3 +143,13 @@ def test_a_worker_killed_mid_trial_leaves_no_trial_running_for_ever(tmp_path):
     retry = [t for t in trials if t.user_attrs.get("retry_of") == lost.number]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == lost.params
     assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
+@pytest.mark.slow
+def test_a_server_that_refuses_the_password_is_one_line(tmp_path):
+    env = _services(slurm=False)
+    args = ["-m", "hparams_search=depth_gap", *TINY, f"hydra.sweeper.storage={env['DENETDM_TEST_PG']}"]
+    proc = run_cli([*args, f"hydra.sweep.dir={tmp_path}"], env={"PGPASSWORD": "not-it"}, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the study storage postgresql+psycopg://denetdm@") and "PGPASSWORD" in line, line

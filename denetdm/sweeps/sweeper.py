@@ -97,16 +97,21 @@ def create_or_load_study(
             log.info("study creation raced with another worker (%s); loading it", type(e).__name__)
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.SQLAlchemyError as e:
-            said = redact(str(getattr(e, "orig", None) or e)).splitlines()[0]
-            hint = (
-                "check that it exists and is writable; a damaged study.db: move it away to start the sweep afresh "
-                "(its runs' directories stay)"
-                if storage is None or storage.startswith("sqlite")
-                else "check that the server runs and that its database, user and password are right (the password "
-                "in PGPASSWORD or ~/.pgpass, never in the URL: run directories and logs keep the URL)"
-            )
-            sys.exit(f"error: the study storage {redact(storage)} cannot be opened ({said}): {hint}")
+            sys.exit(unopenable(storage, e))
     raise AssertionError("unreachable")
+
+
+def unopenable(storage: str | None, e: Exception) -> str:
+    """The error line for a study storage that cannot be opened: a file's, or a server's."""
+    said = redact(str(getattr(e, "orig", None) or e)).splitlines()[0]
+    hint = (
+        "check that it exists and is writable; a damaged study.db: move it away to start the sweep afresh (its "
+        "runs' directories stay)"
+        if storage is None or storage.startswith("sqlite")
+        else "check that the server runs and that its database, user and password are right (the password in "
+        "PGPASSWORD or ~/.pgpass, never in the URL: run directories and logs keep the URL)"
+    )
+    return f"error: the study storage {redact(storage)} cannot be opened ({said}): {hint}"
 
 
 def sweep_setting(config: DictConfig, fixed: dict) -> dict:
@@ -166,8 +171,7 @@ class OptunaLoop(Sweeper):
         )
         self.study_name, self.n_trials, self.n_jobs = kwargs["study_name"], kwargs["n_trials"], kwargs["n_jobs"]
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
-        self.fail_collapsed = kwargs.get("fail_collapsed", False)
-        self.heartbeat_s = kwargs.get("heartbeat_s")
+        self.fail_collapsed, self.heartbeat_s = kwargs.get("fail_collapsed", False), kwargs.get("heartbeat_s")
         self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:

@@ -2,6 +2,7 @@
 (tests/cluster/up.sh: a controller and nodes n1, n2 on this host, a PostgreSQL server), read from
 $CLUSTER_DIR/env.sh; skipped with the reason where they are not up. The checks that need neither run anywhere."""
 
+import json
 import os
 import re
 import signal
@@ -153,3 +154,32 @@ def test_a_server_that_refuses_the_password_is_one_line(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the study storage postgresql+psycopg://denetdm@") and "PGPASSWORD" in line, line
+
+
+@pytest.mark.slow
+def test_a_requeued_job_resumes_its_trial_to_the_numbers_of_an_uninterrupted_run(tmp_path):
+    env = _services()
+    args = [*TINY_SWEEP, "dataset.train_size=6000", "experts.epochs=12", "target.epochs=2", "hydra.sweeper.n_trials=1"]
+    args = [a for a in args if a != "logger=none"] + ["logger=wandb"]  # offline: one W&B run, not two
+    penv = {**os.environ, **env, "WANDB_MODE": "offline"}
+    cmd = [sys.executable, str(ROOT / "run.py"), *args]
+    sweep = subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path / 'a'}"], cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
+    metrics, deadline = tmp_path / "a" / "0" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert sweep.poll() is None and time.monotonic() < deadline, "the trial ended before its third epoch"
+        time.sleep(0.2)
+    (job,) = [p.name for p in (tmp_path / "a" / ".submitit").iterdir() if p.name.isdigit()]
+    subprocess.run(["scontrol", "requeue", job], env=penv, check=True)  # SLURM starts it again after ~2 minutes
+    assert sweep.wait(timeout=600) == 0
+    plain = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path / 'b'}"], cwd=ROOT, env=penv, capture_output=True)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    run, twin = tmp_path / "a" / "0", tmp_path / "b" / "0"
+    assert "stage1: resuming after epoch" in (run / "run.log").read_text()
+    epochs = [(r["stage"], r["epoch"]) for r in map(json.loads, metrics.read_text().splitlines())]
+    assert len(epochs) == len(set(epochs)) == 14  # each epoch recorded once: none trained twice
+    ours, theirs = (json.loads((d / "results.json").read_text()) for d in (run, twin))
+    numbers = [k for k, v in ours.items() if "/" in k and not k.startswith("time/") and isinstance(v, float)]
+    assert numbers and all(ours[k] == theirs[k] for k in numbers)
+    assert [json.loads(line)["number"] for line in (tmp_path / "a" / "trials.jsonl").read_text().splitlines()] == [0]
+    ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # the resumed job went on with the same W&B run

@@ -3,6 +3,7 @@
 D=${CLUSTER_DIR:-/tmp/denetdm-cluster}
 SUDO=$([ "$(id -u)" = 0 ] && echo || echo sudo)
 [ -d "$D" ] || exit 0
+rm -f "$D/env.sh"  # the tests read it to find the services: they are gone
 if [ -f "$D/pg/data/postmaster.pid" ]; then
   PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   owner=$(stat -c %U "$D/pg/data")

@@ -28,9 +28,10 @@ dd if=/dev/urandom of="$D/munge.key" bs=1024 count=1 status=none && chmod 400 "$
 $SUDO /usr/sbin/munged --force --key-file="$D/munge.key" --socket="$D/munge.socket" --pid-file="$D/munged.pid" \
   --log-file="$D/munged.log" --seed-file="$D/munge.seed"
 
-# SLURM: one controller, two nodes on this host, each given half its cores and a quarter of its memory (from the
-# config: slurmd would otherwise count the whole host twice), so that jobs that do not fit one node spread over both
-CPUS=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
+# SLURM: one controller, two nodes on this host, each of one CPU and a quarter of the host's memory (from the
+# config: slurmd would otherwise count the whole host twice), so that two one-CPU jobs run on two nodes, whatever
+# the host's core count
+CPUS=1
 MEM=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) / 4 ))
 cat > "$D/slurm.conf" <<EOF
 ClusterName=denetdm-test

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from hydra.core.config_store import ConfigStore
 
 try:
+    from hydra_plugins.hydra_submitit_launcher import submitit_launcher  # the module: Hydra lists its class once
     from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
     from submitit.core.utils import FailedJobError
 except ImportError:  # the optional plugin is not installed
-    SlurmLauncher = None
+    submitit_launcher = None
 
 
-if SlurmLauncher is not None:
+if submitit_launcher is not None:
 
     @dataclass
     class DenetdmSlurmConf(SlurmQueueConf):
@@ -32,7 +32,7 @@ if SlurmLauncher is not None:
         group="hydra/launcher", name="denetdm_slurm", node=DenetdmSlurmConf, provider="denetdm"
     )
 
-    class DenetdmSlurmLauncher(SlurmLauncher):
+    class DenetdmSlurmLauncher(submitit_launcher.SlurmLauncher):
         """submitit's SLURM launcher; sbatch's refusal of a job (resources no node has, a wrong partition or
         account) is one error line."""
 

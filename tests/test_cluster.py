@@ -19,10 +19,7 @@ from denetdm.errors import ConfigError
 from conftest import ROOT, TINY, run_cli
 
 CLUSTER_DIR = Path(os.environ.get("CLUSTER_DIR", "/tmp/denetdm-cluster"))
-TINY_SWEEP = [
-    *("-m", "hparams_search=depth_gap", "launcher=slurm", "dataset=synthetic", "dataset.train_size=600"),
-    *("dataset.test_size=200", "dataset.val_size=100", "experts.epochs=1", "target.epochs=1", "logger=none"),
-]
+TINY_SWEEP = ["-m", "hparams_search=depth_gap", "launcher=slurm", *TINY]
 
 
 def _services(slurm: bool = True) -> dict:

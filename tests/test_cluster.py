@@ -148,13 +148,15 @@ def test_a_server_that_refuses_the_password_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_requeued_job_resumes_its_trial_to_the_numbers_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["hydra.sweeper.workers=1"]], ids=["batches", "workers"])
+def test_a_requeued_job_resumes_its_trial_to_the_numbers_of_an_uninterrupted_run(tmp_path, mode):
     env = _services()
     args = [*TINY_SWEEP, "dataset.train_size=6000", "experts.epochs=12", "target.epochs=2", "hydra.sweeper.n_trials=1"]
     args = [a for a in args if a != "logger=none"] + ["logger=wandb"]  # offline: one W&B run, not two
     penv = {**os.environ, **env, "WANDB_MODE": "offline"}
     cmd = [sys.executable, str(ROOT / "run.py"), *args]
-    sweep = subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path / 'a'}"], cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
+    a = [*cmd, *mode, f"hydra.sweep.dir={tmp_path / 'a'}"]  # a worker started again adopts its trial
+    sweep = subprocess.Popen(a, cwd=ROOT, env=penv, stdout=subprocess.DEVNULL)
     metrics, deadline = tmp_path / "a" / "0" / "metrics.jsonl", time.monotonic() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         assert sweep.poll() is None and time.monotonic() < deadline, "the trial ended before its third epoch"
@@ -174,3 +176,72 @@ def test_a_requeued_job_resumes_its_trial_to_the_numbers_of_an_uninterrupted_run
     assert [json.loads(line)["number"] for line in (tmp_path / "a" / "trials.jsonl").read_text().splitlines()] == [0]
     ids = {p.name.rsplit("-", 1)[-1] for p in (run / "wandb").glob("offline-run-*")}
     assert len(ids) == 1  # the resumed job went on with the same W&B run
+
+
+WORKERS = ["-m", "hydra/sweeper=denetdm_optuna", "hydra/sweeper/sampler=grid", "launcher=slurm"]
+WORKERS += [*(a for a in TINY if not a.startswith("experts.epochs=")), "hydra.sweeper.sampler.seed=0"]
+WORKERS += ["hydra.sweeper.direction=maximize", "target.epochs=1"]
+
+
+@pytest.mark.slow
+def test_worker_jobs_take_the_next_trial_as_they_free_up_within_one_budget(tmp_path):
+    env = _services()
+    # seeded, the grid asks 60 epochs first, then 3, 2, 1: one worker trains the long trial while the other
+    # takes the three short ones, each as soon as its last one ended (batches would wait for the long one)
+    args = [*WORKERS, "experts.epochs=1,2,60,3", "hydra.sweeper.n_trials=4", "hydra.sweeper.workers=2"]
+    proc = run_cli([*args, f"hydra.sweep.dir={tmp_path}"], env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _journal_trials(tmp_path)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4  # n_trials shared: four trials, not one more
+    long, *short = sorted(trials, key=lambda t: -t.params["experts.epochs"])
+    assert long.params["experts.epochs"] == 60 and all(t.datetime_start < long.datetime_complete for t in short)
+    assert {t.user_attrs["worker"] for t in short} != {long.user_attrs["worker"]}
+    assert all(t.user_attrs["job"] == t.number and (tmp_path / str(t.number) / "results.json").exists() for t in trials)
+    (job,) = [p.name for p in (tmp_path / ".submitit").iterdir() if p.name.isdigit()]
+    assert _allocations(job) == {"n1", "n2"}  # one submission: two worker jobs, one on each node
+
+
+@pytest.mark.slow
+def test_a_stacked_cluster_sweep_sends_one_job_per_setting(tmp_path):
+    env = _services()
+    args = ["-m", "launcher=slurm", *TINY, "seed=0,1", "model.deep.depth=4,5", "hydra.launcher.stack=true"]
+    proc = run_cli([*args, f"hydra.sweep.dir={tmp_path}"], env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = [p.name for p in (tmp_path / ".submitit").iterdir() if p.name.isdigit()]
+    tasks = sorted(p.name for p in (tmp_path / ".submitit").iterdir() if p.name.startswith(f"{job}_"))
+    assert tasks == [f"{job}_0", f"{job}_1"]  # four runs, two settings: two jobs
+    stacks = {tuple(json.loads((tmp_path / str(i) / "stack.json").read_text())["members"]) for i in range(4)}
+    depths = [{_config(Path(m))["model"]["deep"]["depth"] for m in members} for members in stacks]
+    assert sorted(map(len, stacks)) == [2, 2] and sorted(map(sorted, depths)) == [[4], [5]]  # a setting, two seeds
+    assert all(json.loads((tmp_path / str(i) / "results.json").read_text()) for i in range(4))
+
+
+def test_bad_values_of_the_cluster_keys_are_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="launcher=slurm: make install-launchers")
+    from hydra_plugins.denetdm_slurm.slurm_launcher import DenetdmSlurmLauncher
+
+    from denetdm.sweeps.sweeper import _checked_settings
+
+    for workers in (0, -1, 1.5, True, "two"):
+        with pytest.raises(SystemExit, match="hydra.sweeper.workers must be a positive number of worker jobs"):
+            _checked_settings({"storage": None, "max_failure_rate": 0.5, "n_trials": 2, "workers": workers})
+    with pytest.raises(SystemExit, match="hydra.launcher.stack must be true or false, got 'yes'"):
+        DenetdmSlurmLauncher(stack="yes")
+    with pytest.raises(SystemExit, match="hydra.launcher.max_members must be a positive integer"):
+        DenetdmSlurmLauncher(stack=True, max_members=0)
+    proc = run_cli(["-m", "hparams_search=depth_gap", *TINY, "hydra.sweeper.workers=2", f"hydra.sweep.dir={tmp_path}"])
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.workers=2 starts worker jobs on a")
+
+
+def _journal_trials(sweep: Path) -> list:
+    import optuna
+
+    backend = optuna.storages.journal.JournalFileBackend(str(sweep / "study.journal"))
+    return optuna.load_study(study_name=None, storage=optuna.storages.JournalStorage(backend)).trials
+
+
+def _config(run: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((run / ".hydra" / "config.yaml").read_text())

@@ -42,8 +42,15 @@ def retry_once(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if not trial.params or "retry_of" in trial.user_attrs:
         log.warning("trial %d stopped sending heartbeats (its worker is gone): failed, not retried", trial.number)
         return
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial))
     log.warning("trial %d stopped sending heartbeats (its worker is gone): failed, and queued again", trial.number)
+
+
+def retry_attrs(trial: optuna.trial.FrozenTrial) -> dict:
+    """A lost trial's retry's user attributes: `retry_of`, and where it ran, `resume` ([its sweep directory, its
+    job]), so that a worker of that directory resumes it in its run directory from the last checkpoint."""
+    where, job = trial.user_attrs.get("sweep_dir"), trial.user_attrs.get("job")
+    return {"retry_of": trial.number} | ({"resume": [where, job]} if where and job is not None else {})
 
 
 def fail_stale(study: optuna.Study) -> None:

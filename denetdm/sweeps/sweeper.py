@@ -41,7 +41,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, last_phase, value_at
 from denetdm.seeding import derive_seed
-from denetdm.sweeps.heartbeat import beating, fail_stale, rdb_storage
+from denetdm.sweeps.heartbeat import beating, fail_stale, rdb_storage, retry_attrs
 from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import (
     TrialPruned,
@@ -173,6 +173,7 @@ class OptunaLoop(Sweeper):
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
         self.fail_collapsed, self.heartbeat_s = kwargs.get("fail_collapsed", False), kwargs.get("heartbeat_s")
         self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
+        self.workers = kwargs.get("workers")  # None: batches of n_jobs; N: N worker jobs (self.work)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the config and build the launcher."""
@@ -185,6 +186,11 @@ class OptunaLoop(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
+        if self.workers and not hasattr(self.launcher, "run_workers"):
+            sys.exit(
+                f"error: hydra.sweeper.workers={self.workers} starts worker jobs on a cluster: add launcher=slurm, "
+                "or leave workers null for batches of hydra.sweeper.n_jobs trials"
+            )
 
     def sweep(self, arguments: list[str]) -> None:
         """Ask, launch and tell in batches of n_jobs until this sweep directory has n_trials finished trials
@@ -218,27 +224,103 @@ class OptunaLoop(Sweeper):
         log.info(
             "Study %s (storage %s, sampler %s)", study.study_name, redact(self.storage), type(self.sampler).__name__
         )
-        self.retries = recover(study, self._own(study))
+        recover(study, self._own(study))  # this directory's trials that a killed sweep left RUNNING
         jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
         self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
-        while (left := self.n_trials - self._count(study, finished=True)) > 0:
-            fail_stale(study)  # another worker's trials whose heartbeats stopped: failed, their values queued again
-            trials = [study.ask() for _ in range(min(self.n_jobs, left))]
-            for t in trials:
-                t.set_user_attr("sweep_dir", self.sweep_key)
-            seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
-            overrides = trial_overrides(
-                study, self._own(study), trials, (self.sampler, seed, self.extend), dists, fixed
-            )
-            self._run_batch(study, trials, overrides)
-            write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
-            redact_hydra_files(sweep_dir, self.storage)
-            self._check_failures(study, sweep_dir)
+        (self._rounds if self.workers else self._batches)(study, dists, fixed, sweep_dir)
         write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
         redact_hydra_files(sweep_dir, self.storage)
         save_best(study, self.storage, sweep_dir)
+
+    def _batches(self, study: optuna.Study, dists: dict, fixed: dict, sweep_dir: Path) -> None:
+        """Batches of n_jobs trials, each launched once the batch before it has finished."""
+        while (left := self.n_trials - self._count(study, finished=True)) > 0:
+            fail_stale(study)  # another worker's trials whose heartbeats stopped: failed, their values queued again
+            trials = [self._ask(study) for _ in range(min(self.n_jobs, left))]
+            self._run_batch(study, trials, self._overrides(study, trials, dists, fixed))
+            self._after_batch(study, sweep_dir)
+
+    def _rounds(self, study: optuna.Study, dists: dict, fixed: dict, sweep_dir: Path) -> None:
+        """Worker mode: `workers` jobs that each take the sweep's next trial as soon as their last one finished
+        (`work`); another round only for trials that failed or whose worker died once the first ones ended."""
+        while (left := self.n_trials - self._count(study, finished=True)) > 0:
+            work = functools.partial(self.work, study.study_name, study.direction.name.lower(), dists, fixed)
+            outs = self.launcher.run_workers(work, min(self.workers, left))
+            for i, out in enumerate(outs):
+                said = out if isinstance(out, dict) else f"ended with {type(out).__name__}: {out}".splitlines()[0]
+                log.info("worker %d: %s", i, said)
+            recover(study, self._own(study))  # every worker has ended: a trial still RUNNING lost its worker
+            self._after_batch(study, sweep_dir)
+            if not any(isinstance(out, dict) and out["trials"] for out in outs):
+                sys.exit(f"error: no worker of this round ran a trial ({outs[0]}); see {sweep_dir / '.submitit'}")
+
+    def work(self, name: str, direction: str, dists: dict, fixed: dict, launcher: Any) -> dict:
+        """One worker, in its job: the sweep's next trial, one after another, run by `launcher` in this process,
+        until the sweep's n_trials are finished or running, or too many failed. Its trials and busy seconds."""
+        self.launcher = launcher
+        study = create_or_load_study(name, self.storage, self.sampler, direction, self.pruner, self.heartbeat_s)
+        me, running = launcher.worker_id, optuna.trial.TrialState.RUNNING
+        # SLURM started this job again (a requeue, a preemption): its trial goes on where its checkpoint is
+        mine = [t for t in self._own(study) if t.state == running and t.user_attrs.get("worker") == me]
+        start, busy, ran = time.monotonic(), 0.0, 0
+        while (trial := self._adopt(study, mine.pop()) if mine else self._claim(study, me)) is not None:
+            begun = time.monotonic()
+            self.job_idx = trial.number  # a fresh trial's run directory: workers number their trials apart
+            self._run_batch(study, [trial], self._overrides(study, [trial], dists, fixed))
+            busy, ran = busy + time.monotonic() - begun, ran + 1
+        alive = time.monotonic() - start
+        return {"worker": me, "trials": ran, "busy_s": round(busy, 1), "alive_s": round(alive, 1)}
+
+    def _adopt(self, study: optuna.Study, lost: Any) -> Any:
+        """A trial this worker ran before SLURM stopped its job: the same trial, resumed in its run directory."""
+        trial = optuna.trial.Trial(study, lost._trial_id)  # Optuna's handle on a trial begun by another process
+        if "job" in lost.user_attrs:
+            trial.set_user_attr("resume", [self.sweep_key, lost.user_attrs["job"]])
+        log.info("trial %d: its worker's job was started again; resuming it", lost.number)
+        return trial
+
+    def _claim(self, study: optuna.Study, me: str) -> Any:
+        """A worker's next trial, or None once this directory's trials finished or running reach n_trials, or more
+        failed than max_failure_rate allows. Workers ask at once: a trial asked when n_trials earlier ones had
+        been taken is given up (failed as not drawn)."""
+        fail_stale(study)  # trials whose heartbeats stopped: failed, their values queued again
+        if self._count(study, finished=False) > math.floor(self.max_failure_rate * self.n_trials):
+            return None
+        if len(self._taken(study)) >= self.n_trials:
+            return None
+        trial = self._ask(study)
+        trial.set_user_attr("worker", me)
+        if sum(t.number < trial.number for t in self._taken(study)) < self.n_trials:
+            return trial
+        for key, value in (("interrupted", True), ("not_drawn", True), ("error", "not run: n_trials were taken")):
+            trial.set_user_attr(key, value)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
+
+    def _taken(self, study: optuna.Study) -> list:
+        """This directory's trials that n_trials counts, finished or running."""
+        running = optuna.trial.TrialState.RUNNING
+        own = [t for t in self._own(study) if not t.user_attrs.get("interrupted")]
+        return [t for t in own if t.state == running or t.state in _FINISHED or _failed_collapsed(t)]
+
+    def _ask(self, study: optuna.Study) -> Any:
+        """A new trial of this sweep directory."""
+        trial = study.ask()
+        trial.set_user_attr("sweep_dir", self.sweep_key)
+        return trial
+
+    def _overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
+        """The trials' job overrides, their values sampled."""
+        seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
+        return trial_overrides(study, self._own(study), trials, (self.sampler, seed, self.extend), dists, fixed)
+
+    def _after_batch(self, study: optuna.Study, sweep_dir: Path) -> None:
+        """trials.jsonl rewritten, passwords out of Hydra's files, and the failure limit checked."""
+        write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+        redact_hydra_files(sweep_dir, self.storage)
+        self._check_failures(study, sweep_dir)
 
     def _own(self, study: optuna.Study) -> list:
         """This sweep directory's trials (other workers of a shared study have theirs)."""
@@ -253,13 +335,17 @@ class OptunaLoop(Sweeper):
         return sum(t.state == optuna.trial.TrialState.FAIL and not _failed_collapsed(t) for t in own)
 
     def _launch(self, todo: list[tuple]) -> dict[int, Any]:
-        """Launch the trials; a retried one in its old run directory (its job number), the rest in new ones."""
+        """Launch the trials; a retry of this directory's trial in its run directory (resumed from its last
+        checkpoint), the rest in new ones."""
         returns: dict[int, Any] = {}
-        fresh = [(t, o) for t, o in todo if _key(t.params) not in self.retries]
+        fresh = []
         for t, o in todo:
-            if (job := self.retries.pop(_key(t.params), None)) is not None:
-                t.set_user_attr("job", job)
-                returns[t.number] = self.launcher.launch([o], job)[0]
+            where, job = t.user_attrs.get("resume") or (None, None)
+            if where != self.sweep_key:
+                fresh.append((t, o))
+                continue
+            t.set_user_attr("job", job)
+            returns[t.number] = self.launcher.launch([o], job)[0]
         for i, (t, _) in enumerate(fresh):  # before launching: a kill leaves the trial's run directory known
             t.set_user_attr("job", self.job_idx + i)
         if fresh:
@@ -344,6 +430,9 @@ def _checked_settings(kwargs: dict) -> Any:
     beat = kwargs.get("heartbeat_s")
     if beat is not None and (not isinstance(beat, int | float) or isinstance(beat, bool) or not beat >= 1):
         sys.exit(f"error: hydra.sweeper.heartbeat_s must be a number of seconds >= 1, or null for none, got {beat!r}")
+    workers = kwargs.get("workers")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        sys.exit(f"error: hydra.sweeper.workers must be a positive number of worker jobs, or null, got {workers!r}")
     if not isinstance(kwargs.get("fail_collapsed", False), bool):
         sys.exit(f"error: hydra.sweeper.fail_collapsed must be true or false, got {kwargs['fail_collapsed']!r}")
     return pruner
@@ -359,26 +448,22 @@ def only_sweep(sweep_dir: Path) -> Iterator[None]:
         sys.exit(f"error: {e}")
 
 
-def recover(study: optuna.Study, own: list) -> dict[str, int]:
-    """Trials a killed sweep of this directory left RUNNING: marked FAIL with the reason, their values queued
-    again (the retry's `retry_of` names the trial); returns {values: the job (run directory) to resume them in}."""
-    retries = {}
-    for t in own:
+def recover(study: optuna.Study, lost: list) -> None:
+    """Trials of this directory that their process left RUNNING (a killed sweep, a worker that died): marked FAIL
+    with the reason, their values queued again (the retry's `retry_of` names the trial, its `resume` the run
+    directory it resumes in)."""
+    for t in lost:
         if t.state != optuna.trial.TrialState.RUNNING:
             continue
-        lost = optuna.trial.Trial(study, t._trial_id)  # Optuna's handle on a trial that another process began
-        lost.set_user_attr("interrupted", True)
-        lost.set_user_attr("error", "left RUNNING by an interrupted sweep; tried again")
+        handle = optuna.trial.Trial(study, t._trial_id)  # Optuna's handle on a trial that another process began
+        handle.set_user_attr("interrupted", True)
+        handle.set_user_attr("error", "left RUNNING by an interrupted sweep; tried again")
         if not t.params:  # killed before its values were drawn: the next fresh trial takes its place
-            lost.set_user_attr("not_drawn", True)
+            handle.set_user_attr("not_drawn", True)
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # attributes first: then it is final
-        if not t.params:
-            continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        if "job" in t.user_attrs:
-            retries[_key(t.params)] = t.user_attrs["job"]
-        log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
-    return retries
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs=retry_attrs(t))
+            log.info("trial %d was left RUNNING by an interrupted sweep: tried again", t.number)
 
 
 def tell(study: optuna.Study, trial: Any, twin: Any, ret: Any, fail_collapsed: bool = False) -> None:

@@ -53,23 +53,26 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.run([(list(o), initial_job_idx + i) for i, o in enumerate(job_overrides)])
+
+    def run(self, jobs: Sequence[tuple[list[str], int]]) -> list[JobReturn]:
+        """Run the jobs (overrides, job number), stacking those with equal stack keys; their returns in order."""
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs, groups = [], {}
-        for i, overrides in enumerate(job_overrides):
-            idx = initial_job_idx + i
+        cfgs, groups = [], {}
+        for i, (overrides, idx) in enumerate(jobs):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(cfg):
                 cfg.hydra.job.id = cfg.hydra.job.num = idx
-            jobs.append(cfg)
-            groups.setdefault(_key(cfg), []).append(i)
-        returns: list[JobReturn | None] = [None] * len(jobs)
+            cfgs.append(cfg)
+            groups.setdefault(job_stack_key(cfg), []).append(i)
+        returns: list[JobReturn | None] = [None] * len(cfgs)
         for members in groups.values():
             for start in range(0, len(members), self.max_members):
                 part = members[start : start + self.max_members]
-                outs = self._stack([jobs[i] for i in part]) if len(part) > 1 else [self._plain(jobs[part[0]])]
+                outs = self._stack([cfgs[i] for i in part]) if len(part) > 1 else [self._plain(cfgs[part[0]])]
                 for i, ret in zip(part, outs, strict=True):
                     returns[i] = ret
         return returns
@@ -112,7 +115,8 @@ class StackedLauncher(Launcher):
         return rets
 
 
-def _key(cfg: DictConfig) -> str:
+def job_stack_key(cfg: DictConfig) -> str:
+    """A job's stack key (denetdm.training.stacked.stack_key) from its composed config."""
     from denetdm.training.stacked import stack_key
 
     job = OmegaConf.to_container(cfg, resolve=False)

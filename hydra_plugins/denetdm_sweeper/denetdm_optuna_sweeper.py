@@ -127,6 +127,10 @@ class DenetdmOptunaSweeperConf:
     study_name: str | None = None
     n_trials: int = 20
     n_jobs: int = 1
+    # null: trials in batches of n_jobs, each batch launched once the one before it has finished; N: worker mode,
+    # N jobs (launcher=slurm) that each take the sweep's next trial from the study as soon as their last one
+    # finished, so no job waits for a batch's slowest trial (docs/cluster.md)
+    workers: Any = None
     max_failure_rate: float = 0.5  # of n_trials, over the whole sweep
     params: dict[str, str] | None = None
     # a dotpath to a callable (cfg, trial) -> None that suggests further values (dependent parameters)

@@ -1,12 +1,12 @@
-# make install | install-launchers | run | test | test-fast | lint | bench | equiv | gpu-check | gpu-pack | gpu-reproduce |
-#      cluster-up | cluster-down     (make run ARGS='dataset=cmnist severity=4')
+# make install | install-launchers | run | test | test-fast | lint | bench | bench-cluster | equiv | gpu-check | gpu-pack |
+#      gpu-reproduce | cluster-up | cluster-down     (make run ARGS='dataset=cmnist severity=4')
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ARGS ?=
 
-.PHONY: install install-launchers run test test-fast lint format bench equiv gpu-check gpu-pack gpu-reproduce \
+.PHONY: install install-launchers run test test-fast lint format bench bench-cluster equiv gpu-check gpu-pack gpu-reproduce \
 	cluster-up cluster-down clean
 
 install: $(STAMP)
@@ -54,6 +54,10 @@ format: install
 
 bench: install
 	PYTHONPATH=. $(PY) tests/bench.py $(ARGS)
+
+# Batches against worker jobs on the test cluster (make cluster-up first): wall time and busy fraction (docs/cluster.md)
+bench-cluster: install
+	$(PY) tests/bench_cluster.py $(ARGS)
 
 # A refactor changes no number: every method, a resumed run, a stack (and Colored MNIST where $DENETDM_DATA has it)
 # made here and at BASE, compared file by file (tests/equiv.py). make equiv BASE=<commit>

@@ -52,7 +52,7 @@ def run_mode(name: str, extra: list[str], args: argparse.Namespace, env: dict) -
     if proc.returncode != 0:
         sys.exit(f"error: the {name} sweep failed: {proc.stderr.strip().splitlines()[-1:]}")
     spans = busy_seconds(sweep)
-    jobs = [p for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)]
+    jobs = list((sweep / ".submitit").glob("*/*_log.out"))  # one per SLURM job (an array's task)
     return {"mode": name, "wall_s": wall, "runs": len(spans), "jobs": len(jobs), "busy_s": sum(spans)}
 
 
@@ -64,20 +64,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--train-size", type=int, default=20000)
     parser.add_argument("--out", default="outputs/bench-cluster")
+    parser.add_argument("--record", help="append the rows (with the commit and the command) to this JSON-lines file")
     args = parser.parse_args()
     env_sh = CLUSTER_DIR / "env.sh"
     if not env_sh.exists():
         sys.exit(f"error: no test cluster ({env_sh} is absent): run `make cluster-up` first")
     env = {**os.environ, **dict(re.findall(r"^export (\w+)=(.*)$", env_sh.read_text(), re.M)), "WANDB_MODE": "disabled"}
     n = args.workers
-    modes = [("batches", [f"hydra.launcher.array_parallelism={n}"]), ("workers", [f"hydra.sweeper.workers={n}"])]
+    batches = [f"hydra.sweeper.n_jobs={n}", f"hydra.launcher.array_parallelism={n}"]
+    modes = [("batches", batches), ("workers", [f"hydra.sweeper.workers={n}"])]
     rows = [run_mode(name, extra, args, env) for name, extra in modes]
     print(f"{len(args.depths) * len(args.seeds)} trials (deep depth {args.depths} x seeds {args.seeds}), {n} at a time")
     print(f"{'mode':<8} {'wall s':>7} {'runs':>5} {'SLURM jobs':>10} {'busy s':>7} {'busy fraction':>13}")
     for r in rows:
         fraction = r["busy_s"] / (n * r["wall_s"])
         print(f"{r['mode']:<8} {r['wall_s']:7.1f} {r['runs']:5d} {r['jobs']:10d} {r['busy_s']:7.1f} {fraction:13.2f}")
-    print(json.dumps(rows))
+    if args.record:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        with open(args.record, "a") as f:
+            for r in rows:
+                f.write(json.dumps({**r, "workers": n, "commit": commit, "argv": sys.argv[1:]}) + "\n")
 
 
 if __name__ == "__main__":

@@ -218,9 +218,8 @@ def test_a_stacked_cluster_sweep_sends_one_job_per_setting(tmp_path):
 
 def test_bad_values_of_the_cluster_keys_are_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="launcher=slurm: make install-launchers")
-    from hydra_plugins.denetdm_slurm.slurm_launcher import DenetdmSlurmLauncher
-
     from denetdm.sweeps.sweeper import _checked_settings
+    from hydra_plugins.denetdm_slurm.slurm_launcher import DenetdmSlurmLauncher
 
     for workers in (0, -1, 1.5, True, "two"):
         with pytest.raises(SystemExit, match="hydra.sweeper.workers must be a positive number of worker jobs"):

@@ -5,7 +5,8 @@ with its own loop: that plugin checks `max_failure_rate` per batch of `n_jobs` t
 failing trial ended the sweep; here the sweep goes on until more than `floor(max_failure_rate * n_trials)` trials
 have failed. Each job gets its trial number, study and sampled values in its config (`trial.*`); every trial is a
 line of `trials.jsonl`; a repeat of a finished trial is answered from the study; several workers can open one study
-at once.
+at once. With `workers`, the launcher starts that many worker jobs that each ask for trial after trial instead of
+batches that wait for their slowest trial (denetdm/sweeps/modes.py).
 
 Resumable: the study lives in `<sweep dir>/study.db` unless `storage` says otherwise, and every trial carries
 its sweep directory and job number as user attributes. Running the same command again continues the study
@@ -41,7 +42,7 @@ from denetdm.files.jsonlines import JsonLines
 from denetdm.files.lock import folder_lock
 from denetdm.fingerprint import differences, fingerprint, last_phase, value_at
 from denetdm.seeding import derive_seed
-from denetdm.sweeps.heartbeat import beating, fail_stale, rdb_storage, retry_attrs
+from denetdm.sweeps.heartbeat import rdb_storage, retry_attrs
 from denetdm.sweeps.jobs import default_study
 from denetdm.sweeps.pruning import (
     TrialPruned,
@@ -173,7 +174,7 @@ class OptunaLoop(Sweeper):
         self.max_failure_rate, self.params = kwargs["max_failure_rate"], kwargs.get("params") or {}
         self.fail_collapsed, self.heartbeat_s = kwargs.get("fail_collapsed", False), kwargs.get("heartbeat_s")
         self.extender = kwargs.get("custom_search_space")  # a dotpath: fn(cfg, trial) suggests dependent values
-        self.workers = kwargs.get("workers")  # None: batches of n_jobs; N: N worker jobs (self.work)
+        self.workers = kwargs.get("workers")  # None: batches of n_jobs; N: N worker jobs (sweeps/modes.py)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the config and build the launcher."""
@@ -193,8 +194,8 @@ class OptunaLoop(Sweeper):
             )
 
     def sweep(self, arguments: list[str]) -> None:
-        """Ask, launch and tell in batches of n_jobs until this sweep directory has n_trials finished trials
-        or too many failed."""
+        """Ask, launch and tell, in batches of n_jobs or in worker jobs, until this sweep directory has n_trials
+        finished trials or too many failed."""
         direction = getattr(self.direction, "name", self.direction)
         if direction not in ("minimize", "maximize"):
             sys.exit("error: denetdm sweeps optimise one objective; set hydra.sweeper.direction=maximize")
@@ -224,157 +225,60 @@ class OptunaLoop(Sweeper):
         log.info(
             "Study %s (storage %s, sampler %s)", study.study_name, redact(self.storage), type(self.sampler).__name__
         )
-        recover(study, self._own(study))  # this directory's trials that a killed sweep left RUNNING
-        jobs = [t.user_attrs["job"] for t in self._own(study) if "job" in t.user_attrs]
+        recover(study, self.own(study))  # this directory's trials that a killed sweep left RUNNING
+        jobs = [t.user_attrs["job"] for t in self.own(study) if "job" in t.user_attrs]
         self.job_idx = max(jobs, default=-1) + 1
         if self.n_jobs < 1:  # joblib's n_jobs=-1: one trial per core
             self.n_jobs = os.cpu_count() or 1
-        (self._rounds if self.workers else self._batches)(study, dists, fixed, sweep_dir)
-        write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+        from denetdm.sweeps.modes import batches, rounds  # they build on this module
+
+        (rounds if self.workers else batches)(self, study, dists, fixed, sweep_dir)
+        write_trials(self.own(study), study.study_name, sweep_dir / "trials.jsonl")
         redact_hydra_files(sweep_dir, self.storage)
         save_best(study, self.storage, sweep_dir)
 
-    def _batches(self, study: optuna.Study, dists: dict, fixed: dict, sweep_dir: Path) -> None:
-        """Batches of n_jobs trials, each launched once the batch before it has finished."""
-        while (left := self.n_trials - self._count(study, finished=True)) > 0:
-            fail_stale(study)  # another worker's trials whose heartbeats stopped: failed, their values queued again
-            trials = [self._ask(study) for _ in range(min(self.n_jobs, left))]
-            self._run_batch(study, trials, self._overrides(study, trials, dists, fixed))
-            self._after_batch(study, sweep_dir)
-
-    def _rounds(self, study: optuna.Study, dists: dict, fixed: dict, sweep_dir: Path) -> None:
-        """Worker mode: `workers` jobs that each take the sweep's next trial as soon as their last one finished
-        (`work`); another round only for trials that failed or whose worker died once the first ones ended."""
-        while (left := self.n_trials - self._count(study, finished=True)) > 0:
-            work = functools.partial(self.work, study.study_name, study.direction.name.lower(), dists, fixed)
-            outs = self.launcher.run_workers(work, min(self.workers, left))
-            for i, out in enumerate(outs):
-                said = out if isinstance(out, dict) else f"ended with {type(out).__name__}: {out}".splitlines()[0]
-                log.info("worker %d: %s", i, said)
-            recover(study, self._own(study))  # every worker has ended: a trial still RUNNING lost its worker
-            self._after_batch(study, sweep_dir)
-            if not any(isinstance(out, dict) and out["trials"] for out in outs):
-                sys.exit(f"error: no worker of this round ran a trial ({outs[0]}); see {sweep_dir / '.submitit'}")
-
-    def work(self, name: str, direction: str, dists: dict, fixed: dict, launcher: Any) -> dict:
-        """One worker, in its job: the sweep's next trial, one after another, run by `launcher` in this process,
-        until the sweep's n_trials are finished or running, or too many failed. Its trials and busy seconds."""
-        self.launcher = launcher
-        study = create_or_load_study(name, self.storage, self.sampler, direction, self.pruner, self.heartbeat_s)
-        me, running = launcher.worker_id, optuna.trial.TrialState.RUNNING
-        # SLURM started this job again (a requeue, a preemption): its trial goes on where its checkpoint is
-        mine = [t for t in self._own(study) if t.state == running and t.user_attrs.get("worker") == me]
-        start, busy, ran = time.monotonic(), 0.0, 0
-        while (trial := self._adopt(study, mine.pop()) if mine else self._claim(study, me)) is not None:
-            begun = time.monotonic()
-            self.job_idx = trial.number  # a fresh trial's run directory: workers number their trials apart
-            self._run_batch(study, [trial], self._overrides(study, [trial], dists, fixed))
-            busy, ran = busy + time.monotonic() - begun, ran + 1
-        alive = time.monotonic() - start
-        return {"worker": me, "trials": ran, "busy_s": round(busy, 1), "alive_s": round(alive, 1)}
-
-    def _adopt(self, study: optuna.Study, lost: Any) -> Any:
-        """A trial this worker ran before SLURM stopped its job: the same trial, resumed in its run directory."""
-        trial = optuna.trial.Trial(study, lost._trial_id)  # Optuna's handle on a trial begun by another process
-        if "job" in lost.user_attrs:
-            trial.set_user_attr("resume", [self.sweep_key, lost.user_attrs["job"]])
-        log.info("trial %d: its worker's job was started again; resuming it", lost.number)
-        return trial
-
-    def _claim(self, study: optuna.Study, me: str) -> Any:
-        """A worker's next trial, or None once this directory's trials finished or running reach n_trials, or more
-        failed than max_failure_rate allows. Workers ask at once: a trial asked when n_trials earlier ones had
-        been taken is given up (failed as not drawn)."""
-        fail_stale(study)  # trials whose heartbeats stopped: failed, their values queued again
-        if self._count(study, finished=False) > math.floor(self.max_failure_rate * self.n_trials):
-            return None
-        if len(self._taken(study)) >= self.n_trials:
-            return None
-        trial = self._ask(study)
-        trial.set_user_attr("worker", me)
-        if sum(t.number < trial.number for t in self._taken(study)) < self.n_trials:
-            return trial
-        for key, value in (("interrupted", True), ("not_drawn", True), ("error", "not run: n_trials were taken")):
-            trial.set_user_attr(key, value)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return None
-
-    def _taken(self, study: optuna.Study) -> list:
-        """This directory's trials that n_trials counts, finished or running."""
-        running = optuna.trial.TrialState.RUNNING
-        own = [t for t in self._own(study) if not t.user_attrs.get("interrupted")]
-        return [t for t in own if t.state == running or t.state in _FINISHED or _failed_collapsed(t)]
-
-    def _ask(self, study: optuna.Study) -> Any:
+    def ask(self, study: optuna.Study) -> Any:
         """A new trial of this sweep directory."""
         trial = study.ask()
         trial.set_user_attr("sweep_dir", self.sweep_key)
         return trial
 
-    def _overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
+    def overrides(self, study: optuna.Study, trials: list, dists: dict, fixed: dict) -> list[tuple]:
         """The trials' job overrides, their values sampled."""
         seed = (self.config.hydra.sweeper.get("sampler") or {}).get("seed")
-        return trial_overrides(study, self._own(study), trials, (self.sampler, seed, self.extend), dists, fixed)
+        return trial_overrides(study, self.own(study), trials, (self.sampler, seed, self.extend), dists, fixed)
 
-    def _after_batch(self, study: optuna.Study, sweep_dir: Path) -> None:
+    def after_batch(self, study: optuna.Study, sweep_dir: Path) -> None:
         """trials.jsonl rewritten, passwords out of Hydra's files, and the failure limit checked."""
-        write_trials(self._own(study), study.study_name, sweep_dir / "trials.jsonl")
+        write_trials(self.own(study), study.study_name, sweep_dir / "trials.jsonl")
         redact_hydra_files(sweep_dir, self.storage)
-        self._check_failures(study, sweep_dir)
+        check_failures(self, study, sweep_dir)
 
-    def _own(self, study: optuna.Study) -> list:
+    def own(self, study: optuna.Study) -> list:
         """This sweep directory's trials (other workers of a shared study have theirs)."""
         return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("sweep_dir") == self.sweep_key]
 
-    def _count(self, study: optuna.Study, finished: bool) -> int:
+    def count(self, study: optuna.Study, finished: bool) -> int:
         """This directory's trials that n_trials counts (finished: complete, pruned, or failed for a collapsed
         deep expert), or the failures that max_failure_rate counts (the other failed ones)."""
-        own = [t for t in self._own(study) if not t.user_attrs.get("interrupted")]
+        own = [t for t in self.own(study) if not t.user_attrs.get("interrupted")]
         if finished:
             return sum(t.state in _FINISHED or _failed_collapsed(t) for t in own)
         return sum(t.state == optuna.trial.TrialState.FAIL and not _failed_collapsed(t) for t in own)
 
-    def _launch(self, todo: list[tuple]) -> dict[int, Any]:
-        """Launch the trials; a retry of this directory's trial in its run directory (resumed from its last
-        checkpoint), the rest in new ones."""
-        returns: dict[int, Any] = {}
-        fresh = []
-        for t, o in todo:
-            where, job = t.user_attrs.get("resume") or (None, None)
-            if where != self.sweep_key:
-                fresh.append((t, o))
-                continue
-            t.set_user_attr("job", job)
-            returns[t.number] = self.launcher.launch([o], job)[0]
-        for i, (t, _) in enumerate(fresh):  # before launching: a kill leaves the trial's run directory known
-            t.set_user_attr("job", self.job_idx + i)
-        if fresh:
-            for t, ret in zip([t for t, _ in fresh], self.launcher.launch([o for _, o in fresh], self.job_idx)):
-                returns[t.number] = ret
-            self.job_idx += len(fresh)
-        return returns
 
-    def _run_batch(self, study: optuna.Study, trials: list, overrides: list[tuple]) -> None:
-        """Launch the trials that are not repeats and tell the study every result, with its facts as user
-        attributes (error, repeat_of, separation, equal_depth)."""
-        repeats = repeats_of(study, trials)
-        with beating(study, trials):
-            returns = self._launch([(t, o) for t, o in zip(trials, overrides) if repeats[t.number] is None])
-        for trial in trials:
-            tell(study, trial, repeats[trial.number], returns.get(trial.number), self.fail_collapsed)
-
-    def _check_failures(self, study: optuna.Study, sweep_dir: Path) -> None:
-        """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
-        limit = math.floor(self.max_failure_rate * self.n_trials)
-        failed = self._count(study, finished=False)
-        if failed > limit:
-            save_best(study, self.storage, sweep_dir)
-            done = len([t for t in self._own(study) if not t.user_attrs.get("interrupted")])
-            sys.exit(
-                f"error: {failed} of {done} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                f"of n_trials={self.n_trials} allows ({limit}); the errors are in {sweep_dir / 'trials.jsonl'} "
-                "and in each failed job's run.log"
-            )
+def check_failures(loop: "OptunaLoop", study: optuna.Study, sweep_dir: Path) -> None:
+    """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
+    limit = math.floor(loop.max_failure_rate * loop.n_trials)
+    failed = loop.count(study, finished=False)
+    if failed > limit:
+        save_best(study, loop.storage, sweep_dir)
+        done = len([t for t in loop.own(study) if not t.user_attrs.get("interrupted")])
+        sys.exit(
+            f"error: {failed} of {done} trials failed, more than max_failure_rate={loop.max_failure_rate} "
+            f"of n_trials={loop.n_trials} allows ({limit}); the errors are in {sweep_dir / 'trials.jsonl'} "
+            "and in each failed job's run.log"
+        )
 
 
 def build_sampler(node: Any) -> Any:

@@ -68,7 +68,11 @@ KEYS = [
     *(f"{s}.{k}" for s in ("experts", "target") for k in ("epochs", "batch_size", "lr", "weight_decay", "select")),
     "experts.drop_last",
     "target.drop_last",
-    *(f"{s}.lr_schedule{k}" for s in ("experts", "target") for k in ("", ".name", ".warmup_epochs", ".step_epochs")),
+    *(
+        f"{s}.lr_schedule{k}"
+        for s in ("experts", "target")
+        for k in ("", ".name", ".warmup_epochs", ".delay_epochs", ".step_epochs")
+    ),
     "target.lr_schedule.gamma",
     "method.poe_weight",
     "method.dist_weight",
@@ -96,6 +100,7 @@ KEYS = [
     *(f"jtt:method.{k}" for k in ("arch", "id_epochs", "upweight", "error_set", "weighting")),
     *(f"groupdro:method.{k}" for k in ("eta", "adjustment", "sampler")),
     *(f"lff:method.{k}" for k in ("q", "alpha")),
+    *(f"dfa:method.{k}" for k in ("lambda_dis_align", "lambda_swap_align", "lambda_swap", "swap_after")),
     # the W&B logger's keys (docs/sweeps.md), with it chosen (`logger=wandb:<key>`; WANDB_MODE=disabled in tests)
     *(f"logger=wandb:logger.{k}" for k in ("tags", "name", "group", "job_type", "log_checkpoints", "verbose")),
     "logger=wandb:logger.init_timeout",

@@ -173,9 +173,17 @@ def test_bar_takes_its_ratios_conflict_folder_and_the_bias_its_code_sets(pct, co
 
 
 @pytest.mark.slow
-def test_bar_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["denetdm", "dfa"])
+def test_bar_end_to_end(method, tmp_path):
     top = _bar_tree(tmp_path / "bar", np.random.default_rng(5))
-    args = [*COMMON, "dataset=bar", f"dataset.root={top}", "dataset.image_size=48", "dataset.conflict_pct=5"]
+    args = [
+        *COMMON,
+        f"method={method}",
+        "dataset=bar",
+        f"dataset.root={top}",
+        "dataset.image_size=48",
+        "dataset.conflict_pct=5",
+    ]
     args += ["experts.epochs=1", "target.epochs=1", "experts.batch_size=16", "target.batch_size=16"]
     proc = run_cli([*args, "model.target.pretrained=false"], tmp_path / "r")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -186,10 +194,12 @@ def test_bar_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_bffhq_end_to_end(tmp_path):
+@pytest.mark.parametrize("method", ["denetdm", "dfa"])  # dfa: its BFFHQ preset (conf/method_dataset/dfa_bffhq.yaml)
+def test_bffhq_end_to_end(method, tmp_path):
     top = _bffhq_tree(tmp_path / "bffhq", "b", np.random.default_rng(3))
     args = [
         *COMMON,
+        f"method={method}",
         "dataset=bffhq",
         f"dataset.root={top}",
         "dataset.image_size=48",
@@ -202,6 +212,7 @@ def test_bffhq_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = read_results(tmp_path / "r")
     assert r["config"]["model"]["deep"]["name"] == "resnet" and "test/acc_conflicting_samples" in r
+    assert method != "dfa" or r["config"]["method"]["phases"]["dfa"]["lambda_swap"] == 0.1  # its BFFHQ preset
 
 
 def test_bffhq_without_root_is_one_clear_error(tmp_path):

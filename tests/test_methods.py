@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
-from denetdm.methods import ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
+from denetdm.methods import DFA, ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
 from denetdm.methods.jtt import errors_of
 from denetdm.methods.lff import class_max, ema_update, gce
 from denetdm.selection import PROTOCOLS, protocol
@@ -263,6 +263,8 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
         (["method=erm", "method.arch=middle"], ["method.arch", "middle"]),
         (["method=groupdro", "method.eta=abc"], ["method.eta", "abc"]),
         (["method=lff", "method.q=2"], ["method.q"]),
+        (["method=dfa", "method.lambda_swap=-1"], ["method.lambda_swap"]),
+        (["method=dfa", "method.swap_after=soon"], ["method.swap_after", "soon"]),
         (["method=jtt", "method.id_epochs=3", "target.epochs=3"], ["id_epochs", "3"]),
         (["method=jtt", "method.upweight=0.5"], ["method.upweight"]),
         (["method=jtt", "method.weighting=twice"], ["method.weighting", "twice"]),
@@ -375,3 +377,57 @@ def test_the_method_contract_pages_example_trains_and_checks_its_hyperparameter(
     assert results["method"] == "smooth_erm" and 0 <= results["test/acc_unbiased"] <= 1
     with pytest.raises(ConfigError, match="method.smoothing"):
         train(compose_cfg([*args, "method.smoothing=2"]), tmp_path / "bad")
+
+
+def _dfa_by_hand(method: DFA, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """DFA's loss of one batch on a fresh method (every sample seen for the first time), written out in the order
+    of its authors' train_ours: features, both sides' logits, the moving averages (a first visit stores the loss),
+    the class-wise maxima over the whole training set, the weights, then L_dis and, with `perm`, L_swap."""
+    hp, q = method.hp, method.hp["q"]
+    z_l, z_b = method.intrinsic(x), method.bias(x)
+    pred_conflict = method.head_i(torch.cat((z_l, z_b.detach()), 1))
+    pred_align = method.head_b(torch.cat((z_l.detach(), z_b), 1))
+    ce_conflict = F.cross_entropy(pred_conflict, y, reduction="none")
+    ce_align = F.cross_entropy(pred_align, y, reduction="none")
+    ema_d, ema_b = torch.zeros(len(method.labels)), torch.zeros(len(method.labels))
+    ema_d[: len(y)], ema_b[: len(y)] = ce_conflict.detach(), ce_align.detach()  # the batch is samples 0..B-1
+    max_d = torch.stack([ema_d[method.labels == c].max() for c in range(method.num_classes)])
+    max_b = torch.stack([ema_b[method.labels == c].max() for c in range(method.num_classes)])
+    d, b = ce_conflict.detach() / max_d[y], ce_align.detach() / max_b[y]
+    weight = b / (b + d + 1e-8)
+
+    def gce_of(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = F.softmax(logits, 1).gather(1, target[:, None]).squeeze(1).detach()
+        return F.cross_entropy(logits, target, reduction="none") * p**q * q
+
+    loss = (ce_conflict * weight).mean() + hp["lambda_dis_align"] * gce_of(pred_align, y).mean()
+    if perm is not None:
+        mix_conflict = method.head_i(torch.cat((z_l, z_b[perm].detach()), 1))
+        mix_align = method.head_b(torch.cat((z_l.detach(), z_b[perm]), 1))
+        swap = (F.cross_entropy(mix_conflict, y, reduction="none") * weight).mean()
+        loss = loss + hp["lambda_swap"] * (swap + hp["lambda_swap_align"] * gce_of(mix_align, y[perm]).mean())
+    return loss
+
+
+@pytest.mark.parametrize("swapping", [False, True], ids=["before-the-swap", "swapping"])
+def test_one_dfa_step_equals_its_authors_loss_written_out_by_hand(swapping):
+    import copy
+
+    hparams = method_hparams("dfa") | {"lambda_dis_align": 10.0, "lambda_swap_align": 3.0, "lambda_swap": 0.5}
+    method = DFA.build(_ctx(lr=0.1), None, **hparams)
+    gen = torch.Generator().manual_seed(3)
+    method.hp["swap_after"] = 0.0 if swapping else 5.0
+    method.epoch_order(len(method.labels), gen)  # the first epoch: its swap keys drawn
+    assert method.swapping is swapping
+    x, y, idx = _ctx().train.x[:8], method.labels[:8], torch.arange(8)
+    twin = copy.deepcopy(method)
+    perm = method.swap_key[idx].argsort() if swapping else None
+    expected = _dfa_by_hand(twin, x, y, perm)
+    expected.backward()
+    out = method.update(x, y, idx)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (out["loss_swap"].item() > 0) is swapping
+    for (name, p), q in zip(method.named_parameters(), twin.parameters(), strict=True):
+        step = q.detach() - 0.1 * (q.grad if q.grad is not None else torch.zeros_like(q))
+        assert torch.allclose(p, step, atol=1e-6), name  # plain SGD at lr 0.1: each side's gradient as by hand
+    assert method.seen[idx].all() and not method.seen[8:].any()

@@ -21,6 +21,8 @@ def test_the_factor_warms_up_linearly_then_steps_or_follows_the_cosine():
     assert [warm.factor(i / 4, 1 / 4, 3) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     step = LRSchedule("step", step_epochs=2, gamma=0.1)
     assert [step.factor(t, 0.5, 6) for t in (0, 1.5, 2, 3.5, 4)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    delayed = LRSchedule("step", warmup_epochs=1, delay_epochs=2, step_epochs=2, gamma=0.1)  # DFA's decay
+    assert [delayed.factor(t, 0.5, 9) for t in (0, 1, 2.5, 3, 4.5, 5, 7)] == pytest.approx([0.5, 1, 1, 1, 1, 0.1, 0.01])
     cosine = LRSchedule("cosine", warmup_epochs=1)
     assert [cosine.factor(t, 0.5, 5) for t in (0, 1, 3, 5)] == pytest.approx([0.5, 1, 0.5, 0])
     assert not LRSchedule().varies and LRSchedule("none", warmup_epochs=0.5).varies
@@ -33,6 +35,7 @@ def test_the_factor_warms_up_linearly_then_steps_or_follows_the_cosine():
         ("target.lr_schedule.gamma=1.5", "target.lr_schedule.gamma"),
         ("target.lr_schedule.step_epochs=0", "target.lr_schedule.step_epochs"),
         ("target.lr_schedule.warmup_epochs=9", "target.lr_schedule.warmup_epochs"),
+        ("target.lr_schedule.delay_epochs=-1", "target.lr_schedule.delay_epochs"),
         ("+target.lr_schedule.milestones=[2]", "target.lr_schedule must be a mapping"),
     ],
 )

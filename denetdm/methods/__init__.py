@@ -2,9 +2,21 @@
 
 from denetdm.methods.base import BuildContext, Method
 from denetdm.methods.denetdm import DeNetDMStage1, DeNetDMStage2
+from denetdm.methods.dfa import DFA
 from denetdm.methods.erm import ERM
 from denetdm.methods.groupdro import GroupDRO
 from denetdm.methods.jtt import JTT, JTTIdentify
 from denetdm.methods.lff import LfF
 
-__all__ = ["ERM", "JTT", "JTTIdentify", "BuildContext", "DeNetDMStage1", "DeNetDMStage2", "GroupDRO", "LfF", "Method"]
+__all__ = [
+    "DFA",
+    "ERM",
+    "JTT",
+    "JTTIdentify",
+    "BuildContext",
+    "DeNetDMStage1",
+    "DeNetDMStage2",
+    "GroupDRO",
+    "LfF",
+    "Method",
+]

@@ -22,18 +22,20 @@ SCHEDULE_KEYS = ("epochs", "batch_size", "select", "drop_last")
 
 
 LR_SCHEDULES = ("none", "step", "cosine")
-LR_KEYS = ("name", "warmup_epochs", "step_epochs", "gamma")
+LR_KEYS = ("name", "warmup_epochs", "delay_epochs", "step_epochs", "gamma")
 
 
 @dataclass(frozen=True)
 class LRSchedule:
     """How a phase's learning rate moves, step by step: a linear warm-up from lr/steps to lr over `warmup_epochs`,
-    then none (constant), step (times `gamma` every `step_epochs`) or cosine (to 0 at the last step). Epochs may be
-    fractions (a schedule of optimiser steps: 10,000 steps of 100 per epoch are 100 epochs). The learning rate of
-    every step follows from its place in the schedule alone, so a resumed run continues it exactly."""
+    then `delay_epochs` at lr, then none (constant), step (times `gamma` every `step_epochs`) or cosine (to 0 at the
+    last step). Epochs may be fractions (a schedule of optimiser steps: 10,000 steps of 100 per epoch are 100
+    epochs). The learning rate of every step follows from its place in the schedule alone, so a resumed run
+    continues it exactly."""
 
     name: str = "none"
     warmup_epochs: float = 0.0
+    delay_epochs: float = 0.0  # DFA's decay counts its steps from its swap's start
     step_epochs: float = 1.0
     gamma: float = 0.1
 
@@ -47,11 +49,13 @@ class LRSchedule:
         epochs long) of `epochs`."""
         if t < self.warmup_epochs:
             return min(1.0, (t + batch) / self.warmup_epochs)
-        t -= self.warmup_epochs
+        t -= self.warmup_epochs + self.delay_epochs
+        if t < 0:
+            return 1.0
         if self.name == "step":
             return self.gamma ** math.floor(t / self.step_epochs + 1e-9)  # exact at the boundaries
         if self.name == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * t / (epochs - self.warmup_epochs)))
+            return 0.5 * (1 + math.cos(math.pi * t / (epochs - self.warmup_epochs - self.delay_epochs)))
         return 1.0
 
     @classmethod
@@ -66,10 +70,13 @@ class LRSchedule:
         if out.name not in LR_SCHEDULES:
             raise ConfigError(f"{key}.name must be one of {', '.join(LR_SCHEDULES)}, got {out.name!r}")
         number(f"{key}.warmup_epochs", out.warmup_epochs, high=epochs)
+        number(f"{key}.delay_epochs", out.delay_epochs)  # past the last epoch: no decay in this run
         number(f"{key}.step_epochs", out.step_epochs, strict=True)
         number(f"{key}.gamma", out.gamma, strict=True, high=1.0)
-        if out.name == "cosine" and out.warmup_epochs >= epochs:
-            raise ConfigError(f"{key}.warmup_epochs must be below {source}.epochs={epochs} for a cosine schedule")
+        if out.name == "cosine" and out.warmup_epochs + out.delay_epochs >= epochs:
+            raise ConfigError(
+                f"{key}.warmup_epochs + delay_epochs must be below {source}.epochs={epochs} for a cosine schedule"
+            )
         return out
 
 

@@ -431,3 +431,13 @@ def test_one_dfa_step_equals_its_authors_loss_written_out_by_hand(swapping):
         step = q.detach() - 0.1 * (q.grad if q.grad is not None else torch.zeros_like(q))
         assert torch.allclose(p, step, atol=1e-6), name  # plain SGD at lr 0.1: each side's gradient as by hand
     assert method.seen[idx].all() and not method.seen[8:].any()
+
+
+def test_dfa_on_colored_mnist_takes_its_authors_script_values():
+    cfg = compose_cfg(["experiment=paper_cmnist", "method=dfa"])
+    assert (cfg.target.lr, cfg.target.batch_size, cfg.target.epochs, cfg.target.drop_last) == (0.01, 256, 217, True)
+    assert cfg.model.target.input_scale == pytest.approx(1 / 255)  # its MLP's second division by 255
+    decay = {"name": "step", "warmup_epochs": 0, "delay_epochs": 43.48, "step_epochs": 43.48, "gamma": 0.5}
+    assert dict(cfg.target.lr_schedule) == decay
+    assert (cfg.method.lambda_dis_align, cfg.method.lambda_swap_align, cfg.method.lambda_swap) == (10, 10, 1)
+    assert compose_cfg(["experiment=paper_cmnist", "method=lff"]).model.target.get("input_scale") is None

@@ -390,6 +390,24 @@ def test_a_stage1_only_run_is_checked_against_its_preset_schedule():
     assert off_preset(Run(Path("r"), {"config": config})) == ["experts.epochs"]
 
 
+def test_a_method_with_its_own_dataset_preset_is_checked_against_that_schedule():
+    # DFA's Colored MNIST runs follow its authors' schedule (conf/method_dataset/dfa_cmnist.yaml), not the paper's
+    from denetdm.reporting.tables import off_preset
+
+    phases = {"dfa": {"_target_": "denetdm.methods.DFA", "schedule": "target"}}
+    decay = {"name": "step", "warmup_epochs": 0, "delay_epochs": 43.48, "step_epochs": 43.48, "gamma": 0.5}
+    target = {"epochs": 217, "batch_size": 256, "lr": 0.01, "weight_decay": 0.0, "drop_last": True}
+    config = {"dataset": {"name": "cmnist"}, "method": {"name": "dfa", "phases": phases}}
+    assert off_preset(Run(Path("r"), {"config": config | {"target": target | {"lr_schedule": decay}}})) == []
+    slower = target | {"lr": 1e-3, "lr_schedule": decay | {"gamma": 0.1}}
+    assert off_preset(Run(Path("r"), {"config": config | {"target": slower}})) == [
+        "target.lr",
+        "target.lr_schedule.gamma",
+    ]
+    config["method"]["name"] = "lff"  # LfF has no preset of its own: the paper's 100 epochs of 64
+    assert "target.epochs" in off_preset(Run(Path("r"), {"config": config | {"target": target}}))
+
+
 def _stage1_record(tmp_path, seed: int, deep: float, aligned: float, epochs: int = 5) -> None:
     """A stage-1 store record whose deep expert's val pred_entropy is `deep` (the shallow one's 1.0) at its
     selected epoch 2, and right on `aligned` of the aligned test images."""

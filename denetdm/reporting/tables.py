@@ -80,21 +80,35 @@ class Table:
 
 
 @functools.cache
-def _preset(dataset: str) -> dict:
+def _preset(dataset: str, method: str) -> dict:
+    """The schedules of a dataset's preset (conf/dataset/), with what the method's own preset for that dataset
+    sets (conf/method_dataset/<method>_<dataset>.yaml at the top level: its authors' schedule, DFA's)."""
     path = CONF / "dataset" / f"{dataset}.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    out = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    own = CONF / "method_dataset" / f"{method}_{dataset}.yaml"
+    if own.exists() and own.read_text().startswith("# @package _global_"):
+        for name, node in (yaml.safe_load(own.read_text()) or {}).items():
+            if isinstance(node, dict) and isinstance(out.get(name), dict):
+                out[name] = {**out[name], **node}
+    return out
 
 
 def off_preset(run: Run) -> list[str]:
     """The keys where a run's data or schedule leave its dataset preset's (the paper's schedule,
-    conf/dataset/<name>.yaml): a quick run's subset or epochs, a searched learning rate."""
+    conf/dataset/<name>.yaml, or its method's for that dataset): a quick run's subset or epochs, a searched
+    learning rate."""
     cfg = run.config
-    preset = _preset(str(cfg["dataset"]["name"]))
+    preset = _preset(str(cfg["dataset"]["name"]), str((cfg.get("method") or {}).get("name")))
     keys = [f"dataset.{k}" for k in ("subset", "eval_subset") if cfg["dataset"].get(k) is not None]
     phases = ((cfg.get("method") or {}).get("phases") or {}).values()
     used = {node.get("schedule") for node in phases if node}  # a phase a stage's fingerprint leaves out is null
     for name in sorted(used & set(preset)):
-        keys += [f"{name}.{k}" for k, v in preset[name].items() if (cfg.get(name) or {}).get(k) != v]
+        ours = cfg.get(name) or {}
+        for k, v in preset[name].items():
+            if isinstance(v, dict):  # a node the preset sets in part (lr_schedule): the keys it sets
+                keys += [f"{name}.{k}.{sub}" for sub, x in v.items() if (ours.get(k) or {}).get(sub) != x]
+            elif ours.get(k) != v:
+                keys.append(f"{name}.{k}")
     return keys
 
 

@@ -80,14 +80,16 @@ class Table:
 
 
 @functools.cache
+@functools.cache  # read once per report, not once per run (callers only read it)
 def _preset(dataset: str, method: str) -> dict:
     """The schedules of a dataset's preset (conf/dataset/), with what the method's own preset for that dataset
     sets (conf/method_dataset/<method>_<dataset>.yaml at the top level: its authors' schedule, DFA's)."""
     path = CONF / "dataset" / f"{dataset}.yaml"
     out = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     own = CONF / "method_dataset" / f"{method}_{dataset}.yaml"
-    if own.exists() and own.read_text().startswith("# @package _global_"):
-        for name, node in (yaml.safe_load(own.read_text()) or {}).items():
+    text = own.read_text() if own.exists() else ""
+    if text.startswith("# @package _global_"):
+        for name, node in (yaml.safe_load(text) or {}).items():
             if isinstance(node, dict) and isinstance(out.get(name), dict):
                 out[name] = {**out[name], **node}
     return out

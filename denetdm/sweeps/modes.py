@@ -6,7 +6,6 @@ from its run directory's last checkpoint.
 """
 
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ import optuna
 
 from denetdm.sweeps.heartbeat import beating, fail_stale
 from denetdm.sweeps.sweeper import (
-    _FINISHED,
     OptunaLoop,
-    _failed_collapsed,
+    counted,
     create_or_load_study,
+    failure_limit,
     recover,
     repeats_of,
     tell,
@@ -123,7 +122,7 @@ class Worker:
         taken is given up (failed as not drawn)."""
         loop = self.loop
         fail_stale(study)  # trials whose heartbeats stopped: failed, their values queued again
-        if loop.count(study, finished=False) > math.floor(loop.max_failure_rate * loop.n_trials):
+        if loop.count(study, finished=False) > failure_limit(loop):
             return None
         if len(taken(loop.own(study))) >= loop.n_trials:
             return None
@@ -140,4 +139,4 @@ class Worker:
 def taken(own: list) -> list:
     """The sweep directory's trials that n_trials counts, finished or running."""
     live = [t for t in own if not t.user_attrs.get("interrupted")]
-    return [t for t in live if t.state == _RUNNING or t.state in _FINISHED or _failed_collapsed(t)]
+    return [t for t in live if t.state == _RUNNING or counted(t)]

@@ -263,13 +263,23 @@ class OptunaLoop(Sweeper):
         deep expert), or the failures that max_failure_rate counts (the other failed ones)."""
         own = [t for t in self.own(study) if not t.user_attrs.get("interrupted")]
         if finished:
-            return sum(t.state in _FINISHED or _failed_collapsed(t) for t in own)
+            return sum(map(counted, own))
         return sum(t.state == optuna.trial.TrialState.FAIL and not _failed_collapsed(t) for t in own)
+
+
+def counted(t: Any) -> bool:
+    """A trial that n_trials counts as finished: complete, pruned, or failed for a collapsed deep expert."""
+    return t.state in _FINISHED or _failed_collapsed(t)
+
+
+def failure_limit(loop: "OptunaLoop") -> int:
+    """The most failed trials a sweep goes on with."""
+    return math.floor(loop.max_failure_rate * loop.n_trials)
 
 
 def check_failures(loop: "OptunaLoop", study: optuna.Study, sweep_dir: Path) -> None:
     """Stop with one error line (finished trials kept) once more trials failed than the limit allows."""
-    limit = math.floor(loop.max_failure_rate * loop.n_trials)
+    limit = failure_limit(loop)
     failed = loop.count(study, finished=False)
     if failed > limit:
         save_best(study, loop.storage, sweep_dir)

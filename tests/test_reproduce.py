@@ -10,7 +10,7 @@ from test_image_datasets import cifar_tree  # noqa: F401 (a fixture)
 
 
 def test_unknown_step_is_one_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="--steps takes names among ccifar10_denetdm"):
+    with pytest.raises(SystemExit, match="--steps takes names among cmnist_ablations, ccifar10_denetdm"):
         reproduce.main(["--out", str(tmp_path), "--steps", "ccifar10_denetdm,nope"])
 
 

@@ -90,12 +90,13 @@ def test_finished_run_is_not_retrained(tiny_run):
     "method,kill_at",
     [
         *(("denetdm", "stage1_last.pt"), ("denetdm", "stage2_last.pt"), ("jtt", "jtt_last.pt")),
-        *(("lff", "lff_last.pt"), ("dfa", "dfa_last.pt")),
+        *(("lff", "lff_last.pt"), ("dfa", "dfa_last.pt"), ("lc", "lc_last.pt")),
     ],
-)  # during DeNetDM's stage 1 and stage 2, during JTT's second phase, during LfF and DFA (per-sample state)
+)  # during DeNetDM's stage 1 and stage 2, during JTT's second phase, during LfF, DFA and LC (per-sample state)
 def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, method, kill_at):
     args = [*TINY, "dataset.train_size=4000", "experts.epochs=3", "target.epochs=3", f"method={method}"]
     args += ["method.swap_after=1"] if method == "dfa" else []  # its swap begins after the first epoch
+    args += ["method.rampup_epochs=2"] if method == "lc" else []  # its mix-up ramps up across the kill
     ref = tmp_path / "ref"
     assert run_cli(args, ref).returncode == 0
     run_dir = tmp_path / "killed"

@@ -101,6 +101,7 @@ KEYS = [
     *(f"groupdro:method.{k}" for k in ("eta", "adjustment", "sampler")),
     *(f"lff:method.{k}" for k in ("q", "alpha")),
     *(f"dfa:method.{k}" for k in ("lambda_dis_align", "lambda_swap_align", "lambda_swap", "swap_after")),
+    *(f"lc:method.{k}" for k in ("tau", "eta", "ema_alpha", "biased_lr_factor", "rampup_epochs", "normalize_prior")),
     # the W&B logger's keys (docs/sweeps.md), with it chosen (`logger=wandb:<key>`; WANDB_MODE=disabled in tests)
     *(f"logger=wandb:logger.{k}" for k in ("tags", "name", "group", "job_type", "log_checkpoints", "verbose")),
     "logger=wandb:logger.init_timeout",

@@ -173,7 +173,7 @@ def test_bar_takes_its_ratios_conflict_folder_and_the_bias_its_code_sets(pct, co
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["denetdm", "dfa"])
+@pytest.mark.parametrize("method", ["denetdm", "dfa", "lc"])
 def test_bar_end_to_end(method, tmp_path):
     top = _bar_tree(tmp_path / "bar", np.random.default_rng(5))
     args = [
@@ -194,7 +194,7 @@ def test_bar_end_to_end(method, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["denetdm", "dfa"])  # dfa: its BFFHQ preset (conf/method_dataset/dfa_bffhq.yaml)
+@pytest.mark.parametrize("method", ["denetdm", "dfa", "lc"])  # dfa: its BFFHQ preset (conf/method_dataset/dfa_bffhq.yaml)
 def test_bffhq_end_to_end(method, tmp_path):
     top = _bffhq_tree(tmp_path / "bffhq", "b", np.random.default_rng(3))
     args = [

@@ -95,7 +95,7 @@ def test_presets_read_their_layouts_and_give_the_cell_table(preset, as_zip, tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["denetdm", "erm", "lff", "jtt", "groupdro", "dfa"])
+@pytest.mark.parametrize("method", ["denetdm", "erm", "lff", "jtt", "groupdro", "dfa", "lc"])
 def test_every_method_trains_an_epoch_on_a_celeba_tree(method, tmp_path):
     top = celeba_tree(tmp_path / "celeba")
     args = [*COMMON, *SMALL, "dataset=celeba", f"dataset.root={top}", f"method={method}"]

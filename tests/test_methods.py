@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 from denetdm.data.splits import Split
 from denetdm.errors import ConfigError
-from denetdm.methods import DFA, ERM, JTT, BuildContext, GroupDRO, JTTIdentify, LfF
+from denetdm.methods import DFA, ERM, JTT, LC, BuildContext, GroupDRO, JTTIdentify, LfF
 from denetdm.methods.jtt import errors_of
+from denetdm.methods.lc import group_partners, table_update
 from denetdm.methods.lff import class_max, ema_update, gce
 from denetdm.selection import PROTOCOLS, protocol
 from denetdm.training.loop import Trainer
@@ -265,6 +266,10 @@ def test_the_trainer_selects_by_the_protocol(tmp_path):
         (["method=lff", "method.q=2"], ["method.q"]),
         (["method=dfa", "method.lambda_swap=-1"], ["method.lambda_swap"]),
         (["method=dfa", "method.swap_after=soon"], ["method.swap_after", "soon"]),
+        (["method=lc", "method.tau=0"], ["method.tau"]),
+        (["method=lc", "method.ema_alpha=1.5"], ["method.ema_alpha"]),
+        (["method=lc", "method.normalize_prior=sometimes"], ["method.normalize_prior", "sometimes"]),
+        (["method=lc", "method.biased_lr_factor=0"], ["method.biased_lr_factor"]),
         (["method=jtt", "method.id_epochs=3", "target.epochs=3"], ["id_epochs", "3"]),
         (["method=jtt", "method.upweight=0.5"], ["method.upweight"]),
         (["method=jtt", "method.weighting=twice"], ["method.weighting", "twice"]),
@@ -441,3 +446,117 @@ def test_dfa_on_colored_mnist_takes_its_authors_script_values():
     assert dict(cfg.target.lr_schedule) == decay
     assert (cfg.method.lambda_dis_align, cfg.method.lambda_swap_align, cfg.method.lambda_swap) == (10, 10, 1)
     assert compose_cfg(["experiment=paper_cmnist", "method=lff"]).model.target.get("input_scale") is None
+
+
+def _table_by_hand(table, updated, y, a, v, alpha):
+    """The reference's EMA_squre.update (avg_type 'mv'), its loop as written."""
+    for i in range(len(y)):
+        table[y[i], a[i]] = alpha * table[y[i], a[i]] + (1 - alpha * updated[y[i], a[i]]) * v[i]
+        updated[y[i], a[i]] = 1
+
+
+def test_lc_prior_table_equals_its_authors_loop_sample_by_sample():
+    g = torch.Generator().manual_seed(0)
+    table, updated = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
+    hand, hand_updated = table.clone(), updated.clone()
+    for _ in range(3):  # a cell visited again in a later batch, and several times within one
+        y, a = torch.randint(0, 4, (40,), generator=g), torch.randint(0, 4, (40,), generator=g)
+        v = torch.rand(40, generator=g, dtype=torch.float64)
+        table_update(table, updated, y, a, v, 0.9)
+        _table_by_hand(hand, hand_updated, y, a, v, 0.9)
+        assert torch.allclose(table, hand, atol=1e-12) and torch.equal(updated, hand_updated)
+
+
+def _partners_by_hand(y, pseudo, key):
+    """Its group mix-up's partner of each sample, with our draw: the floor(key * m)-th minority sample of the class
+    (batch order), or where the class has none, the class's samples ordered by key."""
+    out = []
+    for i in range(len(y)):
+        same = [j for j in range(len(y)) if y[j] == y[i]]
+        minority = [j for j in same if y[j] != pseudo[j]]
+        if minority:
+            out.append(minority[int(key[i] * len(minority))])
+        else:
+            out.append(sorted(same, key=lambda j: key[j])[same.index(i)])
+    return out
+
+
+def test_lc_group_partners_are_same_class_minority_samples_or_a_permutation_of_the_class():
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        y = torch.randint(0, 5, (30,), generator=g)
+        pseudo = torch.where(torch.rand(30, generator=g) < 0.8, y, torch.randint(0, 5, (30,), generator=g))
+        key = torch.rand(30, generator=g)
+        got = group_partners(y, pseudo, key, 5)
+        assert got.tolist() == _partners_by_hand(y.tolist(), pseudo.tolist(), key.tolist())
+        assert torch.equal(y[got], y)  # a partner always shares the class, so both mix-up labels are y
+
+
+def _lc_by_hand(method: LC, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """LC's loss of one batch, in the order of its authors' train_ours: the biased logits, the pseudo-labels of
+    softmax(logits / tau), the table's update sample by sample, its columns as priors (normalised where asked),
+    group mix-up of inputs and priors, then lam LC(y_a) + (1 - lam) LC(y_b) + lambda_dis_align GCE."""
+    hp = method.hp
+    pred_align = method.biased(x)
+    p = F.softmax(pred_align.detach() / hp["tau"], dim=1)
+    pseudo = p.argmax(1)
+    table, updated = torch.zeros(4, 4), torch.zeros(4, 4)
+    _table_by_hand(table, updated, y.tolist(), pseudo.tolist(), p[torch.arange(len(y)), y], hp["ema_alpha"])
+    if hp["normalize_prior"]:
+        table = table / table.sum(dim=0, keepdim=True)
+    delta = table[:, pseudo].T
+    partner = torch.tensor(_partners_by_hand(y.tolist(), pseudo.tolist(), method.mix_key[idx].tolist()))
+    lam = 1 - 2 * 0.5 + 0.5 * method.lam_key[idx[0]].item()  # no ramp-up: a = 0.5, lam ~ U(0, 0.5)
+    pred_conflict = method.debiased(lam * x + (1 - lam) * x[partner])
+    prior = lam * delta + (1 - lam) * delta[partner]
+
+    def lc(label: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred_conflict + torch.log(prior ** hp["eta"] + 1e-4), label, reduction="none")
+
+    conflict = lam * lc(y) + (1 - lam) * lc(y[partner])
+    q = hp["q"]
+    p_y = F.softmax(pred_align, 1).gather(1, y[:, None]).squeeze(1).detach()
+    align = F.cross_entropy(pred_align, y, reduction="none") * p_y**q * q
+    return conflict.mean() + hp["lambda_dis_align"] * align.mean()
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["cmnist-table", "normalised-columns"])
+def test_one_lc_step_equals_its_authors_loss_written_out_by_hand(normalize):
+    import copy
+
+    hparams = method_hparams("lc") | {"lambda_dis_align": 2.0, "tau": 0.5, "ema_alpha": 0.9}
+    method = LC.build(_ctx(lr=0.1), None, **(hparams | {"normalize_prior": normalize}))
+    method.epoch_order(method.n, torch.Generator().manual_seed(3))  # the epoch's partner and lam keys
+    x, y, idx = _ctx().train.x[:16], _ctx().train.y[:16], torch.arange(16)
+    with torch.no_grad():  # sharper biased logits: pseudo-labels that differ within the batch and within a class
+        for p in method.biased.parameters():
+            p.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    pseudo = method.biased(x).argmax(1)
+    assert len(set(pseudo.tolist())) > 2 and (pseudo != y).any()
+    twin = copy.deepcopy(method)
+    expected = _lc_by_hand(twin, x, y, idx)
+    expected.backward()
+    out = method.update(x, y, idx)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    for name, p in method.named_parameters():
+        q = dict(twin.named_parameters())[name]
+        lr = 0.1 * (0.1 if name.startswith("biased.") else 1.0)  # the biased model at a tenth of the rate
+        step = q.detach() - lr * (q.grad if q.grad is not None else torch.zeros_like(q))
+        assert torch.allclose(p, step, atol=1e-6), name
+    assert method.updated.sum() > 0 and method.trained.item() == 16
+
+
+def test_lc_ramp_up_follows_its_sigmoid_rampup():
+    method = LC.build(_ctx(), None, **(method_hparams("lc") | {"rampup_epochs": 2.0}))
+    assert method.ramp() == pytest.approx(0.5 * math.exp(-5.0))  # t = 0
+    method.trained += method.n  # one epoch trained
+    assert method.ramp() == pytest.approx(0.5 * math.exp(-5.0 * 0.25))
+    method.trained += 5 * method.n
+    assert method.ramp() == 0.5
+
+
+def test_lc_on_colored_mnist_takes_its_code_defaults():
+    cfg = compose_cfg(["experiment=paper_cmnist", "method=lc"])
+    assert (cfg.target.lr, cfg.target.batch_size, cfg.target.epochs) == (0.001, 256, 300)
+    assert cfg.model.target.input_scale == pytest.approx(1 / 255) and cfg.method.normalize_prior is False
+    assert compose_cfg(["experiment=paper_ccifar10", "method=lc"]).method.normalize_prior is True

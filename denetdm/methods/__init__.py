@@ -6,6 +6,7 @@ from denetdm.methods.dfa import DFA
 from denetdm.methods.erm import ERM
 from denetdm.methods.groupdro import GroupDRO
 from denetdm.methods.jtt import JTT, JTTIdentify
+from denetdm.methods.lc import LC
 from denetdm.methods.lff import LfF
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ERM",
     "JTT",
     "JTTIdentify",
+    "LC",
     "BuildContext",
     "DeNetDMStage1",
     "DeNetDMStage2",

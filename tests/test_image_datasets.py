@@ -194,7 +194,7 @@ def test_bar_end_to_end(method, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["denetdm", "dfa", "lc"])  # dfa: its BFFHQ preset (conf/method_dataset/dfa_bffhq.yaml)
+@pytest.mark.parametrize("method", ["denetdm", "dfa", "lc"])  # dfa: its BFFHQ preset (method_dataset/dfa_bffhq)
 def test_bffhq_end_to_end(method, tmp_path):
     top = _bffhq_tree(tmp_path / "bffhq", "b", np.random.default_rng(3))
     args = [

@@ -134,6 +134,27 @@ def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numb
         assert _records(plain) == _records(stacked)
 
 
+def test_vmapped_convolutional_members_get_contiguous_images(tmp_path, monkeypatch):
+    # on CUDA, batch norm asks a batched tensor whether it is channels-last contiguous, which vmap refuses (a lent
+    # H200 stopped every Corrupted CIFAR-10 stack so): vmapped members keep the default layout; plain runs do not
+    from denetdm.training import pipeline
+
+    layouts = []
+    real = pipeline.load_data
+
+    def spy(p, vmapped=False):
+        data, channels_last = real(p, vmapped)
+        layouts.append((channels_last, data.train.x.is_contiguous()))
+        return data, channels_last
+
+    monkeypatch.setattr(pipeline, "load_data", spy)
+    cfgs = [compose_cfg([*TINY, *CNN, "experts.epochs=1", "target.epochs=1", f"seed={s}"]) for s in range(2)]
+    train_runs(cfgs, [tmp_path / f"s{k}" for k in range(2)], vectorize=True)
+    assert layouts == [(False, True), (False, True)]  # each member's seed its own data
+    train_runs(cfgs[:1], [tmp_path / "plain"], vectorize=True)  # a stack of one is a plain run
+    assert layouts[-1] == (True, False)
+
+
 class _Killed(BaseException):
     pass
 

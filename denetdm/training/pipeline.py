@@ -229,10 +229,11 @@ def prepare(p: Plan) -> None:
     p.run_dir.mkdir(parents=True, exist_ok=True)
 
 
-def load_data(p: Plan) -> tuple[BiasedData, bool]:
-    """The dataset on the training device, and whether its images are channels-last."""
+def load_data(p: Plan, vmapped: bool = False) -> tuple[BiasedData, bool]:
+    """The dataset on the training device, and whether its images are channels-last (never for vmapped members:
+    on CUDA, batch norm asks a batched tensor whether it is channels-last contiguous, which vmap cannot answer)."""
     data = p.dataset.load()
-    channels_last = uses_channels_last(p.models.values(), data.input_shape)
+    channels_last = uses_channels_last(p.models.values(), data.input_shape) and not vmapped
     data = data.to(p.device, channels_last=channels_last)
     sizes = ", ".join(f"{len(s)} {name}" for name, s in {"train": data.train, **data.splits()}.items())
     log.info("%s: %s samples on %s", data.name, sizes, p.device)
@@ -242,16 +243,17 @@ def load_data(p: Plan) -> tuple[BiasedData, bool]:
     return data, channels_last
 
 
-def load_all(plans: Sequence[Plan]) -> dict[str, tuple[BiasedData, bool]]:
+def load_all(plans: Sequence[Plan], vmapped: bool = False) -> dict[str, tuple[BiasedData, bool]]:
     """Each distinct dataset of the runs, by `Plan.data_key`; several are loaded (or generated) in parallel threads:
     generation is torch and numpy work that releases the GIL, so 16 Colored MNIST seeds are made at once."""
     distinct: dict[str, Plan] = {}
     for p in plans:
         distinct.setdefault(p.data_key, p)
     if len(distinct) <= 1:
-        return {key: load_data(p) for key, p in distinct.items()}
+        return {key: load_data(p, vmapped) for key, p in distinct.items()}
     with ThreadPoolExecutor(min(len(distinct), os.cpu_count() or 1)) as pool:
-        return dict(zip(distinct, pool.map(load_data, distinct.values()), strict=True))
+        loaded = pool.map(lambda p: load_data(p, vmapped), distinct.values())
+        return dict(zip(distinct, loaded, strict=True))
 
 
 def open_run(p: Plan, data: tuple[BiasedData, bool], pruning: dict | None) -> StageRunner:
@@ -334,8 +336,10 @@ def train_runs(
         for i in todo:
             prepare(plans[i])
             held.enter_context(folder_lock(plans[i].run_dir))
+        on_gpu = bool(todo) and plans[todo[0]].device.type == "cuda"
+        vectorize = on_gpu if vectorize is None else vectorize
         t0 = time.time()
-        datas = load_all([plans[i] for i in todo])
+        datas = load_all([plans[i] for i in todo], vectorize and len(todo) > 1)
         t_data = time.time() - t0
         runners = [open_run(plans[i], datas[plans[i].data_key], prunings[i]) for i in todo]
         members = [str(r.p.run_dir) for r in runners]
@@ -343,8 +347,7 @@ def train_runs(
             held.enter_context(runner.trainer.recorder.logger)
             if len(plans) > 1:  # stack.json: the stack a run trained in
                 write_json(runner.p.run_dir / "stack.json", {"members": members, "member": k})
-        on_gpu = bool(runners) and runners[0].p.device.type == "cuda"
-        errors = train_phases(runners, on_gpu if vectorize is None else vectorize)
+        errors = train_phases(runners, vectorize)
         for runner, error in zip(runners, errors, strict=True):
             if error is not None:
                 _drain(runner)

@@ -230,8 +230,9 @@ def prepare(p: Plan) -> None:
 
 
 def load_data(p: Plan, vmapped: bool = False) -> tuple[BiasedData, bool]:
-    """The dataset on the training device, and whether its images are channels-last (never for vmapped members:
-    on CUDA, batch norm asks a batched tensor whether it is channels-last contiguous, which vmap cannot answer)."""
+    """The dataset on the training device, and whether its images are channels-last (never for vmapped members: on
+    a lent H200 a vmapped ResNet stack stopped with "NYI: querying is_contiguous inside of vmap for memory_format
+    other than torch.contiguous_format")."""
     data = p.dataset.load()
     channels_last = uses_channels_last(p.models.values(), data.input_shape) and not vmapped
     data = data.to(p.device, channels_last=channels_last)

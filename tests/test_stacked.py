@@ -125,6 +125,13 @@ def test_vectorized_members_with_their_own_learning_rates_stay_close_to_their_pl
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("method", ["dfa", "lc"])  # per-sample state changed in place: not vmapped
+def test_dfa_and_lc_in_a_stack_keep_their_plain_numbers(method, tmp_path):
+    for plain, stacked in _plain_and_stacked(tmp_path, [[f"method={method}", f"seed={s}"] for s in range(2)], True):
+        assert _records(plain) == _records(stacked)
+
+
+@pytest.mark.slow
 def test_methods_that_cannot_stack_train_one_after_another_with_their_plain_numbers(tmp_path):
     for plain, stacked in _plain_and_stacked(tmp_path, [["method=lff", f"seed={s}"] for s in range(2)]):
         assert _records(plain) == _records(stacked)

@@ -125,9 +125,10 @@ class LC(Method):
         debiased = Classifier(ctx.backbone("target"), ctx.num_classes)
         groups = [{"params": list(debiased.parameters())}]
         groups.append({"params": list(biased.parameters()), "lr": ctx.lr * biased_lr_factor})
-        hp = dict(q=q, tau=tau, eta=eta, ema_alpha=ema_alpha, lambda_dis_align=lambda_dis_align)
-        hp = {k: float(v) for k, v in hp.items()} | dict(rampup_epochs=float(rampup_epochs))
-        hp["normalize_prior"] = normalize_prior
+        hp = dict(
+            q=q, tau=tau, eta=eta, ema_alpha=ema_alpha, lambda_dis_align=lambda_dis_align, rampup_epochs=rampup_epochs
+        )
+        hp = {k: float(v) for k, v in hp.items()} | {"normalize_prior": normalize_prior}
         return cls(biased, debiased, ctx.train.y, ctx.num_classes, ctx.make_optimizer(groups), hp)
 
     def epoch_order(self, n: int, gen: torch.Generator) -> torch.Tensor:

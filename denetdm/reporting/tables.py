@@ -79,7 +79,6 @@ class Table:
         return f"{col[0]}: {text}" if len(self.selections) > 1 else text
 
 
-@functools.cache
 @functools.cache  # read once per report, not once per run (callers only read it)
 def _preset(dataset: str, method: str) -> dict:
     """The schedules of a dataset's preset (conf/dataset/), with what the method's own preset for that dataset
